@@ -1,0 +1,51 @@
+// Input validation shared by every backend of the Hamming ops.
+//
+// User errors are TORCH_CHECKs whose message names the argument and its
+// shape; nothing here launches work. Non-contiguous inputs are not errors:
+// the callers make them contiguous.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace dsch_ext {
+
+// A packed code matrix: uint8 [rows, nbytes] with nbytes >= 1.
+inline void check_packed_codes(const at::Tensor& t, const char* name, bool allow_empty_rows) {
+  TORCH_CHECK(t.defined(), name, " is undefined");
+  TORCH_CHECK(t.scalar_type() == at::kByte, name,
+              " must be packed codes of dtype uint8 (see dsch_ext.pack_bits), got dtype ",
+              t.scalar_type(), " with shape ", t.sizes());
+  TORCH_CHECK(t.dim() == 2, name, " must be 2-D [rows, code bytes], got shape ", t.sizes());
+  TORCH_CHECK(t.size(1) > 0, name, " has zero code bytes (shape ", t.sizes(), ")");
+  TORCH_CHECK(allow_empty_rows || t.size(0) > 0, name, " is empty (shape ", t.sizes(), ")");
+}
+
+// queries [nq, nbytes] and database [ndb, nbytes] on one device, same width.
+inline void check_query_database(const at::Tensor& queries, const at::Tensor& database) {
+  check_packed_codes(queries, "queries", /*allow_empty_rows=*/true);
+  check_packed_codes(database, "database", /*allow_empty_rows=*/false);
+  TORCH_CHECK(queries.device() == database.device(),
+              "queries and database must be on the same device, got queries on ",
+              queries.device(), " and database on ", database.device());
+  TORCH_CHECK(queries.size(1) == database.size(1),
+              "queries and database have different code widths: queries shape ",
+              queries.sizes(), " (", queries.size(1) * 8, " bits) vs database shape ",
+              database.sizes(), " (", database.size(1) * 8, " bits)");
+}
+
+inline void check_topk_k(int64_t k, const at::Tensor& database) {
+  TORCH_CHECK(k >= 1 && k <= database.size(0), "k must be in [1, ndb] = [1, ",
+              database.size(0), "] for database of shape ", database.sizes(), ", got k = ", k);
+}
+
+// The fixed-width kernels read rows as 16/32/64-bit words; a tensor whose
+// data pointer is not aligned to 16 bytes (a row slice of a larger tensor)
+// is copied once so those reads stay aligned on every backend.
+inline at::Tensor contiguous_aligned(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  if (reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 != 0) c = c.clone();
+  return c;
+}
+
+}  // namespace dsch_ext
