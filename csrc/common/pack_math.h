@@ -6,19 +6,33 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "macros.h"
 
 namespace dsch_ext {
 
+// Half and BFloat16 compare as float: their own operators are ambiguous or
+// disabled in some CUDA builds (__CUDA_NO_HALF_OPERATORS__).
+template <typename T>
+DSCH_HOST_DEVICE auto comparable_value(T v) {
+  if constexpr (std::is_arithmetic_v<T>) {
+    return v;
+  } else {
+    return static_cast<float>(v);
+  }
+}
+
 template <typename T>
 DSCH_HOST_DEVICE bool code_value_is_one(T v) {
-  return v > T(0);
+  const auto c = comparable_value(v);
+  return c > decltype(c)(0);
 }
 
 template <typename T>
 DSCH_HOST_DEVICE bool code_value_is_nan(T v) {
-  return v != v;  // false for integers and bool
+  const auto c = comparable_value(v);
+  return c != c;  // false for integers and bool
 }
 
 // Byte `byte` of the packed row of `row` (nbits values).

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The test command (README "Quick start", and what .ci/run runs). On a fresh machine it:
+#  1. builds dsch_ext in .venv against the CUDA torch build (the CUDA kernels compile even
+#     with no GPU; they are tested when one is visible), the fast --no-build-isolation way,
+#     and runs tests/ (the CMake build included) and benchmarks/ in quick mode;
+#  2. builds it in .venv-cpu against the CPU-only torch with plain `pip install .` (the
+#     isolated PEP 517 path) and runs the suite there too.
+# DSCH_TEST_STAGES="cuda cpu" picks stages; extra arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STAGES="${DSCH_TEST_STAGES:-cuda cpu}"
+cd "$ROOT"
+
+run_suite() {  # venv, pytest args...
+  local venv="$1"; shift
+  # Run from the repository root with the venv's pytest: the tests import the installed
+  # dsch_ext (pytest does not put the root on sys.path), never the unbuilt source tree.
+  "$venv/bin/pytest" tests benchmarks --benchmark-disable -q -ra -p no:cacheprovider "$@"
+}
+
+start=$SECONDS
+for stage in $STAGES; do
+  rm -rf "$ROOT/build"  # objects of another torch must not be reused
+  case "$stage" in
+    cuda)
+      echo "=== stage cuda: CUDA torch, --no-build-isolation build, full suite"
+      DSCH_VENV="$ROOT/.venv" DSCH_TORCH=cuda DSCH_EXTRAS=test bash scripts/install.sh
+      run_suite "$ROOT/.venv" "$@"
+      ;;
+    cpu)
+      echo "=== stage cpu: CPU-only torch, plain 'pip install .', suite without the slow CMake test"
+      DSCH_VENV="$ROOT/.venv-cpu" DSCH_TORCH=cpu DSCH_BUILD=isolated DSCH_EXTRAS=test bash scripts/install.sh
+      run_suite "$ROOT/.venv-cpu" -m "not slow" "$@"
+      ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+  echo "=== stage $stage done at $((SECONDS - start)) s"
+done
