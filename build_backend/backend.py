@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 
-from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F401,F403  (re-export the PEP 517 hooks)
 
 _QUERY = "import importlib.metadata as m; print(m.version('torch'))"
@@ -38,13 +37,18 @@ def _torch_requirement():
     return [req]
 
 
+# setuptools' own hooks would run setup.py to look for setup_requires, and setup.py imports
+# torch, which is exactly what is not installed yet; the project has no setup_requires, so the
+# build needs pyproject's [build-system] requires plus torch.
+
+
 def get_requires_for_build_wheel(config_settings=None):
-    return _setuptools.get_requires_for_build_wheel(config_settings) + _torch_requirement()
+    return _torch_requirement()
 
 
 def get_requires_for_build_editable(config_settings=None):
-    return _setuptools.get_requires_for_build_editable(config_settings) + _torch_requirement()
+    return _torch_requirement()
 
 
 def get_requires_for_build_sdist(config_settings=None):
-    return _setuptools.get_requires_for_build_sdist(config_settings) + _torch_requirement()
+    return _torch_requirement()

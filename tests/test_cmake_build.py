@@ -14,7 +14,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 
 
 def _cmake():
-    exe = shutil.which("cmake")
+    # The venv's cmake (pip install cmake) first: the Debian 3.25 is too old for torch's CUDA.
+    exe = shutil.which("cmake", path=os.path.dirname(sys.executable)) or shutil.which("cmake")
     if exe is None:
         pytest.skip("cmake is not installed (pip install cmake)")
     version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.split()[2]
@@ -42,6 +43,7 @@ def test_cmake_library_passes_hamming_tests(tmp_path):
         f"-DPython3_EXECUTABLE={sys.executable}",
     ]
     env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # venv's ninja
     if with_cuda:
         # One architecture keeps the compile short; a visible GPU picks its own.
         home = os.path.dirname(os.path.dirname(nvcc))
