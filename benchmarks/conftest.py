@@ -26,13 +26,15 @@ def quick(request):
 
 @pytest.fixture
 def timed(benchmark):
-    """timed(group, role, fn, *args): benchmark fn under `group`; role is 'anchor' or 'ours'
-    (with a label), used to print anchor/ours ratios after the run."""
+    """timed(group, role, label, fn, *args, rounds=3, **kwargs): benchmark fn under `group`;
+    role is 'anchor' or 'ours' (with a label), used to print anchor/ours ratios after the run.
+    Single-round benchmarks (slow anchors) get no warm-up round."""
 
-    def run(group, role, label, fn, *args, rounds=3):
+    def run(group, role, label, fn, *args, rounds=3, **kwargs):
         benchmark.group = group
         benchmark.extra_info.update(role=role, label=label)
-        result = benchmark.pedantic(fn, args=args, rounds=rounds, iterations=1, warmup_rounds=1)
+        result = benchmark.pedantic(fn, args=args, kwargs=kwargs, rounds=rounds, iterations=1,
+                                    warmup_rounds=1 if rounds > 1 else 0)
         stats = getattr(benchmark, "stats", None)
         if stats is not None:
             _medians[group][(role, label)] = stats.stats.median

@@ -12,4 +12,18 @@ TORCH_LIBRARY(dsch_ext, m) {
   // Hamming search over packed codes.
   m.def("hamming_distance(Tensor queries, Tensor database) -> Tensor");
   m.def("hamming_topk(Tensor queries, Tensor database, int k) -> (Tensor, Tensor)");
+  // Distances between points x [N, D] and centres [K, D]; metric is
+  // 'sqeuclidean', 'cosine' (1 - cos) or 'dot' (-<x, c>): smaller is closer.
+  m.def("center_distances(Tensor x, Tensor centers, str metric) -> Tensor");
+  m.def(
+      "center_distances_backward(Tensor grad, Tensor x, Tensor centers, Tensor distances, "
+      "str metric) -> (Tensor, Tensor)");
+  // Index (int64 [N]) and squared Euclidean distance [N] of the nearest centre.
+  m.def("nearest_center(Tensor x, Tensor centers) -> (Tensor, Tensor)");
+  // GMM E-step: log responsibilities [N, K] and per-point log likelihood [N]
+  // from means [K, D], precision Cholesky factors (full [K, D, D], tied
+  // [D, D], diag [K, D], spherical [K]) and log weights [K].
+  m.def(
+      "gmm_log_resp(Tensor x, Tensor means, Tensor precisions_chol, Tensor log_weights, "
+      "str covariance_type) -> (Tensor, Tensor)");
 }

@@ -6,14 +6,25 @@
 - :func:`pack_bits` / :func:`unpack_bits`: binary codes <-> faiss's packed bytes.
 - :func:`hamming_distance`: all distances between packed codes.
 - :func:`hamming_topk`: exact top-k by Hamming distance, ties to the lower index.
+- :func:`center_distances`: points x centres distances with autograd (sqeuclidean, cosine, dot).
+- :func:`nearest_center`: k-means assignment in O(N + K) memory, ties to the lower index.
+- :func:`gmm_log_resp`: the Gaussian-mixture E-step (full, tied, diag, spherical).
+- :class:`KMeans`, :class:`GaussianMixture`: scikit-learn's estimators on any device.
 """
 from ._library import build_info
-from .ops import hamming_distance, hamming_topk, pack_bits, unpack_bits
+from .cluster import KMeans
+from .mixture import GaussianMixture
+from .ops import center_distances, gmm_log_resp, hamming_distance, hamming_topk, nearest_center, pack_bits, unpack_bits
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GaussianMixture",
+    "KMeans",
     "build_info",
+    "center_distances",
+    "gmm_log_resp",
+    "nearest_center",
     "hamming_distance",
     "hamming_topk",
     "pack_bits",

@@ -77,7 +77,115 @@ def hamming_topk(queries: ArrayLike, database: ArrayLike, k: int) -> Tuple[torch
     )
 
 
+CENTER_METRICS = ("sqeuclidean", "cosine", "dot")
+
+
+def center_distances(x: ArrayLike, centers: ArrayLike, metric: str = "sqeuclidean") -> torch.Tensor:
+    """Distances between points and centres, differentiable in both.
+
+    Args:
+        x: ``[N, D]`` float32/float64 points.
+        centers: ``[K, D]`` centres, same dtype and device.
+        metric: ``'sqeuclidean'`` (``||x - c||^2``), ``'cosine'`` (``1 - cos(x, c)``, norms
+            clamped at 1e-8) or ``'dot'`` (``-<x, c>``). Every metric is a distance: smaller is
+            closer, so ``1 - center_distances(h, mu, 'cosine')`` is the cosine similarity.
+
+    Returns:
+        ``[N, K]`` in x's dtype. One GEMM plus a fused epilogue; the backward is one pass over
+        the ``[N, K]`` gradient plus two GEMMs. NaN/Inf input raises ``RuntimeError``.
+    """
+    if metric not in CENTER_METRICS:
+        raise ValueError(f"metric must be one of {CENTER_METRICS}, got {metric!r}")
+    return torch.ops.dsch_ext.center_distances.default(_as_tensor(x, "x"), _as_tensor(centers, "centers"), metric)
+
+
+def nearest_center(x: ArrayLike, centers: ArrayLike) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centre of every point (k-means' assignment step), never materialising N x K.
+
+    Returns:
+        ``(index int64 [N], squared Euclidean distance [N])``; equal distances go to the lower
+        centre index. Extra memory is O(N + K) plus a fixed-size block buffer, so N = 10^7
+        works. Not differentiable.
+    """
+    return torch.ops.dsch_ext.nearest_center.default(_as_tensor(x, "x"), _as_tensor(centers, "centers"))
+
+
+GMM_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def gmm_log_resp(x: ArrayLike, means: ArrayLike, precisions_chol: ArrayLike, log_weights: ArrayLike,
+                 covariance_type: str = "full") -> Tuple[torch.Tensor, torch.Tensor]:
+    """The GMM E-step: log responsibilities and per-point log-likelihood.
+
+    Args:
+        x: ``[N, D]`` float32/float64 points.
+        means: ``[K, D]``.
+        precisions_chol: Cholesky factors ``L`` of the precisions (``precision = L L^T``,
+            scikit-learn's ``precisions_cholesky_``): ``[K, D, D]`` full, ``[D, D]`` tied,
+            ``[K, D]`` diag, ``[K]`` spherical.
+        log_weights: ``[K]`` log mixture weights.
+        covariance_type: ``'full'``, ``'tied'``, ``'diag'`` or ``'spherical'``.
+
+    Returns:
+        ``(log_resp [N, K], log_prob_norm [N])``: ``log p(k | x_i)`` and ``log p(x_i)``,
+        computed with a stable log-sum-exp (no NaN or -inf for points far from every component).
+    """
+    if covariance_type not in GMM_COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be one of {GMM_COVARIANCE_TYPES}, got {covariance_type!r}")
+    return torch.ops.dsch_ext.gmm_log_resp.default(
+        _as_tensor(x, "x"), _as_tensor(means, "means"), _as_tensor(precisions_chol, "precisions_chol"),
+        _as_tensor(log_weights, "log_weights"), covariance_type,
+    )
+
+
+# Autograd for center_distances: the backward is its own op (CPU and CUDA kernels).
+
+
+def _center_distances_setup_context(ctx, inputs, output):
+    x, centers, metric = inputs
+    ctx.metric = metric
+    ctx.save_for_backward(x, centers, output)
+
+
+def _center_distances_backward(ctx, grad):
+    x, centers, output = ctx.saved_tensors
+    grad_x, grad_c = torch.ops.dsch_ext.center_distances_backward.default(grad, x, centers, output, ctx.metric)
+    return (
+        grad_x if ctx.needs_input_grad[0] else None,
+        grad_c if ctx.needs_input_grad[1] else None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "dsch_ext::center_distances", _center_distances_backward, setup_context=_center_distances_setup_context
+)
+
+
 # Fake kernels: shapes and dtypes only, for torch.compile and meta tensors.
+
+
+@torch.library.register_fake("dsch_ext::center_distances")
+def _center_distances_fake(x, centers, metric):
+    torch._check(x.shape[1] == centers.shape[1], lambda: "x and centers have different dimensions")
+    return x.new_empty((x.shape[0], centers.shape[0]))
+
+
+@torch.library.register_fake("dsch_ext::center_distances_backward")
+def _center_distances_backward_fake(grad, x, centers, distances, metric):
+    return torch.empty_like(x), torch.empty_like(centers)
+
+
+@torch.library.register_fake("dsch_ext::gmm_log_resp")
+def _gmm_log_resp_fake(x, means, precisions_chol, log_weights, covariance_type):
+    torch._check(x.shape[1] == means.shape[1], lambda: "x and means have different dimensions")
+    return x.new_empty((x.shape[0], means.shape[0])), x.new_empty((x.shape[0],))
+
+
+@torch.library.register_fake("dsch_ext::nearest_center")
+def _nearest_center_fake(x, centers):
+    torch._check(x.shape[1] == centers.shape[1], lambda: "x and centers have different dimensions")
+    return x.new_empty((x.shape[0],), dtype=torch.int64), x.new_empty((x.shape[0],))
 
 
 @torch.library.register_fake("dsch_ext::pack_bits")

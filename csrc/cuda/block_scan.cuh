@@ -34,3 +34,43 @@ __device__ __forceinline__ int block_exclusive_rank(bool flag, int* warp_totals,
 }
 
 }  // namespace dsch_ext
+
+namespace dsch_ext {
+
+// Block-wide max and sum (every thread gets the result). `scratch` is shared
+// memory of at least 33 values; every thread of the block must call.
+template <typename T>
+__device__ __forceinline__ T block_reduce_max(T v, T* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFullWarpMask, v, o));
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    T m = scratch[0];
+    for (int w = 1; w < nwarps; ++w) m = max(m, scratch[w]);
+    scratch[32] = m;
+  }
+  __syncthreads();
+  const T result = scratch[32];
+  __syncthreads();
+  return result;
+}
+
+template <typename T>
+__device__ __forceinline__ T block_reduce_sum(T v, T* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullWarpMask, v, o);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    T s = 0;
+    for (int w = 0; w < nwarps; ++w) s += scratch[w];  // fixed order: deterministic
+    scratch[32] = s;
+  }
+  __syncthreads();
+  const T result = scratch[32];
+  __syncthreads();
+  return result;
+}
+
+}  // namespace dsch_ext

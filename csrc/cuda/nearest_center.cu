@@ -1,0 +1,95 @@
+// CUDA kernel of dsch_ext::nearest_center: blocks of points, one cuBLAS GEMM
+// per block into a fixed buffer, then one warp per point scans the centres
+// and a shuffle reduction keeps the minimum (ties to the lower index, the
+// rule of nearer_center in center_math.h). O(N + K) memory plus the buffer.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "../common/center_checks.h"
+#include "center_stats.cuh"
+
+namespace dsch_ext {
+namespace {
+
+constexpr int64_t kBufferElements = 32 << 20;  // 128 MB of float32 per block
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void nearest_center_scan_kernel(const T* __restrict__ dots, int64_t rows, int64_t k,
+                                           const T* __restrict__ x_stat, const T* __restrict__ c_stat,
+                                           int64_t* __restrict__ out_index, T* __restrict__ out_dist) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = blockDim.x / 32;
+  for (int64_t r = blockIdx.x * warps + threadIdx.x / 32; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * warps) {
+    const T* row = dots + r * k;
+    T best = 0;
+    int64_t best_j = -1;
+    for (int64_t j = lane; j < k; j += 32) {
+      const T v = c_stat[j] - T(2) * row[j];
+      if (best_j < 0 || nearer_center(v, j, best, best_j)) {
+        best = v;
+        best_j = j;
+      }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const T other = __shfl_xor_sync(kFullWarpMask, best, offset);
+      const int64_t other_j = __shfl_xor_sync(kFullWarpMask, best_j, offset);
+      if (other_j >= 0 && (best_j < 0 || nearer_center(other, other_j, best, best_j))) {
+        best = other;
+        best_j = other_j;
+      }
+    }
+    if (lane == 0) {
+      out_index[r] = best_j;
+      const T d = x_stat[r] + best;
+      out_dist[r] = d > T(0) ? d : T(0);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> nearest_center_cuda(const at::Tensor& x_in,
+                                                       const at::Tensor& centers_in) {
+  check_points_centers(x_in, centers_in);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
+  const int64_t n = x.size(0), k = centers.size(0);
+  at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));
+  at::Tensor distance = at::empty({n}, x.options());
+  const auto x_stats = center_row_stats_cuda(x, kSqEuclidean, "x");
+  const auto c_stats = center_row_stats_cuda(centers, kSqEuclidean, "centers");
+  if (n == 0) return {index, distance};
+  const int64_t block = std::clamp<int64_t>(kBufferElements / k, 256, n);
+  at::Tensor buffer = at::empty({block, k}, x.options());
+  const at::Tensor centers_t = centers.t();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nearest_center_cuda", [&] {
+    for (int64_t b0 = 0; b0 < n; b0 += block) {
+      const int64_t rows = std::min(block, n - b0);
+      at::Tensor dots = buffer.narrow(0, 0, rows);
+      at::mm_out(dots, x.narrow(0, b0, rows), centers_t);
+      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1 << 20));
+      nearest_center_scan_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+          dots.const_data_ptr<scalar_t>(), rows, k, x_stats.first.const_data_ptr<scalar_t>() + b0,
+          c_stats.first.const_data_ptr<scalar_t>(), index.data_ptr<int64_t>() + b0,
+          distance.data_ptr<scalar_t>() + b0);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {index, distance};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dsch_ext, CUDA, m) { m.impl("nearest_center", &nearest_center_cuda); }
+
+}  // namespace dsch_ext

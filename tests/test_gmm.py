@@ -1,0 +1,213 @@
+"""gmm_log_resp and GaussianMixture against float64 references and scikit-learn."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import dsch_ext
+
+sk_mixture = pytest.importorskip("sklearn.mixture")
+sk_datasets = pytest.importorskip("sklearn.datasets")
+
+COV_TYPES = ["full", "tied", "diag", "spherical"]
+
+
+def fitted_sklearn(X, k, cov, seed=0):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sk_mixture.GaussianMixture(k, covariance_type=cov, max_iter=3, random_state=seed).fit(X)
+
+
+def op_args(gm, X, dtype, device):
+    arrays = (X, gm.means_, gm.precisions_cholesky_, np.log(gm.weights_))
+    return [torch.from_numpy(np.asarray(a)).to(dtype).to(device) for a in arrays]
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (57, 3, 5), (600, 40, 16), (300, 100, 7)])
+def test_log_resp_matches_sklearn(cov, n, k, d, device):
+    rng = np.random.default_rng(n * 100 + k)
+    X = rng.uniform(-1, 1, (max(n, k, 2), d))
+    gm = fitted_sklearn(X, k, cov)
+    log_prob_norm, log_resp = gm._estimate_log_prob_resp(X[:n])
+    # float64: 1e-8
+    lr, lpn = dsch_ext.gmm_log_resp(*op_args(gm, X[:n], torch.float64, device), cov)
+    np.testing.assert_allclose(lpn.cpu().numpy(), log_prob_norm, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(np.exp(lr.cpu().numpy()), np.exp(log_resp), rtol=1e-8, atol=1e-8)
+    # float32: 1e-4 relative on log-likelihoods, 1e-4 on responsibilities
+    lr32, lpn32 = dsch_ext.gmm_log_resp(*op_args(gm, X[:n], torch.float32, device), cov)
+    assert lr32.dtype == torch.float32
+    np.testing.assert_allclose(lpn32.cpu().numpy(), log_prob_norm, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.exp(lr32.double().cpu().numpy()), np.exp(log_resp), atol=1e-4)
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_float32_on_tight_clusters(cov, device):
+    # Large precisions (std 1e-3) far from the origin: where x L - mu L cancels.
+    rng = np.random.default_rng(7)
+    centers = rng.uniform(-1, 1, (6, 8))
+    X = np.concatenate([c + 1e-3 * rng.standard_normal((100, 8)) for c in centers])
+    gm = fitted_sklearn(X, 6, cov, seed=1)
+    log_prob_norm, log_resp = gm._estimate_log_prob_resp(X)
+    lr32, lpn32 = dsch_ext.gmm_log_resp(*op_args(gm, X, torch.float32, device), cov)
+    np.testing.assert_allclose(lpn32.double().cpu().numpy(), log_prob_norm, rtol=1e-4)
+    np.testing.assert_allclose(np.exp(lr32.double().cpu().numpy()), np.exp(log_resp), atol=1e-4)
+
+
+def test_far_points_give_finite_responsibilities(device):
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((200, 4))
+    gm = fitted_sklearn(X, 5, "full")
+    far = np.full((3, 4), 1e4)
+    lr, lpn = dsch_ext.gmm_log_resp(*op_args(gm, far, torch.float64, device), "full")
+    assert torch.isfinite(lr).all() and torch.isfinite(lpn).all()
+    torch.testing.assert_close(torch.exp(lr).sum(1), torch.ones(3, dtype=torch.float64, device=device))
+
+
+def test_log_resp_bad_input(device):
+    x = torch.randn(10, 3, device=device, dtype=torch.float64)
+    means = torch.randn(4, 3, device=device, dtype=torch.float64)
+    chol = torch.eye(3, device=device, dtype=torch.float64).expand(4, 3, 3).contiguous()
+    logw = torch.full((4,), -np.log(4), device=device, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"precisions_chol for 'full' must be \[K, D, D\] = \[4, 3, 3\], got shape \[4, 3\]"):
+        dsch_ext.gmm_log_resp(x, means, chol[:, 0], logw, "full")
+    with pytest.raises(RuntimeError, match=r"means must be \[K, D\] = \[K, 3\]"):
+        dsch_ext.gmm_log_resp(x, means[:, :2], chol, logw, "full")
+    with pytest.raises(RuntimeError, match=r"log_weights must be \[K\] = \[4\], got shape \[3\]"):
+        dsch_ext.gmm_log_resp(x, means, chol, logw[:3], "full")
+    with pytest.raises(RuntimeError, match=r"must have x's dtype Double, got Float"):
+        dsch_ext.gmm_log_resp(x, means.float(), chol, logw, "full")
+    bad = x.clone()
+    bad[3, 2] = float("inf")
+    with pytest.raises(RuntimeError, match=r"x contains NaN or Inf \(shape \[10, 3\]\)"):
+        dsch_ext.gmm_log_resp(bad, means, chol, logw, "full")
+    with pytest.raises(ValueError, match="covariance_type must be one of"):
+        dsch_ext.gmm_log_resp(x, means, chol, logw, "banded")
+
+
+def test_gmm_log_resp_opcheck(device):
+    x = torch.randn(10, 3, device=device)
+    means = torch.randn(4, 3, device=device)
+    logw = torch.full((4,), -float(np.log(4)), device=device)
+    torch.library.opcheck(torch.ops.dsch_ext.gmm_log_resp.default, (x, means, torch.ones(4, device=device), logw, "spherical"))
+    torch.library.opcheck(torch.ops.dsch_ext.gmm_log_resp.default, (x, means, torch.ones(4, 3, device=device), logw, "diag"))
+
+
+# ---------------------------------------------------------------- GaussianMixture
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_lower_bound_matches_sklearn_every_iteration(cov):
+    X, _ = sk_datasets.make_blobs(1500, centers=6, n_features=4, random_state=3)
+    start = fitted_sklearn(X, 6, cov, seed=2)
+    init = dict(weights_init=start.weights_, means_init=start.means_, precisions_init=start.precisions_)
+    ours = dsch_ext.GaussianMixture(6, covariance_type=cov, max_iter=8, tol=0, **init)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours.fit(X)
+        for it in range(1, 9):
+            ref = sk_mixture.GaussianMixture(6, covariance_type=cov, max_iter=it, tol=0, **init).fit(X)
+            assert ours.lower_bounds_[it - 1] == pytest.approx(ref.lower_bound_, rel=1e-6)
+    np.testing.assert_allclose(ours.means_.numpy(), ref.means_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(ours.weights_.numpy(), ref.weights_, rtol=1e-6)
+    np.testing.assert_allclose(ours.covariances_.numpy(), ref.covariances_, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(ours.precisions_cholesky_.numpy(), ref.precisions_cholesky_, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
+def test_fit_every_init_converges_near_sklearn(init_params, device):
+    # Well separated blobs and several initialisations: both should find the global optimum
+    # (different random draws may otherwise stop in different local optima).
+    X, _ = sk_datasets.make_blobs(1200, centers=5, n_features=3, cluster_std=0.5, random_state=4)
+    ours = dsch_ext.GaussianMixture(5, init_params=init_params, n_init=6, random_state=0, max_iter=200)
+    ours.fit(torch.from_numpy(X).to(device))
+    ref = sk_mixture.GaussianMixture(5, init_params=init_params, n_init=6, random_state=0, max_iter=200).fit(X)
+    assert ours.converged_
+    assert ours.lower_bound_ >= ref.lower_bound_ - 1e-3 * abs(ref.lower_bound_)
+    assert ours.means_.device.type == device
+    proba = ours.predict_proba(torch.from_numpy(X).to(device))
+    torch.testing.assert_close(proba.sum(1), torch.ones(1200, dtype=proba.dtype, device=device))
+    assert torch.equal(ours.predict(torch.from_numpy(X).to(device)), proba.argmax(1))
+
+
+def test_deterministic_per_seed(device):
+    X = torch.from_numpy(sk_datasets.make_blobs(800, centers=4, n_features=3, random_state=5)[0]).to(device)
+    a = dsch_ext.GaussianMixture(4, random_state=11).fit(X)
+    b = dsch_ext.GaussianMixture(4, random_state=11).fit(X)
+    assert torch.equal(a.means_, b.means_) and a.lower_bound_ == b.lower_bound_
+
+
+def test_score_bic_aic_sample_match_sklearn():
+    X, _ = sk_datasets.make_blobs(700, centers=3, n_features=2, random_state=6)
+    for cov in COV_TYPES:
+        start = fitted_sklearn(X, 3, cov)
+        kw = dict(weights_init=start.weights_, means_init=start.means_, precisions_init=start.precisions_, max_iter=20)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours = dsch_ext.GaussianMixture(3, covariance_type=cov, **kw).fit(X)
+            ref = sk_mixture.GaussianMixture(3, covariance_type=cov, **kw).fit(X)
+        assert ours.score(X) == pytest.approx(ref.score(X), rel=1e-8)
+        assert ours.bic(X) == pytest.approx(ref.bic(X), rel=1e-8)
+        assert ours.aic(X) == pytest.approx(ref.aic(X), rel=1e-8)
+        np.testing.assert_allclose(ours.score_samples(X).numpy(), ref.score_samples(X), rtol=1e-8)
+        samples, labels = ours.sample(500, generator=torch.Generator().manual_seed(0))
+        assert samples.shape == (500, 2) and labels.shape == (500,)
+
+
+def test_warm_start_continues():
+    X, _ = sk_datasets.make_blobs(600, centers=3, n_features=2, random_state=7)
+    gm = dsch_ext.GaussianMixture(3, warm_start=True, max_iter=2, random_state=0, tol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(X)
+        first = gm.lower_bound_
+        gm.fit(X)
+    assert gm.lower_bound_ >= first - 1e-12
+
+
+def test_degenerate_data():
+    rng = np.random.default_rng(9)
+    # Duplicate points, K close to N, and a component that loses all its points.
+    X = np.repeat(rng.standard_normal((20, 3)), 3, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = dsch_ext.GaussianMixture(18, random_state=0, max_iter=20).fit(X)
+    assert torch.isfinite(gm.means_).all() and torch.isfinite(gm.covariances_).all()
+    assert torch.isfinite(gm.predict_proba(X)).all()
+    init_means = np.concatenate([X[:2], np.full((1, 3), 1e3)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = dsch_ext.GaussianMixture(3, means_init=init_means, max_iter=5, tol=0).fit(X)
+    assert torch.isfinite(gm.weights_).all() and torch.isfinite(gm.precisions_cholesky_).all()
+    assert torch.isfinite(gm.predict_proba(X)).all()
+
+
+def test_sparse_m_step_stays_close_to_dense():
+    rng = np.random.default_rng(10)
+    X = np.tanh(rng.standard_normal((3000, 8)) @ rng.standard_normal((8, 8)))
+    kw = dict(n_components=60, random_state=0, max_iter=15, tol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dense = dsch_ext.GaussianMixture(**kw).fit(X)
+        sparse = dsch_ext.GaussianMixture(resp_threshold=1e-8, **kw).fit(X)
+    assert sparse.lower_bound_ == pytest.approx(dense.lower_bound_, rel=1e-6)
+
+
+def test_gaussian_mixture_bad_input():
+    X = np.random.default_rng(11).standard_normal((30, 2))
+    with pytest.raises(ValueError, match=r"n_components=31 must be <= n_samples=30"):
+        dsch_ext.GaussianMixture(31).fit(X)
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"X contains NaN or Inf \(shape \(30, 2\)\)"):
+        dsch_ext.GaussianMixture(2).fit(bad)
+    with pytest.raises(ValueError, match="covariance_type must be one of"):
+        dsch_ext.GaussianMixture(2, covariance_type="banded").fit(X)
+    with pytest.raises(ValueError, match=r"means_init must have shape \(2, 2\)"):
+        dsch_ext.GaussianMixture(2, means_init=X[:3]).fit(X)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        dsch_ext.GaussianMixture(2).predict(X)
+    with pytest.raises(ValueError, match="ill-defined empirical covariance"):
+        dsch_ext.GaussianMixture(2, reg_covar=0.0, init_params="random_from_data", random_state=0).fit(
+            np.zeros((30, 2)))
