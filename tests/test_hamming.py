@@ -21,6 +21,15 @@ def as_device(a, device):
     return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
+@pytest.fixture(params=["auto", "scalar"])
+def cpu_scan(request, monkeypatch):
+    """Run a CPU top-k test twice: with the AVX-512 scan where the CPU has it, and with the
+    portable scalar scan forced (the kernel reads DSCH_EXT_DISABLE_AVX512 on every call)."""
+    if request.param == "scalar":
+        monkeypatch.setenv("DSCH_EXT_DISABLE_AVX512", "1")
+    return request.param
+
+
 def assert_topk_matches(q, db, k, device):
     dist, index = dsch_ext.hamming_topk(as_device(q, device), as_device(db, device), k)
     rdist, rindex = ref.hamming_topk(q, db, k)
@@ -136,7 +145,7 @@ def test_hamming_distance_extremes(device):
 
 
 @pytest.mark.parametrize("nbytes", CODE_BYTES)
-def test_topk_every_code_length(nbytes, device):
+def test_topk_every_code_length(nbytes, device, cpu_scan):
     rng = rng_for(nbytes, 1)
     q = ref.random_codes(rng, 21, nbytes)
     db = ref.random_codes(rng, 2003, nbytes)
@@ -145,13 +154,13 @@ def test_topk_every_code_length(nbytes, device):
 
 
 @pytest.mark.parametrize("nq,ndb,k", [(1, 1, 1), (3, 7, 7), (9, 500, 500), (13, 4099, 1), (5, 4099, 4099)])
-def test_topk_k_equals_ndb_and_small_sizes(nq, ndb, k, device):
+def test_topk_k_equals_ndb_and_small_sizes(nq, ndb, k, device, cpu_scan):
     rng = rng_for(nq, ndb, k)
     assert_topk_matches(ref.random_codes(rng, nq, 8), ref.random_codes(rng, ndb, 8), k, device)
 
 
 @pytest.mark.parametrize("alphabet", [1, 2, 5, 40])
-def test_topk_ties_go_to_lower_index(alphabet, device):
+def test_topk_ties_go_to_lower_index(alphabet, device, cpu_scan):
     # Few distinct codes: every distance is tied many times over.
     rng = rng_for(alphabet, 2)
     db = ref.random_codes(rng, 3001, 4, alphabet=alphabet)
@@ -161,7 +170,7 @@ def test_topk_ties_go_to_lower_index(alphabet, device):
 
 
 @pytest.mark.parametrize("nq", [1, 2, 3])
-def test_topk_few_queries_split_database(nq, device):
+def test_topk_few_queries_split_database(nq, device, cpu_scan):
     # Few queries make the CPU kernel split the database across threads and
     # the CUDA kernel across blocks: the merge must keep the exact answer.
     rng = rng_for(nq, 3)
@@ -171,7 +180,7 @@ def test_topk_few_queries_split_database(nq, device):
         assert_topk_matches(q, db, k, device)
 
 
-def test_topk_large_k_many_queries(device):
+def test_topk_large_k_many_queries(device, cpu_scan):
     rng = rng_for(4)
     assert_topk_matches(ref.random_codes(rng, 40, 16), ref.random_codes(rng, 20011, 16), 5000, device)
 

@@ -20,10 +20,12 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../common/checks.h"
 #include "../common/code_width.h"
+#include "hamming_scan_avx512.h"
 
 namespace dsch_ext {
 namespace {
@@ -140,6 +142,52 @@ void scan_tile(const uint8_t* query_rows, int64_t nbytes, const typename CW::wor
   }
 }
 
+// The AVX-512 scan exists for 64-, 128- and 256-bit codes.
+template <typename CW>
+bool use_avx512_scan() {
+  if constexpr (std::is_same_v<typename CW::word_t, uint64_t> &&
+                (CW::kFixedWords == 1 || CW::kFixedWords == 2 || CW::kFixedWords == 4)) {
+    return DSCH_HAVE_AVX512_SCAN && cpu_has_avx512_popcount();
+  } else {
+    return false;
+  }
+}
+
+// All nq queries of a block over codes [t0, t1) (a multiple of 8 codes), in
+// groups of queries that share each loaded code vector.
+template <typename CW>
+void scan_tile_vector(const uint8_t* query_rows, int64_t nbytes, int64_t nq, const typename CW::word_t* db,
+                      int64_t t0, int64_t t1, CountingTopk* states, int32_t* hist, int nbins) {
+#if DSCH_HAVE_AVX512_SCAN
+  if constexpr (std::is_same_v<typename CW::word_t, uint64_t> &&
+                (CW::kFixedWords == 1 || CW::kFixedWords == 2 || CW::kFixedWords == 4)) {
+    constexpr int NW = CW::kFixedWords;
+    constexpr int NQ = 4;
+    auto run = [&](auto group_tag, int64_t qi) {
+      constexpr int G = decltype(group_tag)::value;
+      const uint64_t* qrows[G];
+      int bounds[G];
+      for (int a = 0; a < G; ++a) {
+        qrows[a] = reinterpret_cast<const uint64_t*>(query_rows + (qi + a) * nbytes);
+        bounds[a] = states[qi + a].bound;
+      }
+      scan_tile_avx512<NW, G>(qrows, db, t0, t1, bounds, [&](int a, int d, int64_t j) {
+        CountingTopk& s = states[qi + a];
+        s.dist[s.n] = d;
+        s.index[s.n] = j;
+        if (++s.n == s.cap) s.compact(hist, nbins);
+        return s.bound;
+      });
+    };
+    int64_t qi = 0;
+    for (; qi + NQ <= nq; qi += NQ) run(std::integral_constant<int, NQ>{}, qi);
+    for (; qi < nq; ++qi) run(std::integral_constant<int, 1>{}, qi);
+    return;
+  }
+#endif
+  TORCH_INTERNAL_ASSERT(false, "scan_tile_vector called for a width without an AVX-512 scan");
+}
+
 // Scan database rows [db_begin, db_end) for queries [q_begin, q_end) and
 // write each query's sorted top-min(k, rows) to out (row stride out_stride).
 template <typename CW>
@@ -171,8 +219,18 @@ void scan_range(const uint8_t* queries, const uint8_t* database, int64_t nbytes,
 
   const Word* db = reinterpret_cast<const Word*>(database);
   constexpr int kGroup = queries_per_pass<CW>();
+  const bool avx512 = use_avx512_scan<CW>();
   for (int64_t t0 = db_begin; t0 < db_end; t0 += tile) {
-    const int64_t t1 = std::min(db_end, t0 + tile);
+    int64_t t1 = std::min(db_end, t0 + tile);
+    if (avx512) {
+      // Whole groups of 8 codes with AVX-512; the scalar loop below takes the rest.
+      const int64_t t8 = t0 + (t1 - t0) / 8 * 8;
+      if (t8 > t0) scan_tile_vector<CW>(queries + q_begin * nbytes, nbytes, nq, db, t0, t8, state.data(), hist.data(), nbins);
+      if (t8 == t1) continue;
+      for (int64_t qi = 0; qi < nq; ++qi)
+        scan_tile<CW, 1>(queries + (q_begin + qi) * nbytes, nbytes, db, nwords, t8, t1, &state[qi], hist.data(), nbins);
+      continue;
+    }
     int64_t qi = 0;
     for (; qi + kGroup <= nq; qi += kGroup) {
       scan_tile<CW, kGroup>(queries + (q_begin + qi) * nbytes, nbytes, db, nwords, t0, t1,
