@@ -30,31 +30,48 @@ constexpr double kLog2Pi = 1.8378770664093454835606594728112;
 // spherical), `p` the diagonal precision Cholesky of k (diag) or its scalar
 // (spherical, p[0]), `b` = mu_k L_k, `log_const` = log det L_k + log w_k -
 // 0.5 D log 2pi.
+// y_d of one point and one component (see the table above).
+template <typename T>
+DSCH_HOST_DEVICE T gmm_transformed_diff(int cov, const T* __restrict__ a, const T* __restrict__ p,
+                                        const T* __restrict__ b, int64_t d) {
+  if (cov == kGmmDiag) return a[d] * p[d] - b[d];
+  if (cov == kGmmSpherical) return a[d] * p[0] - b[d];
+  return a[d] - b[d];
+}
+
 template <typename T>
 DSCH_HOST_DEVICE T gmm_weighted_log_prob(int cov, const T* __restrict__ a, const T* __restrict__ p,
                                          const T* __restrict__ b, T log_const, int64_t dim) {
   T sq = 0;
-  if (cov == kGmmDiag) {
-    DSCH_SIMD_SUM(sq)
-    for (int64_t d = 0; d < dim; ++d) {
-      const T y = a[d] * p[d] - b[d];
-      sq += y * y;
-    }
-  } else if (cov == kGmmSpherical) {
-    const T s = p[0];
-    DSCH_SIMD_SUM(sq)
-    for (int64_t d = 0; d < dim; ++d) {
-      const T y = a[d] * s - b[d];
-      sq += y * y;
-    }
-  } else {
-    DSCH_SIMD_SUM(sq)
-    for (int64_t d = 0; d < dim; ++d) {
-      const T y = a[d] - b[d];
-      sq += y * y;
-    }
+  DSCH_SIMD_SUM(sq)
+  for (int64_t d = 0; d < dim; ++d) {
+    const T y = gmm_transformed_diff(cov, a, p, b, d);
+    sq += y * y;
   }
   return log_const - T(0.5) * sq;
+}
+
+// The same for four components at once (the host's inner kernel): four
+// independent sums keep the FMA units busy instead of waiting on one chain.
+template <typename T>
+DSCH_HOST_DEVICE void gmm_weighted_log_prob4(int cov, const T* const a[4], const T* const p[4], const T* const b[4],
+                                             const T log_const[4], int64_t dim, T out[4]) {
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  DSCH_SIMD_SUM4(s0, s1, s2, s3)
+  for (int64_t d = 0; d < dim; ++d) {
+    const T y0 = gmm_transformed_diff(cov, a[0], p[0], b[0], d);
+    const T y1 = gmm_transformed_diff(cov, a[1], p[1], b[1], d);
+    const T y2 = gmm_transformed_diff(cov, a[2], p[2], b[2], d);
+    const T y3 = gmm_transformed_diff(cov, a[3], p[3], b[3], d);
+    s0 += y0 * y0;
+    s1 += y1 * y1;
+    s2 += y2 * y2;
+    s3 += y3 * y3;
+  }
+  out[0] = log_const[0] - T(0.5) * s0;
+  out[1] = log_const[1] - T(0.5) * s1;
+  out[2] = log_const[2] - T(0.5) * s2;
+  out[3] = log_const[3] - T(0.5) * s3;
 }
 
 // exp for float32 log-sum-exp on the host: Cephes' polynomial (about 1 ulp on
@@ -63,8 +80,12 @@ DSCH_HOST_DEVICE T gmm_weighted_log_prob(int cov, const T* __restrict__ a, const
 // was a large share of the E-step. Inputs below -87 return ~1e-38 instead of
 // 0, which is negligible in a sum that contains exp(0) = 1.
 DSCH_HOST_DEVICE float fast_expf(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = floorf(x * 1.44269504088896341f + 0.5f);
+  x = x < -87.0f ? -87.0f : x;  // plain selects: fminf is a libm call unless -ffinite-math-only
+  x = x > 88.0f ? 88.0f : x;
+  // round(x / ln 2) by truncation after an offset (x >= -87, so the offset
+  // keeps the argument positive): no floorf call, which would stop the loop
+  // from vectorising.
+  const float n = static_cast<float>(static_cast<int32_t>(x * 1.44269504088896341f + 126.5f)) - 126.0f;
   float r = fmaf(n, -0.693359375f, x);
   r = fmaf(n, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
@@ -74,9 +95,12 @@ DSCH_HOST_DEVICE float fast_expf(float x) {
   p = fmaf(p, r, 1.6666665459e-1f);
   p = fmaf(p, r, 5.0000001201e-1f);
   const float e = fmaf(p, r * r, r) + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  memcpy(&scale, &bits, sizeof(scale));
+  const int32_t bits = static_cast<int32_t>(n + 127.0f) << 23;
+#if defined(__CUDA_ARCH__)
+  const float scale = __int_as_float(bits);
+#else
+  const float scale = __builtin_bit_cast(float, bits);
+#endif
   return e * scale;
 }
 

@@ -18,17 +18,20 @@
 // with -fopenmp); nothing on the device, where one thread owns the sum.
 #if defined(__CUDA_ARCH__) || !defined(_OPENMP)
 #define DSCH_SIMD_SUM(var)
+#define DSCH_SIMD_SUM4(a, b, c, d)
 #else
 #define DSCH_SIMD_SUM_PRAGMA(x) _Pragma(#x)
 #define DSCH_SIMD_SUM(var) DSCH_SIMD_SUM_PRAGMA(omp simd reduction(+ : var))
+#define DSCH_SIMD_SUM4(a, b, c, d) DSCH_SIMD_SUM_PRAGMA(omp simd reduction(+ : a, b, c, d))
 #endif
 
-// Host hot loops compiled twice, for AVX2+FMA (x86-64-v3) and the baseline,
+// Host hot loops compiled three times, for AVX-512 (x86-64-v4), AVX2+FMA
+// (x86-64-v3) and the baseline,
 // chosen at load time by the CPU (GCC function multi-versioning); flatten
 // inlines the templates they call, or the clones would only call one
 // baseline copy of them.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && !defined(__CUDACC__)
-#define DSCH_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
+#define DSCH_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 #else
 #define DSCH_CPU_CLONES
 #endif

@@ -40,7 +40,19 @@ void gmm_block(const T* a, int64_t a_stride, int64_t c0, int64_t c1, const T* p,
   for (int64_t r = 0; r < rows; ++r) {
     const T* ar = a + r * a_stride;
     T* o = out + r * k;
-    for (int64_t c = c0; c < c1; ++c) {
+    int64_t c = c0;
+    for (; c + 4 <= c1; c += 4) {
+      const T* as[4];
+      const T* ps[4];
+      const T* bs[4];
+      for (int j = 0; j < 4; ++j) {
+        as[j] = COV == kGmmFull ? ar + (c + j - c0) * dim : ar;
+        ps[j] = p + gmm_p_offset(COV, c + j, dim);
+        bs[j] = b + (c + j) * dim;
+      }
+      gmm_weighted_log_prob4<T>(COV, as, ps, bs, log_const + c, dim, o + c);
+    }
+    for (; c < c1; ++c) {
       const T* ac = COV == kGmmFull ? ar + (c - c0) * dim : ar;
       o[c] = gmm_weighted_log_prob<T>(COV, ac, p + gmm_p_offset(COV, c, dim), b + c * dim, log_const[c], dim);
     }
@@ -76,7 +88,10 @@ void normalize_rows(T* out, T* out_norm, int64_t rows, int64_t k) {
   for (int64_t r = 0; r < rows; ++r) {
     T* o = out + r * k;
     T mx = -std::numeric_limits<T>::infinity();
-    for (int64_t c = 0; c < k; ++c) mx = std::max(mx, o[c]);
+#if defined(_OPENMP)
+#pragma omp simd reduction(max : mx)
+#endif
+    for (int64_t c = 0; c < k; ++c) mx = o[c] > mx ? o[c] : mx;
     T s = 0;
     if constexpr (std::is_same_v<T, float>) {
       DSCH_SIMD_SUM(s)

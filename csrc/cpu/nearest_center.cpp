@@ -2,9 +2,9 @@
 // distance of each point's nearest centre, ties to the lower index.
 //
 // Points are taken in blocks: one BLAS GEMM gives a block's inner products
-// with every centre in a fixed-size buffer, then a parallel scan picks each
+// with every centre in a small per-thread buffer, then a scan picks each
 // row's minimum of |c|^2 - 2 <x, c> (|x|^2 is constant along the row). Extra
-// memory is O(N + K) plus the block buffer, never N x K.
+// memory is O(N + K) plus one block buffer per thread, never N x K.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <tuple>
 
 #include "../common/center_checks.h"
@@ -21,7 +22,32 @@
 namespace dsch_ext {
 namespace {
 
-constexpr int64_t kBufferElements = 4 << 20;  // 16 MB of float32 per block
+constexpr int64_t kBufferElements = 256 << 10;  // 1 MB of float32 per block: stays in L2
+
+// min_j |c_j|^2 - 2 dots[j] and its lowest index: a vectorised min, then the
+// first index that attains it (the same answer as nearer_center's scan).
+template <typename T>
+T nearest_in_row_impl(const T* dots, const T* c_sqnorm, int64_t k, int64_t* best_j) {
+  T best = std::numeric_limits<T>::infinity();
+#if defined(_OPENMP)
+#pragma omp simd reduction(min : best)
+#endif
+  for (int64_t j = 0; j < k; ++j) {
+    const T v = c_sqnorm[j] - T(2) * dots[j];
+    best = v < best ? v : best;
+  }
+  int64_t j = 0;
+  while (j < k - 1 && !(c_sqnorm[j] - T(2) * dots[j] == best)) ++j;
+  *best_j = j;
+  return best;
+}
+
+DSCH_CPU_CLONES float nearest_in_row(const float* dots, const float* cs, int64_t k, int64_t* best_j) {
+  return nearest_in_row_impl<float>(dots, cs, k, best_j);
+}
+DSCH_CPU_CLONES double nearest_in_row(const double* dots, const double* cs, int64_t k, int64_t* best_j) {
+  return nearest_in_row_impl<double>(dots, cs, k, best_j);
+}
 
 std::tuple<at::Tensor, at::Tensor> nearest_center_cpu(const at::Tensor& x_in,
                                                       const at::Tensor& centers_in) {
@@ -33,37 +59,33 @@ std::tuple<at::Tensor, at::Tensor> nearest_center_cpu(const at::Tensor& x_in,
   const auto x_stats = center_row_stats_cpu(x, kSqEuclidean, "x");
   const auto c_stats = center_row_stats_cpu(centers, kSqEuclidean, "centers");
   if (n == 0) return {index, distance};
-  const int64_t block = std::clamp<int64_t>(kBufferElements / k, 64, n);
-  at::Tensor buffer = at::empty({block, k}, x.options());
+  // Small blocks per task: each thread multiplies its own block of points by
+  // all centres (single-threaded GEMM inside the parallel region) into an
+  // L2-sized buffer and scans it while it is hot.
+  const int64_t block = std::clamp<int64_t>(kBufferElements / k, 16, 512);
+  const int64_t nblocks = (n + block - 1) / block;
   const at::Tensor centers_t = centers.t();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nearest_center_cpu", [&] {
     const scalar_t* xs = x_stats.first.const_data_ptr<scalar_t>();
     const scalar_t* cs = c_stats.first.const_data_ptr<scalar_t>();
     int64_t* oi = index.data_ptr<int64_t>();
     scalar_t* od = distance.data_ptr<scalar_t>();
-    for (int64_t b0 = 0; b0 < n; b0 += block) {
-      const int64_t rows = std::min(block, n - b0);
-      at::Tensor dots = buffer.narrow(0, 0, rows);
-      at::mm_out(dots, x.narrow(0, b0, rows), centers_t);
-      const scalar_t* dp = dots.const_data_ptr<scalar_t>();
-      at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const scalar_t* row = dp + r * k;
-          scalar_t best = cs[0] - scalar_t(2) * row[0];
+    at::parallel_for(0, nblocks, 1, [&](int64_t t0, int64_t t1) {
+      at::Tensor buffer = at::empty({block, k}, x.options());
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b0 = t * block, rows = std::min(block, n - b0);
+        at::Tensor dots = buffer.narrow(0, 0, rows);
+        at::mm_out(dots, x.narrow(0, b0, rows), centers_t);
+        const scalar_t* dp = dots.const_data_ptr<scalar_t>();
+        for (int64_t r = 0; r < rows; ++r) {
           int64_t best_j = 0;
-          for (int64_t j = 1; j < k; ++j) {
-            const scalar_t v = cs[j] - scalar_t(2) * row[j];
-            if (nearer_center(v, j, best, best_j)) {
-              best = v;
-              best_j = j;
-            }
-          }
+          const scalar_t best = nearest_in_row(dp + r * k, cs, k, &best_j);
           oi[b0 + r] = best_j;
           const scalar_t d = xs[b0 + r] + best;
           od[b0 + r] = d > scalar_t(0) ? d : scalar_t(0);
         }
-      });
-    }
+      }
+    });
   });
   return {index, distance};
 }
