@@ -1,9 +1,12 @@
 """The ``dsch`` command line.
 
 Subcommands:
-  dsch demo     pack random binary codes with cluster structure, search them with
-                hamming_topk, check the answer against a brute-force ranking, print a summary.
-  dsch info     what this copy of dsch_ext was built with.
+  dsch demo          pack random binary codes with cluster structure, search them with
+                     hamming_topk, check the answer against a brute-force ranking, print a summary.
+  dsch index build   build a BinaryIndex file from codes (.npy, .npz or .pt: [n, nbits] values,
+                     > 0 is bit 1, or uint8 [n, nbits/8] packed codes).
+  dsch search        search an index file with query codes; JSON or CSV out.
+  dsch info          what this copy of dsch_ext was built with.
 
 The command line only parses arguments and prints; the work is done by the library.
 """
@@ -62,6 +65,90 @@ def _demo(args):
     return 0 if exact else 1
 
 
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _load_array(path, what):
+    import os
+
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise CliError(f"{what} file not found: {path}")
+    lower = path.lower()
+    try:
+        if lower.endswith(".npy"):
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        if lower.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                key = "codes" if "codes" in z.files else z.files[0]
+                return torch.from_numpy(z[key])
+        if lower.endswith((".pt", ".pth")):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                obj = obj.get("codes", next(iter(obj.values())))
+            if not isinstance(obj, torch.Tensor):
+                raise CliError(f"{what} file {path} holds no tensor")
+            return obj
+    except CliError:
+        raise
+    except Exception as exc:  # numpy / torch say what is wrong with the file
+        raise CliError(f"cannot read {what} file {path}: {exc}") from exc
+    raise CliError(f"{what} file {path}: unknown format (use .npy, .npz or .pt)")
+
+
+def _nbits_of(codes, nbits):
+    if nbits:
+        return nbits
+    return codes.shape[1] * 8 if codes.dtype == torch.uint8 else codes.shape[1]
+
+
+def _index_build(args):
+    import dsch_ext
+
+    codes = _load_array(args.codes, "codes")
+    if codes.dim() != 2:
+        raise CliError(f"codes must be 2-D [n, nbits], got shape {tuple(codes.shape)} from {args.codes}")
+    index = dsch_ext.BinaryIndex(_nbits_of(codes, args.nbits))
+    ids = _load_array(args.ids, "ids") if args.ids else None
+    try:
+        index.add(codes, ids)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    index.save(args.out)
+    print(f"wrote {args.out}: {len(index)} codes of {index.nbits} bits")
+    return 0
+
+
+def _search(args):
+    import dsch_ext
+
+    try:
+        index = dsch_ext.BinaryIndex.load(args.index, device=args.device)
+    except (FileNotFoundError, dsch_ext.IndexFormatError) as exc:
+        raise CliError(str(exc)) from exc
+    queries = _load_array(args.queries, "queries")
+    try:
+        dist, ids = index.search(queries, args.k)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    out = open(args.out, "w") if args.out and args.out != "-" else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump({"k": args.k, "distances": dist.cpu().tolist(), "ids": ids.cpu().tolist()}, out)
+            out.write("\n")
+        else:
+            out.write("query,rank,id,distance\n")
+            for q, (drow, irow) in enumerate(zip(dist.cpu().tolist(), ids.cpu().tolist())):
+                for r, (d, i) in enumerate(zip(drow, irow)):
+                    out.write(f"{q},{r},{i},{d}\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -89,12 +176,34 @@ def build_parser():
     demo.set_defaults(func=_demo)
     info = sub.add_parser("info", help="print how dsch_ext was built")
     info.set_defaults(func=_info)
+
+    index = sub.add_parser("index", help="binary index files")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    build = index_sub.add_parser("build", help="build an index file from codes")
+    build.add_argument("--codes", required=True, help=".npy/.npz/.pt: [n, nbits] values or uint8 packed codes")
+    build.add_argument("--out", required=True, help="index file to write (atomically)")
+    build.add_argument("--nbits", type=int, default=0, help="code length (default: from the codes)")
+    build.add_argument("--ids", help="optional int64 ids [n] (.npy/.npz/.pt)")
+    build.set_defaults(func=_index_build)
+
+    search = sub.add_parser("search", help="search an index file")
+    search.add_argument("--index", required=True)
+    search.add_argument("--queries", required=True, help=".npy/.npz/.pt query codes (same length as the index)")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--format", choices=("json", "csv"), default="json")
+    search.add_argument("--out", default="-", help="output file (default: standard output)")
+    search.add_argument("--device", default="cpu")
+    search.set_defaults(func=_search)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"dsch: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

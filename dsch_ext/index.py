@@ -1,0 +1,348 @@
+"""BinaryIndex: a Hamming index of binary codes that can be searched, edited, saved and reloaded.
+
+Search runs the ``hamming_topk`` kernel on whatever device the index lives on. Queries are
+processed in chunks so memory stays bounded for any number of queries.
+
+Thread safety: any number of threads may search one index at once. ``add`` and
+``remove_ids`` replace the index's tensors instead of editing them in place, under a lock,
+so a search running at the same time sees the index either before or after the change, never
+a mixture; searching while adding is therefore safe.
+
+File format (version 1, little-endian, nothing in it is ever executed; no pickle)::
+
+    offset  size  field
+    0       8     magic b"DSCHBIX\\0"
+    8       4     format version (uint32) = 1
+    12      4     header size (uint32) = 64
+    16      4     nbits (uint32)
+    20      4     code bytes per code (uint32) = ceil(nbits / 8)
+    24      8     count (uint64)
+    32      8     codes offset (uint64) = 64
+    40      8     ids offset (uint64) = 64 + count * code_bytes rounded up to 8
+    48      4     CRC-32 of the codes
+    52      4     CRC-32 of the ids
+    56      4     reserved (0)
+    60      4     CRC-32 of bytes 0..59
+    64            codes: count x code_bytes uint8 (faiss's packed layout), then zero padding
+    ids_offset    ids: count x int64
+
+The arrays are raw, so a file can be memory-mapped (``load(path, mmap=True)``). Saving
+writes a temporary file in the same directory, flushes and fsyncs it, then renames it over
+the target: a crash, a full disk or a kill during ``save`` leaves the previous file intact
+(a stray ``.<name>.tmp-*`` file may remain after a kill).
+"""
+import os
+import struct
+import tempfile
+import threading
+import warnings
+import zlib
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .ops import hamming_distance, hamming_topk, pack_bits
+
+MAGIC = b"DSCHBIX\x00"
+FORMAT_VERSION = 1
+HEADER_SIZE = 64
+_HEADER = struct.Struct("<8sIIIIQQQIII")  # 60 bytes; the header CRC follows
+assert _HEADER.size == 60
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+
+class IndexFormatError(ValueError):
+    """A file is not a valid dsch_ext binary index (the message says why)."""
+
+
+def _crc(data) -> int:
+    return zlib.crc32(memoryview(data)) & 0xFFFFFFFF
+
+
+def _as_tensor(x, name):
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+
+
+class BinaryIndex:
+    """Exact Hamming search over ``nbits``-bit binary codes with user ids.
+
+    Args:
+        nbits: code length (>= 1).
+        device: where the codes live and search runs (``'cpu'``, ``'cuda'``...).
+        query_chunk: queries searched per kernel call (bounds memory).
+    """
+
+    def __init__(self, nbits: int, device: Union[str, torch.device] = "cpu", query_chunk: int = 4096):
+        if not isinstance(nbits, (int, np.integer)) or nbits < 1:
+            raise ValueError(f"nbits must be a positive int, got {nbits!r}")
+        self.nbits = int(nbits)
+        self.code_bytes = (self.nbits + 7) // 8
+        self.query_chunk = int(query_chunk)
+        self._device = torch.device(device)
+        self._codes = torch.empty((0, self.code_bytes), dtype=torch.uint8, device=self._device)
+        self._ids = torch.empty((0,), dtype=torch.int64, device=self._device)
+        self._next_id = 0
+        self._lock = threading.Lock()
+        # Bits past nbits in the last byte must be 0, or they would count in distances.
+        self._tail_mask = (1 << (self.nbits - 8 * (self.code_bytes - 1))) - 1
+
+    # ------------------------------------------------------------------ contents
+
+    def __len__(self) -> int:
+        return int(self._ids.shape[0])
+
+    def __repr__(self):
+        return f"BinaryIndex(nbits={self.nbits}, ntotal={len(self)}, device={self._device})"
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """The packed codes, uint8 ``[ntotal, ceil(nbits / 8)]`` (read-only view of a snapshot)."""
+        return self._codes
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return self._ids
+
+    def _packed(self, codes: ArrayLike, name: str) -> torch.Tensor:
+        t = _as_tensor(codes, name)
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
+        if t.dtype == torch.uint8 and t.shape[1] == self.code_bytes and t.shape[1] != self.nbits:
+            packed = t
+        elif t.shape[1] == self.nbits:
+            packed = pack_bits(t)
+        else:
+            raise ValueError(
+                f"{name} of shape {tuple(t.shape)} and dtype {t.dtype} does not fit a {self.nbits}-bit index: "
+                f"give [n, {self.nbits}] codes (float/bool/int, > 0 is bit 1) or uint8 [n, {self.code_bytes}] packed codes"
+            )
+        packed = packed.to(self._device).contiguous()
+        if self._tail_mask != 0xFF:
+            packed = packed.clone()
+            packed[:, -1] &= self._tail_mask
+        return packed
+
+    def add(self, codes: ArrayLike, ids: Optional[ArrayLike] = None) -> torch.Tensor:
+        """Add codes (``[n, nbits]`` values or ``uint8 [n, ceil(nbits/8)]`` packed). ``ids``:
+        int64 ``[n]`` (unique, not already present); default: consecutive from the largest
+        id so far + 1. Returns the ids added."""
+        packed = self._packed(codes, "codes")
+        n = packed.shape[0]
+        with self._lock:
+            if ids is None:
+                new_ids = torch.arange(self._next_id, self._next_id + n, dtype=torch.int64)
+            else:
+                new_ids = _as_tensor(ids, "ids")
+                if new_ids.dim() != 1 or new_ids.shape[0] != n:
+                    raise ValueError(f"ids must be 1-D with {n} entries (one per code), got shape {tuple(new_ids.shape)}")
+                if new_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+                    raise ValueError(f"ids must be integers, got dtype {new_ids.dtype}")
+                new_ids = new_ids.to(torch.int64).cpu()
+                if torch.unique(new_ids).shape[0] != n:
+                    raise ValueError("ids contains duplicates")
+                if len(self) and bool(torch.isin(new_ids, self._ids.cpu()).any()):
+                    raise ValueError("some ids are already in the index")
+            new_ids = new_ids.to(self._device)
+            # New tensors, never in-place edits: concurrent searches keep their snapshot.
+            self._codes = torch.cat([self._codes, packed])
+            self._ids = torch.cat([self._ids, new_ids])
+            if n:
+                self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+        return new_ids
+
+    def remove_ids(self, ids: ArrayLike) -> int:
+        """Remove the codes with these ids; returns how many were removed."""
+        remove = _as_tensor(ids, "ids").to(torch.int64).flatten().to(self._device)
+        with self._lock:
+            keep = ~torch.isin(self._ids, remove)
+            removed = int((~keep).sum())
+            if removed:
+                self._codes = self._codes[keep].contiguous()
+                self._ids = self._ids[keep].contiguous()
+        return removed
+
+    def to(self, device: Union[str, torch.device]) -> "BinaryIndex":
+        """Move the index to ``device`` (in place); returns self."""
+        with self._lock:
+            self._device = torch.device(device)
+            self._codes = self._codes.to(self._device)
+            self._ids = self._ids.to(self._device)
+        return self
+
+    # ------------------------------------------------------------------ search
+
+    def _snapshot(self):
+        with self._lock:
+            return self._codes, self._ids
+
+    def search(self, queries: ArrayLike, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Exact k nearest codes: ``(distances int32 [nq, k], ids int64 [nq, k])`` sorted by
+        distance, ties by insertion order (lower position first), on the index's device."""
+        codes, ids = self._snapshot()
+        q = self._packed(queries, "queries")
+        if not isinstance(k, (int, np.integer)) or not 1 <= k <= codes.shape[0]:
+            raise ValueError(f"k must be in [1, ntotal] = [1, {codes.shape[0]}], got {k!r}")
+        out_d, out_i = [], []
+        for start in range(0, max(q.shape[0], 1), self.query_chunk):
+            chunk = q[start : start + self.query_chunk]
+            dist, pos = hamming_topk(chunk, codes, int(k))
+            out_d.append(dist)
+            out_i.append(ids[pos])
+        return torch.cat(out_d), torch.cat(out_i)
+
+    def range_search(self, queries: ArrayLike, radius: int, db_chunk: int = 1 << 20):
+        """Every code within Hamming distance ``<= radius`` of each query, faiss-style:
+        ``(lims int64 [nq + 1], distances int32 [total], ids int64 [total])``; the results of
+        query i are ``[lims[i], lims[i + 1])``, ordered by position in the index."""
+        codes, ids = self._snapshot()
+        q = self._packed(queries, "queries")
+        if radius < 0:
+            raise ValueError(f"radius must be >= 0, got {radius}")
+        counts, dists, found = [], [], []
+        qchunk = max(1, min(self.query_chunk, (1 << 26) // max(1, min(db_chunk, codes.shape[0]))))
+        for qs in range(0, q.shape[0], qchunk):
+            qc = q[qs : qs + qchunk]
+            per_query_d = [[] for _ in range(qc.shape[0])]
+            per_query_i = [[] for _ in range(qc.shape[0])]
+            for ds in range(0, codes.shape[0], db_chunk):
+                d = hamming_distance(qc, codes[ds : ds + db_chunk])
+                rows, cols = torch.nonzero(d <= radius, as_tuple=True)
+                if rows.numel() == 0:
+                    continue
+                split = torch.bincount(rows, minlength=qc.shape[0]).tolist()
+                vals = d[rows, cols].split(split)
+                hit = ids[cols + ds].split(split)
+                for r in range(qc.shape[0]):
+                    if split[r]:
+                        per_query_d[r].append(vals[r])
+                        per_query_i[r].append(hit[r])
+            for r in range(qc.shape[0]):
+                dd = torch.cat(per_query_d[r]) if per_query_d[r] else codes.new_empty((0,), dtype=torch.int32)
+                ii = torch.cat(per_query_i[r]) if per_query_i[r] else ids.new_empty((0,))
+                counts.append(dd.shape[0])
+                dists.append(dd)
+                found.append(ii)
+        lims = torch.zeros(len(counts) + 1, dtype=torch.int64)
+        lims[1:] = torch.cumsum(torch.tensor(counts, dtype=torch.int64), 0)
+        empty_d = codes.new_empty((0,), dtype=torch.int32)
+        return lims, (torch.cat(dists) if dists else empty_d), (torch.cat(found) if found else ids.new_empty((0,)))
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the index to ``path`` atomically (see the module docstring for the format)."""
+        codes, ids = self._snapshot()
+        codes_np = codes.cpu().numpy()
+        ids_np = ids.cpu().numpy().astype("<i8", copy=False)
+        count = codes_np.shape[0]
+        codes_bytes = codes_np.tobytes()
+        pad = (-(HEADER_SIZE + len(codes_bytes))) % 8
+        ids_offset = HEADER_SIZE + len(codes_bytes) + pad
+        ids_bytes = ids_np.tobytes()
+        head = _HEADER.pack(MAGIC, FORMAT_VERSION, HEADER_SIZE, self.nbits, self.code_bytes, count, HEADER_SIZE,
+                            ids_offset, _crc(codes_bytes), _crc(ids_bytes), 0)
+        header = head + struct.pack("<I", _crc(head))
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(header)
+                f.write(codes_bytes)
+                f.write(b"\x00" * pad)
+                f.write(ids_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        try:  # make the rename itself durable
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            pass
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], mmap: bool = False, device: Union[str, torch.device] = "cpu",
+             verify: bool = True) -> "BinaryIndex":
+        """Read an index written by :meth:`save`. ``mmap=True`` maps the file instead of reading
+        it (CPU only; the codes are then read-only views of the file). ``verify`` checks the
+        CRC-32 of codes and ids. Raises :class:`IndexFormatError` saying what is wrong:
+        truncated, corrupted, another format version, or not an index file at all."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no index file at {path!r}")
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            header = f.read(HEADER_SIZE)
+        if len(header) < len(MAGIC) or header[: len(MAGIC)] != MAGIC:
+            raise IndexFormatError(f"{path!r} is not a dsch_ext binary index (wrong magic bytes)")
+        if len(header) < HEADER_SIZE:
+            raise IndexFormatError(f"{path!r} is truncated: {size} bytes, the header alone needs {HEADER_SIZE}")
+        (magic, version, header_size, nbits, code_bytes, count, codes_offset, ids_offset, codes_crc, ids_crc,
+         _reserved) = _HEADER.unpack(header[:60])
+        (header_crc,) = struct.unpack("<I", header[60:64])
+        if _crc(header[:60]) != header_crc:
+            raise IndexFormatError(f"{path!r} has a corrupted header (checksum mismatch)")
+        if version != FORMAT_VERSION:
+            raise IndexFormatError(
+                f"{path!r} is format version {version}; this dsch_ext reads version {FORMAT_VERSION}")
+        if (header_size != HEADER_SIZE or nbits < 1 or code_bytes != (nbits + 7) // 8 or codes_offset != HEADER_SIZE
+                or ids_offset != HEADER_SIZE + count * code_bytes + (-(HEADER_SIZE + count * code_bytes)) % 8):
+            raise IndexFormatError(f"{path!r} has an inconsistent header (nbits={nbits}, code bytes={code_bytes}, "
+                                   f"count={count})")
+        expected = ids_offset + 8 * count
+        if size != expected:
+            kind = "truncated" if size < expected else "longer than its header says"
+            raise IndexFormatError(f"{path!r} is {kind}: {size} bytes, expected {expected} for {count} codes")
+        pad = ids_offset - codes_offset - count * code_bytes
+        if pad:
+            with open(path, "rb") as f:
+                f.seek(codes_offset + count * code_bytes)
+                if f.read(pad) != b"\x00" * pad:
+                    raise IndexFormatError(f"{path!r} is corrupted (non-zero padding before the ids)")
+        if mmap:
+            codes_np = np.memmap(path, dtype=np.uint8, mode="r", offset=codes_offset, shape=(count, code_bytes)) \
+                if count else np.empty((0, code_bytes), np.uint8)
+            ids_np = np.memmap(path, dtype="<i8", mode="r", offset=ids_offset, shape=(count,)) \
+                if count else np.empty((0,), "<i8")
+        else:
+            with open(path, "rb") as f:
+                f.seek(codes_offset)
+                codes_np = np.frombuffer(f.read(count * code_bytes), dtype=np.uint8).reshape(count, code_bytes)
+                f.seek(ids_offset)
+                ids_np = np.frombuffer(f.read(8 * count), dtype="<i8")
+        if verify:
+            if _crc(np.ascontiguousarray(codes_np)) != codes_crc:
+                raise IndexFormatError(f"{path!r} has corrupted codes (checksum mismatch)")
+            if _crc(np.ascontiguousarray(ids_np)) != ids_crc:
+                raise IndexFormatError(f"{path!r} has corrupted ids (checksum mismatch)")
+        index = cls(nbits, device=device)
+        if mmap:
+            with warnings.catch_warnings():  # read-only map: torch warns that it is not writable
+                warnings.simplefilter("ignore", UserWarning)
+                codes_t = torch.from_numpy(np.asarray(codes_np))
+        else:
+            codes_t = torch.from_numpy(codes_np.copy())
+        ids_t = torch.from_numpy(np.asarray(ids_np).astype(np.int64))
+        index._codes = codes_t.to(index._device)
+        index._ids = ids_t.to(index._device)
+        index._next_id = int(ids_t.max()) + 1 if count else 0
+        return index

@@ -1,0 +1,306 @@
+"""BinaryIndex: search against brute force, editing, persistence and its failure modes,
+concurrent searches, faiss interoperability and the index command line."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import dsch_ext
+import hamming_reference as ref
+from dsch_ext.index import HEADER_SIZE
+
+
+def random_index(n=2000, nbits=64, seed=0, device="cpu", alphabet=None):
+    rng = np.random.default_rng(seed)
+    packed = ref.random_codes(rng, n, (nbits + 7) // 8, alphabet=alphabet)
+    if nbits % 8:
+        packed[:, -1] &= (1 << (nbits % 8)) - 1
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)
+    index = dsch_ext.BinaryIndex(nbits, device=device)
+    index.add(packed, ids)
+    return index, packed, ids
+
+
+def brute_force(packed, ids, queries, k):
+    dist, pos = ref.hamming_topk(queries, packed, k)
+    return dist, ids[pos]
+
+
+@pytest.mark.parametrize("nbits", [13, 64, 256])
+def test_search_matches_brute_force(nbits, device):
+    index, packed, ids = random_index(nbits=nbits, device=device, alphabet=300)
+    queries = packed[:50]
+    dist, found = index.search(queries, 40)
+    want_d, want_i = brute_force(packed, ids, queries, 40)
+    np.testing.assert_array_equal(dist.cpu().numpy(), want_d)
+    np.testing.assert_array_equal(found.cpu().numpy(), want_i)
+
+
+def test_add_codes_default_ids_and_remove(device):
+    index = dsch_ext.BinaryIndex(32, device=device)
+    codes = torch.randn(100, 32)
+    assert index.add(codes).cpu().tolist() == list(range(100))
+    assert index.add(codes[:10]).cpu().tolist() == list(range(100, 110))
+    assert len(index) == 110
+    assert index.remove_ids(torch.arange(0, 110, 2)) == 55
+    assert len(index) == 55
+    dist, found = index.search(codes[1:2], 1)
+    assert found.item() == 1 and dist.item() == 0
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(codes[:1], ids=np.array([1]))
+    with pytest.raises(ValueError, match="duplicates"):
+        index.add(codes[:2], ids=np.array([500, 500]))
+    with pytest.raises(ValueError, match=r"does not fit a 32-bit index"):
+        index.add(torch.randn(3, 31))
+    with pytest.raises(ValueError, match=r"k must be in \[1, ntotal\] = \[1, 55\]"):
+        index.search(codes[:1], 56)
+
+
+def test_range_search(device):
+    index, packed, ids = random_index(n=3000, nbits=16, device=device, alphabet=200)
+    queries = packed[:7]
+    lims, dist, found = index.range_search(queries, 3)
+    full = ref.hamming_distance(queries, packed)
+    for q in range(7):
+        sel = np.nonzero(full[q] <= 3)[0]
+        np.testing.assert_array_equal(found[lims[q] : lims[q + 1]].cpu().numpy(), ids[sel])
+        np.testing.assert_array_equal(dist[lims[q] : lims[q + 1]].cpu().numpy(), full[q, sel])
+
+
+def test_save_load_roundtrip(tmp_path, device):
+    index, packed, ids = random_index(n=1234, nbits=100, device=device)
+    path = tmp_path / "codes.dbix"
+    index.save(path)
+    for mmap in (False, True):
+        loaded = dsch_ext.BinaryIndex.load(path, mmap=mmap)
+        assert len(loaded) == 1234 and loaded.nbits == 100
+        np.testing.assert_array_equal(loaded.codes.numpy(), index.codes.cpu().numpy())
+        np.testing.assert_array_equal(loaded.ids.numpy(), ids)
+        d1, i1 = loaded.search(packed[:9], 20)
+        d2, i2 = index.search(packed[:9], 20)
+        assert torch.equal(d1, d2.cpu()) and torch.equal(i1, i2.cpu())
+    empty = dsch_ext.BinaryIndex(8)
+    empty.save(tmp_path / "empty.dbix")
+    assert len(dsch_ext.BinaryIndex.load(tmp_path / "empty.dbix")) == 0
+
+
+def test_load_rejects_bad_files_with_clear_errors(tmp_path):
+    index, _, _ = random_index(n=500, nbits=64)
+    good = tmp_path / "good.dbix"
+    index.save(good)
+    data = good.read_bytes()
+
+    def load_bytes(blob, name):
+        p = tmp_path / name
+        p.write_bytes(blob)
+        return dsch_ext.BinaryIndex.load(p)
+
+    with pytest.raises(dsch_ext.IndexFormatError, match="truncated: .* expected"):
+        load_bytes(data[:-3], "truncated.dbix")
+    with pytest.raises(dsch_ext.IndexFormatError, match="header alone needs 64"):
+        load_bytes(data[:40], "short.dbix")
+    flipped = bytearray(data)
+    flipped[HEADER_SIZE + 100] ^= 0x10
+    with pytest.raises(dsch_ext.IndexFormatError, match="corrupted codes"):
+        load_bytes(bytes(flipped), "flipped_code.dbix")
+    flipped = bytearray(data)
+    flipped[-5] ^= 0x01
+    with pytest.raises(dsch_ext.IndexFormatError, match="corrupted ids"):
+        load_bytes(bytes(flipped), "flipped_id.dbix")
+    flipped = bytearray(data)
+    flipped[20] ^= 0x01
+    with pytest.raises(dsch_ext.IndexFormatError, match="corrupted header"):
+        load_bytes(bytes(flipped), "flipped_header.dbix")
+    # Another format version, with a valid header checksum.
+    import struct
+    import zlib
+
+    other = bytearray(data)
+    other[8:12] = struct.pack("<I", 2)
+    other[60:64] = struct.pack("<I", zlib.crc32(bytes(other[:60])) & 0xFFFFFFFF)
+    with pytest.raises(dsch_ext.IndexFormatError, match="format version 2; this dsch_ext reads version 1"):
+        load_bytes(bytes(other), "v2.dbix")
+    # Another program's file.
+    np.save(tmp_path / "array.npy", np.zeros(10))
+    with pytest.raises(dsch_ext.IndexFormatError, match="not a dsch_ext binary index"):
+        dsch_ext.BinaryIndex.load(tmp_path / "array.npy")
+    with pytest.raises(FileNotFoundError):
+        dsch_ext.BinaryIndex.load(tmp_path / "missing.dbix")
+
+
+def test_load_random_bytes_only_clean_errors(tmp_path):
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    good = tmp_path / "good.dbix"
+    random_index(n=20, nbits=24)[0].save(good)
+    prefix = good.read_bytes()
+
+    @hypothesis.settings(max_examples=300, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(blob=st.one_of(
+        st.binary(max_size=300),
+        # Valid header start, random rest: exercises the later checks too.
+        st.binary(max_size=300).map(lambda b: prefix[:8] + b),
+        st.tuples(st.integers(0, len(prefix) - 1), st.integers(0, 255)).map(
+            lambda t: prefix[: t[0]] + bytes([t[1]]) + prefix[t[0] + 1 :]),
+    ))
+    def check(blob):
+        path = tmp_path / "fuzz.dbix"
+        path.write_bytes(blob)
+        try:
+            index = dsch_ext.BinaryIndex.load(path)
+        except dsch_ext.IndexFormatError:
+            return
+        # Accepted only if it is exactly the good file (a byte "changed" to itself).
+        assert blob == prefix and len(index) == 20
+
+    check()
+
+
+SAVE_SCRIPT = r"""
+import os, signal, sys, resource, torch, dsch_ext
+path, mode = sys.argv[1], sys.argv[2]
+index = dsch_ext.BinaryIndex(64)
+index.add(torch.randint(0, 256, (2_000_000, 8), dtype=torch.uint8))
+if mode == "fsize":
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    try:
+        index.save(path)
+    except OSError as exc:
+        print("refused:", exc.errno)
+        sys.exit(3)
+else:
+    print("saving", flush=True)
+    index.save(path)
+"""
+
+
+def _old_index(tmp_path):
+    old, _, old_ids = random_index(n=300, nbits=64, seed=5)
+    path = tmp_path / "keep.dbix"
+    old.save(path)
+    return path, old_ids
+
+
+def test_save_refused_by_file_size_limit_keeps_previous_file(tmp_path):
+    path, old_ids = _old_index(tmp_path)
+    result = subprocess.run([sys.executable, "-c", SAVE_SCRIPT, str(path), "fsize"], capture_output=True, text=True,
+                            cwd=tmp_path)  # not the repository root: import the installed package
+    assert result.returncode == 3, result.stderr
+    assert "refused" in result.stdout
+    loaded = dsch_ext.BinaryIndex.load(path)
+    np.testing.assert_array_equal(loaded.ids.numpy(), old_ids)
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]  # the temporary file was removed
+
+
+def test_save_killed_mid_write_keeps_previous_file(tmp_path):
+    path, old_ids = _old_index(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", SAVE_SCRIPT, str(path), "kill"], stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    assert proc.stdout.readline().strip() == "saving"
+    # Wait until the temporary file exists and is being written, then kill -9.
+    import time
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        tmps = [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+        if tmps and os.path.getsize(tmp_path / tmps[0]) > 0:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    loaded = dsch_ext.BinaryIndex.load(path)  # the previous file, intact
+    if len(loaded) == 300:
+        np.testing.assert_array_equal(loaded.ids.numpy(), old_ids)
+    else:  # the save won the race and finished first: then the new file is complete
+        assert len(loaded) == 2_000_000
+
+
+def test_concurrent_searches_match_single_thread():
+    index, packed, _ = random_index(n=20000, nbits=64, seed=6, alphabet=2000)
+    rng = np.random.default_rng(7)
+    queries = [ref.random_codes(rng, 500, 8) for _ in range(8)]
+    expected = [index.search(q, 25) for q in queries]
+    results = [None] * 8
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(3):
+                results[i] = index.search(queries[i], 25)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    # Adding while searching is safe: searches see a consistent snapshot.
+    index.add(torch.from_numpy(ref.random_codes(rng, 100, 8)))
+    for t in threads:
+        t.join()
+    assert not errors
+    for got, want in zip(results, expected):
+        # Codes added concurrently can only be equal-or-better matches with larger ids.
+        assert (got[0] <= want[0]).all()
+
+
+def test_queries_in_chunks_bound_memory():
+    index, packed, ids = random_index(n=5000, nbits=32, seed=8)
+    index.query_chunk = 64
+    queries = packed[:1000]
+    dist, found = index.search(queries, 5)
+    want_d, want_i = brute_force(packed, ids, queries, 5)
+    np.testing.assert_array_equal(dist.numpy(), want_d)
+    np.testing.assert_array_equal(found.numpy(), want_i)
+
+
+def test_faiss_codes_load_unchanged():
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(9)
+    db = ref.random_codes(rng, 3000, 16)
+    fidx = faiss.IndexBinaryFlat(128)
+    fidx.add(db)
+    codes = faiss.vector_to_array(fidx.xb).reshape(fidx.ntotal, fidx.code_size)
+    ours = dsch_ext.BinaryIndex(128)
+    ours.add(codes)
+    q = ref.random_codes(rng, 20, 16)
+    fd, fi = fidx.search(q, 30)
+    od, oi = ours.search(q, 30)
+    np.testing.assert_array_equal(od.numpy(), fd)
+    np.testing.assert_array_equal(oi.numpy(), fi)
+
+
+def _dsch(cwd, *args):
+    # Run from outside the repository so the installed package is imported.
+    return subprocess.run([sys.executable, "-m", "dsch_ext", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_index_command_line(tmp_path):
+    rng = np.random.default_rng(10)
+    codes = rng.standard_normal((400, 48)).astype(np.float32)
+    np.save(tmp_path / "codes.npy", codes)
+    np.save(tmp_path / "queries.npy", codes[:3])
+    built = _dsch(tmp_path, "index", "build", "--codes", tmp_path / "codes.npy", "--out", tmp_path / "idx.dbix")
+    assert built.returncode == 0, built.stderr
+    found = _dsch(tmp_path, "search", "--index", tmp_path / "idx.dbix", "--queries", tmp_path / "queries.npy", "-k", 4)
+    assert found.returncode == 0, found.stderr
+    result = json.loads(found.stdout)
+    assert [row[0] for row in result["ids"]] == [0, 1, 2] and [row[0] for row in result["distances"]] == [0, 0, 0]
+    csv = _dsch(tmp_path, "search", "--index", tmp_path / "idx.dbix", "--queries", tmp_path / "queries.npy", "-k", 2,
+                "--format", "csv")
+    assert csv.stdout.splitlines()[0] == "query,rank,id,distance" and len(csv.stdout.splitlines()) == 7
+    np.save(tmp_path / "wrong.npy", codes[:3, :40])
+    wrong = _dsch(tmp_path, "search", "--index", tmp_path / "idx.dbix", "--queries", tmp_path / "wrong.npy")
+    assert wrong.returncode == 2 and "does not fit a 48-bit index" in wrong.stderr
+    missing = _dsch(tmp_path, "search", "--index", tmp_path / "nope.dbix", "--queries", tmp_path / "queries.npy")
+    assert missing.returncode == 2 and "no index file" in missing.stderr
+    missing = _dsch(tmp_path, "index", "build", "--codes", tmp_path / "nope.npy", "--out", tmp_path / "x.dbix")
+    assert missing.returncode == 2 and "codes file not found" in missing.stderr
