@@ -10,16 +10,24 @@
 - :func:`nearest_center`: k-means assignment in O(N + K) memory, ties to the lower index.
 - :func:`gmm_log_resp`: the Gaussian-mixture E-step (full, tied, diag, spherical).
 - :class:`KMeans`, :class:`GaussianMixture`: scikit-learn's estimators on any device.
+- :class:`BinaryIndex`: a Hamming index with ids, range search, atomic save / checked load.
+
+Submodules: :mod:`dsch_ext.evaluation` (mAP@k, PR curves), :mod:`dsch_ext.baselines` (LSH,
+PCAH, ITQ), :mod:`dsch_ext.data` (Fashion-MNIST, CIFAR-10, arrays, the retrieval protocol).
 """
 from ._library import build_info
+from . import baselines, data, evaluation
 from .cluster import KMeans
+from .index import BinaryIndex, IndexFormatError
 from .mixture import GaussianMixture
 from .ops import center_distances, gmm_log_resp, hamming_distance, hamming_topk, nearest_center, pack_bits, unpack_bits
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BinaryIndex",
     "GaussianMixture",
+    "IndexFormatError",
     "KMeans",
     "build_info",
     "center_distances",
