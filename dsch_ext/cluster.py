@@ -26,15 +26,25 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, generator: torch.Generator
     if n_local_trials is None:
         n_local_trials = 2 + int(math.log(n_clusters))
     centers = X.new_empty((n_clusters, X.shape[1]))
+    # Squared distances in float64 from the expansion |x|^2 + |c|^2 - 2 x.c, with the point
+    # norms computed once: K seeding steps over N points would otherwise recompute them
+    # (and re-check the input) K times.
+    X64 = X.double()
+    x_sq = (X64 * X64).sum(1)
+
+    def sq_dist_to(ids):
+        c = X64[ids]
+        return torch.addmm(x_sq[:, None] + x_sq[ids][None, :], X64, c.t(), alpha=-2).clamp_(min=0)
+
     first = int(torch.randint(n, (1,), generator=generator))
     centers[0] = X[first]
-    closest = center_distances(X, X[first : first + 1], "sqeuclidean")[:, 0].double()
+    closest = sq_dist_to(torch.tensor([first], device=X.device))[:, 0].contiguous()
     potential = closest.sum()
     for c in range(1, n_clusters):
         draws = torch.rand(n_local_trials, generator=generator, dtype=torch.float64).to(X.device)
         cumulative = torch.cumsum(closest, 0)
         candidates = torch.searchsorted(cumulative, draws * potential).clamp_(max=n - 1)
-        dist = center_distances(X, X[candidates], "sqeuclidean").double()  # [N, trials]
+        dist = sq_dist_to(candidates)  # [N, trials]
         torch.minimum(dist, closest[:, None], out=dist)
         potentials = dist.sum(0)
         best = int(torch.argmin(potentials))
