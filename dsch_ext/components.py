@@ -1,0 +1,75 @@
+"""DSCH's E-step: the semantic components of the current continuous codes (DSCH.md).
+
+``fit_components(H, ...)`` takes the codes ``H = tanh(f(x))`` of all training items (computed in
+eval mode, without augmentation) and returns:
+
+- fine components: a Gaussian mixture (full covariance by default, k-means initialisation,
+  scikit-learn's defaults ``max_iter=100``, ``reg_covar=1e-6``) fitted with
+  :class:`dsch_ext.GaussianMixture`; ``P1 [N, m1]`` its responsibilities (rows optionally
+  L2-normalised, as the reference code does on CIFAR-10), ``mu1 = sign(means)`` and
+  ``pi1 = weights``;
+- coarse components: :class:`dsch_ext.KMeans` with ``m2`` clusters on the continuous GMM means;
+  ``P21 [m1, m2]`` the one-hot assignment of each fine component, ``mu2 = sign(centres)``,
+  ``pi2 = 1 / m2``, and ``P2 = P1 @ P21``.
+
+Small training sets: ``m1`` is capped at ``N // min_points_per_component`` (default 5 points
+per fine component) and ``m2`` at ``m1 // 2``, so the mixture never has more components than
+the data can support; the caps are reported in ``Components.m1`` / ``.m2``.
+The co-occurrence ``S = P1 P1^T`` is never formed here: the M-step takes its batch rows
+(``dsch_ext.losses.batch_cooccurrence``).
+"""
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .cluster import KMeans
+from .mixture import GaussianMixture
+
+
+@dataclass
+class Components:
+    p1: torch.Tensor  # [N, m1] fine responsibilities (optionally L2-normalised rows)
+    mu1: torch.Tensor  # [m1, nbits] sign of the GMM means
+    log_pi1: torch.Tensor  # [m1]
+    p21: torch.Tensor  # [m1, m2] one-hot coarse assignment of fine components
+    p2: torch.Tensor  # [N, m2] = P1 @ P21
+    mu2: torch.Tensor  # [m2, nbits]
+    log_pi2: torch.Tensor  # [m2]
+    m1: int
+    m2: int
+    gmm_lower_bound: float
+    gmm_iterations: int
+
+
+def _sign(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)  # sign(0) = +1: centres stay binary
+
+
+def fit_components(codes: torch.Tensor, m1: int = 1000, m2: int = 100, covariance_type: str = "full",
+                   max_iter: int = 100, reg_covar: float = 1e-6, normalize_p1: bool = True,
+                   resp_threshold: float = 1e-8, min_points_per_component: int = 5, random_state: int = 0,
+                   verbose: int = 0) -> Components:
+    """The E-step on codes ``[N, nbits]`` (see the module docstring)."""
+    if codes.dim() != 2 or codes.shape[0] < 2:
+        raise ValueError(f"codes must be [N, nbits] with N >= 2, got shape {tuple(codes.shape)}")
+    n = codes.shape[0]
+    m1 = max(1, min(m1, n // max(1, min_points_per_component)))
+    m2 = max(1, min(m2, max(1, m1 // 2)))
+    gmm = GaussianMixture(m1, covariance_type=covariance_type, max_iter=max_iter, reg_covar=reg_covar,
+                          random_state=random_state, resp_threshold=resp_threshold, verbose=verbose)
+    with warnings.catch_warnings():
+        # Not converging within max_iter is normal in an EM round; the bound is reported instead.
+        warnings.simplefilter("ignore", category=UserWarning)
+        gmm.fit(codes)
+    p1 = gmm.predict_proba(codes)
+    if normalize_p1:
+        p1 = torch.nn.functional.normalize(p1, dim=1)
+    km = KMeans(m2, n_init=1, random_state=random_state).fit(gmm.means_)
+    p21 = torch.nn.functional.one_hot(km.labels_, m2).to(p1.dtype)
+    return Components(
+        p1=p1, mu1=_sign(gmm.means_), log_pi1=torch.log(gmm.weights_), p21=p21, p2=p1 @ p21,
+        mu2=_sign(km.cluster_centers_), log_pi2=torch.full((m2,), -float(torch.log(torch.tensor(float(m2)))),
+                                                          dtype=p1.dtype, device=p1.device),
+        m1=m1, m2=m2, gmm_lower_bound=float(gmm.lower_bound_), gmm_iterations=int(gmm.n_iter_),
+    )

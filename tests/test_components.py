@@ -1,0 +1,42 @@
+"""DSCH's E-step (fit_components) on small code sets."""
+import numpy as np
+import pytest
+import torch
+
+from dsch_ext import components
+
+
+def clustered_codes(n=600, nbits=16, groups=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.sign(torch.randn(groups, nbits, generator=g))
+    labels = torch.randint(0, groups, (n,), generator=g)
+    return torch.tanh(2 * centers[labels] + 0.5 * torch.randn(n, nbits, generator=g)), labels
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_components_shapes_and_invariants(cov):
+    H, labels = clustered_codes()
+    comp = components.fit_components(H, m1=24, m2=6, covariance_type=cov, max_iter=30)
+    assert comp.m1 == 24 and comp.m2 == 6
+    assert comp.p1.shape == (600, 24) and comp.p2.shape == (600, 6)
+    torch.testing.assert_close(comp.p1.norm(dim=1), torch.ones(600, dtype=comp.p1.dtype))  # L2-normalised rows
+    assert set(torch.unique(comp.mu1).tolist()) <= {-1.0, 1.0} and set(torch.unique(comp.mu2).tolist()) <= {-1.0, 1.0}
+    assert torch.equal(comp.p21.sum(1), torch.ones(24, dtype=comp.p21.dtype))  # one coarse parent each
+    torch.testing.assert_close(comp.p2, comp.p1 @ comp.p21)
+    torch.testing.assert_close(comp.log_pi1.exp().sum(), torch.tensor(1.0, dtype=comp.log_pi1.dtype))
+    torch.testing.assert_close(comp.log_pi2.exp().sum(), torch.tensor(1.0, dtype=comp.log_pi2.dtype))
+    # Coarse components follow the data's groups: items of one group share a coarse component.
+    coarse = comp.p2.argmax(1)
+    purity = sum(torch.bincount(coarse[labels == g]).max().item() for g in range(6)) / 600
+    assert purity > 0.9
+
+
+def test_small_training_set_scales_components_down():
+    H, _ = clustered_codes(n=40)
+    comp = components.fit_components(H, m1=1000, m2=100, max_iter=5, covariance_type="diag")
+    assert comp.m1 == 8 and comp.m2 == 4
+
+
+def test_components_bad_input():
+    with pytest.raises(ValueError, match=r"codes must be \[N, nbits\]"):
+        components.fit_components(torch.zeros(5))
