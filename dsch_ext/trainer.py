@@ -1,0 +1,212 @@
+"""The DSCH training loop: rounds of one E-step (semantic components of the current codes) and
+one epoch of M-step (the hash network trained with L_ic + lambda (L_ccf + L_ccc)).
+
+Defaults are the reference settings of DSCH.md: m1 = 1000 fine and m2 = 100 coarse components,
+full-covariance GMM with k-means initialisation and max_iter = 100, lambda = 0.1, tau = 1,
+batches of 15 images with two augmented views each, Adam (lr 5e-4, eps 1.0) with the learning
+rate multiplied by 0.99 every 200 steps, 10 rounds of (E-step, one epoch). Small training sets
+scale m1 and m2 down (``dsch_ext.components``). ``baseline=True`` is the contrastive baseline
+(lambda = 0, S = I). Model selection uses a validation split carved from the training items
+(never the query set): the round with the best validation mAP is kept. A checkpoint is written
+atomically after every round and ``fit(resume=True)`` continues from it.
+"""
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from .augment import TwoViewAugment
+from .components import fit_components
+from .evaluation import mean_average_precision
+from .losses import dsch_loss
+
+
+@dataclass
+class DSCHConfig:
+    nbits: int = 64
+    m1: int = 1000
+    m2: int = 100
+    covariance_type: str = "full"
+    gmm_max_iter: int = 100
+    normalize_p1: bool = True
+    resp_threshold: float = 1e-8
+    lam: float = 0.1
+    tau: float = 1.0
+    batch_size: int = 15
+    lr: float = 5e-4
+    adam_eps: float = 1.0
+    lr_decay: float = 0.99
+    lr_decay_every: int = 200
+    rounds: int = 10
+    epochs_per_round: int = 1
+    cooccurrence: bool = True
+    fine: bool = True
+    coarse: bool = True
+    baseline: bool = False  # lambda = 0 and S = I
+    val_fraction: float = 0.1
+    val_map_k: int = 100
+    seed: int = 0
+
+    def effective(self) -> "DSCHConfig":
+        if not self.baseline:
+            return self
+        return dataclasses.replace(self, lam=0.0, cooccurrence=False)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    loss: float
+    parts: Dict[str, float]
+    estep_seconds: float
+    mstep_seconds: float
+    m1: int
+    m2: int
+    val_map: Optional[float] = None
+
+
+@dataclass
+class History:
+    rounds: List[RoundRecord] = field(default_factory=list)
+    best_round: Optional[int] = None
+
+    def to_json(self) -> str:
+        return json.dumps({"rounds": [dataclasses.asdict(r) for r in self.rounds], "best_round": self.best_round})
+
+
+def _atomic_torch_save(obj, path):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class DSCHTrainer:
+    """Trains ``net`` (a :class:`dsch_ext.networks.HashNet`) with DSCH on ``images``."""
+
+    def __init__(self, net: torch.nn.Module, config: Optional[DSCHConfig] = None, device="cpu",
+                 augment: Optional[TwoViewAugment] = None, checkpoint: Optional[str] = None, verbose: int = 1):
+        self.config = config or DSCHConfig()
+        self.net = net.to(device)
+        self.device = torch.device(device)
+        self.augment = augment or TwoViewAugment()
+        self.checkpoint = checkpoint
+        self.verbose = verbose
+        self.history = History()
+
+    def _split(self, n: int, labels: Optional[torch.Tensor], generator: torch.Generator):
+        order = torch.randperm(n, generator=generator)
+        if labels is None or self.config.val_fraction <= 0:
+            return order, None
+        n_val = max(2, int(round(n * self.config.val_fraction)))
+        return order[n_val:], order[:n_val]
+
+    def _validate(self, images, labels, val_idx, train_idx) -> float:
+        # Validation queries against the training items as the database: never the query set.
+        codes = self.net.codes(images[torch.cat([val_idx, train_idx])])
+        nv = val_idx.numel()
+        k = min(self.config.val_map_k, train_idx.numel())
+        return mean_average_precision(codes[:nv], codes[nv:], labels[val_idx], labels[train_idx], k=k)
+
+    def fit(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None, resume: bool = False) -> History:
+        """Train on ``images`` (uint8 or float ``[N, C, H, W]``, or features ``[N, D]``).
+        ``labels`` (optional) are used only to pick the best round on the validation split."""
+        cfg = self.config.effective()
+        g = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        train_idx, val_idx = self._split(images.shape[0], labels, g)
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay)
+        start_round, best_state, best_map = 0, None, -1.0
+        if resume and self.checkpoint and os.path.exists(self.checkpoint):
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+            if state["config"]["nbits"] != cfg.nbits:
+                raise ValueError(f"checkpoint {self.checkpoint} is for {state['config']['nbits']}-bit codes, "
+                                 f"this run trains {cfg.nbits}-bit codes")
+            self.net.load_state_dict(state["net"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            g.set_state(state["generator"])
+            start_round, best_map, best_state = state["round"] + 1, state["best_map"], state["best_net"]
+            self.history = History([RoundRecord(**r) for r in state["history"]["rounds"]], state["history"]["best_round"])
+        is_image = images.dim() == 4
+        for rnd in range(start_round, cfg.rounds):
+            t0 = time.perf_counter()
+            codes = self.net.codes(images[train_idx]).double()
+            comp = fit_components(codes, cfg.m1, cfg.m2, cfg.covariance_type, cfg.gmm_max_iter,
+                                  normalize_p1=cfg.normalize_p1, resp_threshold=cfg.resp_threshold,
+                                  random_state=cfg.seed + rnd)
+            p1, p2 = comp.p1.float().to(self.device), comp.p2.float().to(self.device)
+            mu1, mu2 = comp.mu1.float().to(self.device), comp.mu2.float().to(self.device)
+            lp1, lp2 = comp.log_pi1.float().to(self.device), comp.log_pi2.float().to(self.device)
+            t1 = time.perf_counter()
+            self.net.train()
+            sums, steps = {"total": 0.0, "ic": 0.0, "ccf": 0.0, "ccc": 0.0}, 0
+            for _ in range(cfg.epochs_per_round):
+                perm = torch.randperm(train_idx.numel(), generator=g)
+                for s in range(0, perm.numel() - 1, cfg.batch_size):
+                    local = perm[s : s + cfg.batch_size]
+                    if local.numel() < 2:
+                        continue
+                    batch = images[train_idx[local]].to(self.device)
+                    if is_image:
+                        v1, v2 = self.augment(batch, g)
+                    else:  # features: Gaussian feature noise as the two views
+                        x = batch.float()
+                        v1 = x + 0.05 * torch.randn(x.shape, generator=g).to(self.device)
+                        v2 = x + 0.05 * torch.randn(x.shape, generator=g).to(self.device)
+                    h = self.net(torch.cat([v1, v2]))
+                    loss, parts = dsch_loss(h, p1[local], p2[local], mu1, lp1, mu2, lp2, lam=cfg.lam, tau=cfg.tau,
+                                            cooccurrence=cfg.cooccurrence, fine=cfg.fine, coarse=cfg.coarse)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    sums["total"] += float(loss.detach())
+                    for key in ("ic", "ccf", "ccc"):
+                        sums[key] += float(parts[key].detach())
+                    steps += 1
+            t2 = time.perf_counter()
+            record = RoundRecord(rnd, sums["total"] / max(steps, 1), {k: sums[k] / max(steps, 1) for k in ("ic", "ccf", "ccc")},
+                                 t1 - t0, t2 - t1, comp.m1, comp.m2)
+            if val_idx is not None:
+                record.val_map = self._validate(images, labels, val_idx, train_idx)
+                if record.val_map > best_map:
+                    best_map = record.val_map
+                    best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+                    self.history.best_round = rnd
+            self.history.rounds.append(record)
+            if self.verbose:
+                val = f", val mAP@{cfg.val_map_k} {record.val_map:.4f}" if record.val_map is not None else ""
+                print(f"round {rnd + 1}/{cfg.rounds}: loss {record.loss:.4f} (ic {record.parts['ic']:.4f}, "
+                      f"ccf {record.parts['ccf']:.4f}, ccc {record.parts['ccc']:.4f}), E-step {record.estep_seconds:.1f} s "
+                      f"(m1={comp.m1}, m2={comp.m2}), M-step {record.mstep_seconds:.1f} s{val}", flush=True)
+            if self.checkpoint:
+                _atomic_torch_save({
+                    "config": dataclasses.asdict(self.config), "round": rnd, "net": self.net.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "generator": g.get_state(), "best_map": best_map, "best_net": best_state,
+                    "history": json.loads(self.history.to_json()),
+                }, self.checkpoint)
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        return self.history
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Packed binary codes of ``images`` with the trained (best-round) network."""
+        return self.net.encode(images)
