@@ -37,4 +37,7 @@ __all__ = [
     "hamming_topk",
     "pack_bits",
     "unpack_bits",
+    "baselines",
+    "data",
+    "evaluation",
 ]

@@ -10,6 +10,17 @@ import numpy as np
 import torch
 
 SeedLike = Union[None, int, np.integer, torch.Generator]
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+
+def as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
+    """A tensor as is, a numpy array without a copy when possible; anything else is a TypeError
+    naming the argument. (The ops' kernels check dtypes and shapes themselves.)"""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
 
 
 def as_float_tensor(X, name: str = "X", device: Optional[torch.device] = None) -> torch.Tensor:

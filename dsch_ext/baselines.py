@@ -9,7 +9,6 @@ Each has ``fit(X)`` (X ``[N, D]`` features) and ``encode(X)`` → ±1 float code
   Procrustes solution ``R = U W^T`` of ``V^T B = U S W^T`` (Gong & Lazebnik, 2011), 50
   iterations by default, random orthogonal initial rotation.
 """
-from typing import Optional
 
 import numpy as np
 import torch

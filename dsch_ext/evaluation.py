@@ -9,25 +9,24 @@ for each query, AP@k = (1 / R_k) * sum_{i <= k} P@i * rel_i, where R_k is the nu
 relevant items among the top k (AP is 0 when there are none); mAP@k is the mean over queries.
 ``k=None`` ranks the whole database (mAP@all).
 """
-from typing import Dict, Iterable, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
+from ._validation import ArrayLike, as_tensor
 from .ops import hamming_distance, hamming_topk, pack_bits
-
-ArrayLike = Union[torch.Tensor, np.ndarray]
 
 
 def _packed(codes: ArrayLike, name: str) -> torch.Tensor:
-    t = codes if isinstance(codes, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(codes))
+    t = codes if isinstance(codes, torch.Tensor) else as_tensor(np.asarray(codes), name)
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
     return t if t.dtype == torch.uint8 else pack_bits(t)
 
 
 def _labels(labels: ArrayLike, n: int, name: str) -> torch.Tensor:
-    t = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.asarray(labels))
+    t = labels if isinstance(labels, torch.Tensor) else as_tensor(np.asarray(labels), name)
     if t.shape[0] != n or t.dim() not in (1, 2):
         raise ValueError(f"{name} must be [{n}] class ids or [{n}, C] multi-hot, got shape {tuple(t.shape)}")
     return t

@@ -33,7 +33,6 @@ the target: a crash, a full disk or a kill during ``save`` leaves the previous f
 """
 import os
 import struct
-import tempfile
 import threading
 import warnings
 import zlib
@@ -42,6 +41,9 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ._atomic import atomic_write
+from ._validation import ArrayLike
+from ._validation import as_tensor as _as_tensor
 from .ops import hamming_distance, hamming_topk, pack_bits
 
 MAGIC = b"DSCHBIX\x00"
@@ -50,23 +52,12 @@ HEADER_SIZE = 64
 _HEADER = struct.Struct("<8sIIIIQQQIII")  # 60 bytes; the header CRC follows
 assert _HEADER.size == 60
 
-ArrayLike = Union[torch.Tensor, np.ndarray]
-
-
 class IndexFormatError(ValueError):
     """A file is not a valid dsch_ext binary index (the message says why)."""
 
 
 def _crc(data) -> int:
     return zlib.crc32(memoryview(data)) & 0xFFFFFFFF
-
-
-def _as_tensor(x, name):
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
-    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
 
 
 class BinaryIndex:
@@ -252,32 +243,14 @@ class BinaryIndex:
         head = _HEADER.pack(MAGIC, FORMAT_VERSION, HEADER_SIZE, self.nbits, self.code_bytes, count, HEADER_SIZE,
                             ids_offset, _crc(codes_bytes), _crc(ids_bytes), 0)
         header = head + struct.pack("<I", _crc(head))
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(header)
-                f.write(codes_bytes)
-                f.write(b"\x00" * pad)
-                f.write(ids_bytes)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        try:  # make the rename itself durable
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
+
+        def write(f):
+            f.write(header)
+            f.write(codes_bytes)
+            f.write(b"\x00" * pad)
+            f.write(ids_bytes)
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], mmap: bool = False, device: Union[str, torch.device] = "cpu",

@@ -41,8 +41,6 @@ def _estimate_parameters(X, resp, reg_covar, covariance_type, resp_threshold=0.0
     """Weights (unnormalised masses), means and covariances from responsibilities, like
     scikit-learn's ``_estimate_gaussian_parameters``. Full covariances come from one GEMM
     against the packed products of the (globally centred) points instead of K passes."""
-    n, d = X.shape
-    k = resp.shape[1]
     eps = torch.finfo(X.dtype).eps
     if resp_threshold > 0:
         resp = torch.where(resp >= resp_threshold, resp, torch.zeros((), dtype=resp.dtype, device=resp.device))

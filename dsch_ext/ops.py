@@ -6,22 +6,13 @@ themselves and raise ``RuntimeError`` naming the argument and its shape. The fak
 give ``torch.compile(fullgraph=True)`` output shapes and dtypes without running anything.
 Nothing here holds algorithm logic.
 """
-from typing import Tuple, Union
+from typing import Tuple
 
-import numpy as np
 import torch
 
 from . import _library  # noqa: F401  (registers torch.ops.dsch_ext)
-
-ArrayLike = Union[torch.Tensor, np.ndarray]
-
-
-def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
-    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+from ._validation import ArrayLike
+from ._validation import as_tensor as _as_tensor
 
 
 def pack_bits(codes: ArrayLike) -> torch.Tensor:

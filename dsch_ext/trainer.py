@@ -13,13 +13,13 @@ atomically after every round and ``fit(resume=True)`` continues from it.
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
 
+from ._atomic import atomic_write
 from .augment import TwoViewAugment
 from .components import fit_components
 from .evaluation import mean_average_precision
@@ -77,23 +77,6 @@ class History:
 
     def to_json(self) -> str:
         return json.dumps({"rounds": [dataclasses.asdict(r) for r in self.rounds], "best_round": self.best_round})
-
-
-def _atomic_torch_save(obj, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class DSCHTrainer:
@@ -197,12 +180,13 @@ class DSCHTrainer:
                       f"ccf {record.parts['ccf']:.4f}, ccc {record.parts['ccc']:.4f}), E-step {record.estep_seconds:.1f} s "
                       f"(m1={comp.m1}, m2={comp.m2}), M-step {record.mstep_seconds:.1f} s{val}", flush=True)
             if self.checkpoint:
-                _atomic_torch_save({
+                checkpoint = {
                     "config": dataclasses.asdict(self.config), "round": rnd, "net": self.net.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "generator": g.get_state(), "best_map": best_map, "best_net": best_state,
                     "history": json.loads(self.history.to_json()),
-                }, self.checkpoint)
+                }
+                atomic_write(self.checkpoint, lambda f: torch.save(checkpoint, f))
         if best_state is not None:
             self.net.load_state_dict(best_state)
         return self.history

@@ -1,5 +1,4 @@
 """center_distances (forward and gradients) and nearest_center against explicit formulas."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,5 +1,4 @@
 """DSCH's E-step (fit_components) on small code sets."""
-import numpy as np
 import pytest
 import torch
 

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import dsch_ext
 import hamming_reference as ref
 from dsch_ext import baselines, evaluation
 
