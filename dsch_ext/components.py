@@ -23,23 +23,44 @@ from dataclasses import dataclass
 
 import torch
 
+from ._comm import get_communicator
 from .cluster import KMeans
 from .mixture import GaussianMixture
 
 
 @dataclass
 class Components:
-    p1: torch.Tensor  # [N, m1] fine responsibilities (optionally L2-normalised rows)
+    gmm: GaussianMixture  # the fine mixture
     mu1: torch.Tensor  # [m1, nbits] sign of the GMM means
     log_pi1: torch.Tensor  # [m1]
     p21: torch.Tensor  # [m1, m2] one-hot coarse assignment of fine components
-    p2: torch.Tensor  # [N, m2] = P1 @ P21
     mu2: torch.Tensor  # [m2, nbits]
     log_pi2: torch.Tensor  # [m2]
     m1: int
     m2: int
     gmm_lower_bound: float
     gmm_iterations: int
+    normalize_p1: bool
+    codes: torch.Tensor  # the codes the components were fitted on (this rank's, when sharded)
+
+    def assign(self, codes: torch.Tensor):
+        """``(P1, P2)`` rows for ``codes`` ``[n, nbits]``: the fine responsibilities (rows
+        L2-normalised if ``normalize_p1``) and ``P1 @ P21``. The M-step calls this per batch,
+        so no ``[N, m1]`` matrix is kept."""
+        p1 = self.gmm.predict_proba(codes)
+        if self.normalize_p1:
+            p1 = torch.nn.functional.normalize(p1, dim=1)
+        return p1, p1 @ self.p21
+
+    @property
+    def p1(self) -> torch.Tensor:
+        """``[N, m1]`` P1 of the fitted codes."""
+        return self.assign(self.codes)[0]
+
+    @property
+    def p2(self) -> torch.Tensor:
+        """``[N, m2]`` P2 of the fitted codes."""
+        return self.assign(self.codes)[1]
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
@@ -49,27 +70,31 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
 def fit_components(codes: torch.Tensor, m1: int = 1000, m2: int = 100, covariance_type: str = "full",
                    max_iter: int = 100, reg_covar: float = 1e-6, normalize_p1: bool = True,
                    resp_threshold: float = 1e-8, min_points_per_component: int = 5, random_state: int = 0,
-                   verbose: int = 0) -> Components:
-    """The E-step on codes ``[N, nbits]`` (see the module docstring)."""
-    if codes.dim() != 2 or codes.shape[0] < 2:
+                   verbose: int = 0, distributed: bool = False, process_group=None) -> Components:
+    """The E-step on codes ``[N, nbits]`` (see the module docstring). With ``distributed``
+    every rank passes its shard of the codes; the mixture is fitted across ranks (see
+    :class:`dsch_ext.GaussianMixture`) and every rank gets the same components."""
+    if codes.dim() != 2 or codes.shape[0] < 1:
         raise ValueError(f"codes must be [N, nbits] with N >= 2, got shape {tuple(codes.shape)}")
-    n = codes.shape[0]
+    n = sum(get_communicator(distributed, process_group).sizes(codes.shape[0]))
+    if n < 2:
+        raise ValueError(f"codes must be [N, nbits] with N >= 2, got shape {tuple(codes.shape)}")
     m1 = max(1, min(m1, n // max(1, min_points_per_component)))
     m2 = max(1, min(m2, max(1, m1 // 2)))
     gmm = GaussianMixture(m1, covariance_type=covariance_type, max_iter=max_iter, reg_covar=reg_covar,
-                          random_state=random_state, resp_threshold=resp_threshold, verbose=verbose)
+                          random_state=random_state, resp_threshold=resp_threshold, verbose=verbose,
+                          distributed=distributed, process_group=process_group)
     with warnings.catch_warnings():
         # Not converging within max_iter is normal in an EM round; the bound is reported instead.
         warnings.simplefilter("ignore", category=UserWarning)
         gmm.fit(codes)
-    p1 = gmm.predict_proba(codes)
-    if normalize_p1:
-        p1 = torch.nn.functional.normalize(p1, dim=1)
+    # The means are the same on every rank: the coarse KMeans runs locally, identically.
     km = KMeans(m2, n_init=1, random_state=random_state).fit(gmm.means_)
-    p21 = torch.nn.functional.one_hot(km.labels_, m2).to(p1.dtype)
+    p21 = torch.nn.functional.one_hot(km.labels_, m2).to(gmm.means_.dtype)
     return Components(
-        p1=p1, mu1=_sign(gmm.means_), log_pi1=torch.log(gmm.weights_), p21=p21, p2=p1 @ p21,
+        gmm=gmm, mu1=_sign(gmm.means_), log_pi1=torch.log(gmm.weights_), p21=p21,
         mu2=_sign(km.cluster_centers_), log_pi2=torch.full((m2,), -float(torch.log(torch.tensor(float(m2)))),
-                                                          dtype=p1.dtype, device=p1.device),
+                                                          dtype=p21.dtype, device=p21.device),
         m1=m1, m2=m2, gmm_lower_bound=float(gmm.lower_bound_), gmm_iterations=int(gmm.n_iter_),
+        normalize_p1=normalize_p1, codes=codes,
     )

@@ -20,8 +20,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ._comm import LocalCommunicator
 from ._validation import SeedLike, as_float_tensor, check_features, check_fitted, make_generator
-from .cluster import KMeans, kmeans_plusplus
+from .cluster import KMeans, Shard, kmeans_plusplus_ids
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -37,37 +38,41 @@ class ConvergenceWarning(UserWarning):
     """The best initialisation did not reach ``tol`` within ``max_iter`` iterations."""
 
 
-def _estimate_parameters(X, resp, reg_covar, covariance_type, resp_threshold=0.0):
+def _estimate_parameters(X, resp, reg_covar, covariance_type, resp_threshold=0.0, shard=None):
     """Weights (unnormalised masses), means and covariances from responsibilities, like
     scikit-learn's ``_estimate_gaussian_parameters``. Full covariances come from one GEMM
-    against the packed products of the (globally centred) points instead of K passes."""
+    against the packed products of the (globally centred) points instead of K passes.
+    With ``shard`` (data sharded across ranks) every sufficient statistic is summed over ranks
+    before it is used, so all ranks get the parameters of the whole data set."""
+    shard = shard or Shard(LocalCommunicator(), X.shape[0])
     eps = torch.finfo(X.dtype).eps
     if resp_threshold > 0:
         resp = torch.where(resp >= resp_threshold, resp, torch.zeros((), dtype=resp.dtype, device=resp.device))
-    nk = resp.sum(0) + 10 * eps
+    nk = shard.sum(resp.sum(0)) + 10 * eps
     # Centre once: the second moments of centred data cancel far less in float32.
-    shift = X.mean(0)
+    shift = shard.sum(X.sum(0)) / shard.n_total
     Xc = X - shift
-    means_c = (resp.t() @ Xc) / nk[:, None]
+    means_c = shard.sum(resp.t() @ Xc) / nk[:, None]
     means = means_c + shift
     if covariance_type == "full":
-        covariances = _full_second_moments(Xc, resp, nk, resp_threshold) - means_c[:, :, None] * means_c[:, None, :]
+        second = _full_second_moments(Xc, resp, nk, resp_threshold, shard)
+        covariances = second - means_c[:, :, None] * means_c[:, None, :]
         covariances.diagonal(dim1=1, dim2=2).add_(reg_covar)
     elif covariance_type == "tied":
-        avg_x2 = Xc.t() @ Xc
+        avg_x2 = shard.sum(Xc.t() @ Xc)
         avg_means2 = (nk[:, None] * means_c).t() @ means_c
         covariances = (avg_x2 - avg_means2) / nk.sum()
         covariances.diagonal().add_(reg_covar)
     else:
-        avg_x2 = (resp.t() @ (Xc * Xc)) / nk[:, None]
+        avg_x2 = shard.sum(resp.t() @ (Xc * Xc)) / nk[:, None]
         covariances = avg_x2 - means_c**2 + reg_covar
         if covariance_type == "spherical":
             covariances = covariances.mean(1)
     return nk, means, covariances
 
 
-def _full_second_moments(Xc, resp, nk, resp_threshold):
-    """sum_i r_ik x_i x_i^T / nk for every k: [K, D, D]."""
+def _full_second_moments(Xc, resp, nk, resp_threshold, shard):
+    """sum_i r_ik x_i x_i^T / nk for every k (summed over ranks): [K, D, D]."""
     n, d = Xc.shape
     k = resp.shape[1]
     if resp_threshold > 0:
@@ -78,13 +83,14 @@ def _full_second_moments(Xc, resp, nk, resp_threshold):
             idx = torch.nonzero(rt[c]).flatten()
             w = Xc[idx] * rt[c, idx].sqrt()[:, None]
             out[c] = w.t() @ w
-        return out / nk[:, None, None]
+        return shard.sum(out) / nk[:, None, None]
     rows, cols = torch.triu_indices(d, d, device=Xc.device)
     packed = Xc.new_zeros((k, rows.shape[0]))
     chunk = max(1, (1 << 24) // rows.shape[0])
     for start in range(0, n, chunk):
         xs = Xc[start : start + chunk]
         packed.addmm_(resp[start : start + chunk].t(), xs[:, rows] * xs[:, cols])
+    shard.sum(packed)
     out = Xc.new_empty((k, d, d))
     out[:, rows, cols] = packed
     out[:, cols, rows] = packed
@@ -140,6 +146,15 @@ class GaussianMixture:
             responsibility is ~0 and a threshold such as 1e-8 makes the full-covariance M-step
             far cheaper; the dropped mass per point is below K * resp_threshold. 1e-8 kept the
             lower bound within 1e-6 (relative) of the dense fit in the tests.
+        distributed: (dsch_ext) fit on data sharded across the ranks of ``process_group``
+            (torch.distributed; the default group when None). Every rank calls ``fit`` with its
+            own rows and the same parameters; responsibilities stay on their rank and only the
+            sufficient statistics (Nk, weighted sums, second moments: O(K D^2) numbers per
+            iteration) are summed with ``all_reduce``. All ranks get the model one process
+            would fit on the rows concatenated in rank order, to the order of float sums.
+            ``fit_predict`` returns this rank's labels; inference methods work on the rows
+            they are given. ``init_params='random'`` draws the whole [N, K] matrix on every
+            rank (in blocks, to keep the same random stream): prefer the other inits at scale.
 
     Inputs are numpy arrays or tensors (float32 stays float32, other dtypes become float64);
     the model lives on the input's device. Fitted attributes: ``weights_``, ``means_``,
@@ -151,7 +166,7 @@ class GaussianMixture:
                  reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1, init_params: str = "kmeans",
                  weights_init=None, means_init=None, precisions_init=None, random_state: SeedLike = None,
                  warm_start: bool = False, verbose: int = 0, verbose_interval: int = 10,
-                 resp_threshold: float = 0.0):
+                 resp_threshold: float = 0.0, distributed: bool = False, process_group=None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -167,11 +182,13 @@ class GaussianMixture:
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.resp_threshold = resp_threshold
+        self.distributed = distributed
+        self.process_group = process_group
 
     # ------------------------------------------------------------------ checks
 
-    def _check_parameters(self, X):
-        n, d = X.shape
+    def _check_parameters(self, X, n):
+        d = X.shape[1]
         k = self.n_components
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"n_components must be a positive int, got {k!r}")
@@ -204,30 +221,39 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ EM
 
-    def _initial_resp(self, X, generator):
+    def _initial_resp(self, X, generator, shard):
         n, k = X.shape[0], self.n_components
         if self.init_params == "kmeans":
-            labels = KMeans(k, n_init=1, random_state=generator).fit(X).labels_
+            labels = KMeans(k, n_init=1, random_state=generator, distributed=self.distributed,
+                            process_group=self.process_group).fit(X).labels_
             resp = torch.zeros((n, k), dtype=X.dtype, device=X.device)
             resp[torch.arange(n, device=X.device), labels] = 1
         elif self.init_params == "random":
-            resp = torch.rand((n, k), generator=generator, dtype=torch.float64).to(X.device, X.dtype)
+            # The rows of one [N_total, K] draw that this rank holds; every rank draws the
+            # whole stream (in blocks) so the generator ends in the same state everywhere.
+            block = max(1, (1 << 22) // k)
+            parts = []
+            for start in range(0, shard.n_total, block):
+                draw = torch.rand((min(block, shard.n_total - start), k), generator=generator, dtype=torch.float64)
+                lo, hi = max(start, shard.offset), min(start + draw.shape[0], shard.offset + n)
+                if lo < hi:
+                    parts.append(draw[lo - start : hi - start])
+            resp = torch.cat(parts).to(X.device, X.dtype)
             resp /= resp.sum(1, keepdim=True)
         else:
             if self.init_params == "k-means++":
-                centers = kmeans_plusplus(X, k, generator)
-                # The seeds are data points: find their rows.
-                ids = torch.cdist(centers, X).argmin(1)
+                ids = kmeans_plusplus_ids(X, k, generator, shard=shard)[1]
             else:
-                ids = torch.randperm(n, generator=generator)[:k].to(X.device)
+                ids = torch.randperm(shard.n_total, generator=generator)[:k]
+            ids = ids.to(X.device) - shard.offset
+            mine = (ids >= 0) & (ids < n)
             resp = torch.zeros((n, k), dtype=X.dtype, device=X.device)
-            resp[ids, torch.arange(k, device=X.device)] = 1
+            resp[ids[mine], torch.arange(k, device=X.device)[mine]] = 1
         return resp
 
-    def _initialize(self, X, resp):
-        n = X.shape[0]
-        nk, means, covariances = _estimate_parameters(X, resp, self.reg_covar, self.covariance_type)
-        self.weights_ = self._as_param(self.weights_init, X) if self.weights_init is not None else nk / n
+    def _initialize(self, X, resp, shard):
+        nk, means, covariances = _estimate_parameters(X, resp, self.reg_covar, self.covariance_type, shard=shard)
+        self.weights_ = self._as_param(self.weights_init, X) if self.weights_init is not None else nk / shard.n_total
         self.means_ = self._as_param(self.means_init, X) if self.means_init is not None else means
         if self.precisions_init is None:
             self.covariances_ = covariances
@@ -247,9 +273,9 @@ class GaussianMixture:
             X, self.means_, self.precisions_cholesky_, torch.log(self.weights_), self.covariance_type
         )
 
-    def _m_step(self, X, log_resp):
+    def _m_step(self, X, log_resp, shard):
         nk, self.means_, self.covariances_ = _estimate_parameters(
-            X, torch.exp(log_resp), self.reg_covar, self.covariance_type, self.resp_threshold
+            X, torch.exp(log_resp), self.reg_covar, self.covariance_type, self.resp_threshold, shard
         )
         self.weights_ = nk / nk.sum()
         self.precisions_cholesky_ = _precision_cholesky(self.covariances_, self.covariance_type)
@@ -269,7 +295,8 @@ class GaussianMixture:
     def fit_predict(self, X, y=None) -> torch.Tensor:
         """Fit, then return the most likely component of every point (int64 ``[N]``)."""
         X = as_float_tensor(X)
-        self._check_parameters(X)
+        shard = Shard.of(X, self.distributed, self.process_group)
+        self._check_parameters(X, shard.n_total)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         n_init = self.n_init if do_init else 1
         generator = make_generator(self.random_state)
@@ -278,24 +305,24 @@ class GaussianMixture:
         self.converged_ = False
         for init in range(n_init):
             if do_init:
-                self._initialize(X, self._initial_resp(X, generator))
+                self._initialize(X, self._initial_resp(X, generator, shard), shard)
             lower_bound = -math.inf if do_init else self.lower_bound_
             bounds = []
             converged = False
             n_iter = 0
-            progress = self._progress(init, n_init)
+            progress = self._progress(init, n_init) if shard.comm.rank == 0 else None
             start = time.perf_counter()
             for n_iter in range(1, self.max_iter + 1):
                 previous = lower_bound
                 log_resp, log_prob_norm = self._log_resp(X)
-                self._m_step(X, log_resp)
-                lower_bound = float(log_prob_norm.double().mean())
+                self._m_step(X, log_resp, shard)
+                lower_bound = float(shard.sum(log_prob_norm.double().sum().reshape(1))) / shard.n_total
                 bounds.append(lower_bound)
                 change = lower_bound - previous
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(lower_bound=f"{lower_bound:.6g}", change=f"{change:.3g}")
-                if self.verbose >= 2 and n_iter % self.verbose_interval == 0:
+                if self.verbose >= 2 and n_iter % self.verbose_interval == 0 and shard.comm.rank == 0:
                     print(f"  iteration {n_iter}: lower bound {lower_bound:.8g}, change {change:.3g}, "
                           f"{time.perf_counter() - start:.2f} s")
                 if abs(change) < self.tol:

@@ -9,6 +9,16 @@ scale m1 and m2 down (``dsch_ext.components``). ``baseline=True`` is the contras
 (lambda = 0, S = I). Model selection uses a validation split carved from the training items
 (never the query set): the round with the best validation mAP is kept. A checkpoint is written
 atomically after every round and ``fit(resume=True)`` continues from it.
+
+Multi-process training (``distributed=True``, under torchrun; see dsch_ext.distributed): the
+network is wrapped in DistributedDataParallel and its batch norms synchronised; the codes of
+the training set are computed in parallel (each rank a contiguous slice) and gathered; the
+fine GMM is fitted on the sharded codes; every batch is split across the ranks (each rank
+makes the same augmented views from the shared seed and forwards its slice), the ranks' codes
+are gathered so the loss is the one-process loss of the whole batch, and DDP averages the
+gradients. The same configuration therefore trains the same model as one process, up to the
+order of floating-point sums; rank 0 writes the checkpoints, which resume on any number of
+ranks.
 """
 import dataclasses
 import json
@@ -20,8 +30,10 @@ from typing import Dict, List, Optional
 import torch
 
 from ._atomic import atomic_write
+from ._comm import get_communicator
 from .augment import TwoViewAugment
 from .components import fit_components
+from .distributed import convert_sync_batchnorm, gather_batch, revert_sync_batchnorm, shard_range
 from .evaluation import mean_average_precision
 from .losses import dsch_loss
 
@@ -83,7 +95,8 @@ class DSCHTrainer:
     """Trains ``net`` (a :class:`dsch_ext.networks.HashNet`) with DSCH on ``images``."""
 
     def __init__(self, net: torch.nn.Module, config: Optional[DSCHConfig] = None, device="cpu",
-                 augment: Optional[TwoViewAugment] = None, checkpoint: Optional[str] = None, verbose: int = 1):
+                 augment: Optional[TwoViewAugment] = None, checkpoint: Optional[str] = None, verbose: int = 1,
+                 distributed: bool = False, process_group=None):
         self.config = config or DSCHConfig()
         self.net = net.to(device)
         self.device = torch.device(device)
@@ -91,6 +104,8 @@ class DSCHTrainer:
         self.checkpoint = checkpoint
         self.verbose = verbose
         self.history = History()
+        self.distributed = distributed
+        self.process_group = process_group
 
     def _split(self, n: int, labels: Optional[torch.Tensor], generator: torch.Generator):
         order = torch.randperm(n, generator=generator)
@@ -99,9 +114,15 @@ class DSCHTrainer:
         n_val = max(2, int(round(n * self.config.val_fraction)))
         return order[n_val:], order[:n_val]
 
-    def _validate(self, images, labels, val_idx, train_idx) -> float:
+    def _codes(self, images, idx, comm) -> torch.Tensor:
+        """Continuous codes of ``images[idx]`` (eval mode); sharded: each rank a slice, gathered."""
+        start, stop = shard_range(idx.numel(), comm)
+        mine = self.net.codes(images[idx[start:stop]])
+        return torch.cat(comm.all_gather_rows(mine)) if comm.distributed else mine
+
+    def _validate(self, images, labels, val_idx, train_idx, comm) -> float:
         # Validation queries against the training items as the database: never the query set.
-        codes = self.net.codes(images[torch.cat([val_idx, train_idx])])
+        codes = self._codes(images, torch.cat([val_idx, train_idx]), comm)
         nv = val_idx.numel()
         k = min(self.config.val_map_k, train_idx.numel())
         return mean_average_precision(codes[:nv], codes[nv:], labels[val_idx], labels[train_idx], k=k)
@@ -110,6 +131,20 @@ class DSCHTrainer:
         """Train on ``images`` (uint8 or float ``[N, C, H, W]``, or features ``[N, D]``).
         ``labels`` (optional) are used only to pick the best round on the validation split."""
         cfg = self.config.effective()
+        comm = get_communicator(self.distributed, self.process_group)
+        model = self.net
+        if comm.distributed:
+            convert_sync_batchnorm(self.net, comm)
+            model = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index or 0] if self.device.type == "cuda" else None,
+                broadcast_buffers=False, process_group=self.process_group)
+        try:
+            return self._fit(images, labels, resume, cfg, comm, model)
+        finally:
+            if comm.distributed:
+                revert_sync_batchnorm(self.net)
+
+    def _fit(self, images, labels, resume, cfg, comm, model) -> History:
         g = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         train_idx, val_idx = self._split(images.shape[0], labels, g)
@@ -130,11 +165,12 @@ class DSCHTrainer:
         is_image = images.dim() == 4
         for rnd in range(start_round, cfg.rounds):
             t0 = time.perf_counter()
-            codes = self.net.codes(images[train_idx]).double()
-            comp = fit_components(codes, cfg.m1, cfg.m2, cfg.covariance_type, cfg.gmm_max_iter,
+            codes = self._codes(images, train_idx, comm).double()
+            start, stop = shard_range(train_idx.numel(), comm)
+            comp = fit_components(codes[start:stop], cfg.m1, cfg.m2, cfg.covariance_type, cfg.gmm_max_iter,
                                   normalize_p1=cfg.normalize_p1, resp_threshold=cfg.resp_threshold,
-                                  random_state=cfg.seed + rnd)
-            p1, p2 = comp.p1.float().to(self.device), comp.p2.float().to(self.device)
+                                  random_state=cfg.seed + rnd, distributed=comm.distributed,
+                                  process_group=self.process_group)
             mu1, mu2 = comp.mu1.float().to(self.device), comp.mu2.float().to(self.device)
             lp1, lp2 = comp.log_pi1.float().to(self.device), comp.log_pi2.float().to(self.device)
             t1 = time.perf_counter()
@@ -153,8 +189,12 @@ class DSCHTrainer:
                         x = batch.float()
                         v1 = x + 0.05 * torch.randn(x.shape, generator=g).to(self.device)
                         v2 = x + 0.05 * torch.randn(x.shape, generator=g).to(self.device)
-                    h = self.net(torch.cat([v1, v2]))
-                    loss, parts = dsch_loss(h, p1[local], p2[local], mu1, lp1, mu2, lp2, lam=cfg.lam, tau=cfg.tau,
+                    # Every rank made the same views; each forwards its slice of the batch.
+                    a, b = shard_range(local.numel(), comm)
+                    h = gather_batch(comm, model(torch.cat([v1[a:b], v2[a:b]])), b - a)
+                    p1, p2 = comp.assign(codes[local])
+                    p1, p2 = p1.float().to(self.device), p2.float().to(self.device)
+                    loss, parts = dsch_loss(h, p1, p2, mu1, lp1, mu2, lp2, lam=cfg.lam, tau=cfg.tau,
                                             cooccurrence=cfg.cooccurrence, fine=cfg.fine, coarse=cfg.coarse)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -168,18 +208,18 @@ class DSCHTrainer:
             record = RoundRecord(rnd, sums["total"] / max(steps, 1), {k: sums[k] / max(steps, 1) for k in ("ic", "ccf", "ccc")},
                                  t1 - t0, t2 - t1, comp.m1, comp.m2)
             if val_idx is not None:
-                record.val_map = self._validate(images, labels, val_idx, train_idx)
+                record.val_map = self._validate(images, labels, val_idx, train_idx, comm)
                 if record.val_map > best_map:
                     best_map = record.val_map
                     best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
                     self.history.best_round = rnd
             self.history.rounds.append(record)
-            if self.verbose:
+            if self.verbose and comm.rank == 0:
                 val = f", val mAP@{cfg.val_map_k} {record.val_map:.4f}" if record.val_map is not None else ""
                 print(f"round {rnd + 1}/{cfg.rounds}: loss {record.loss:.4f} (ic {record.parts['ic']:.4f}, "
                       f"ccf {record.parts['ccf']:.4f}, ccc {record.parts['ccc']:.4f}), E-step {record.estep_seconds:.1f} s "
                       f"(m1={comp.m1}, m2={comp.m2}), M-step {record.mstep_seconds:.1f} s{val}", flush=True)
-            if self.checkpoint:
+            if self.checkpoint and comm.rank == 0:
                 checkpoint = {
                     "config": dataclasses.asdict(self.config), "round": rnd, "net": self.net.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -187,6 +227,7 @@ class DSCHTrainer:
                     "history": json.loads(self.history.to_json()),
                 }
                 atomic_write(self.checkpoint, lambda f: torch.save(checkpoint, f))
+            comm.barrier()  # the checkpoint is complete before any rank goes on
         if best_state is not None:
             self.net.load_state_dict(best_state)
         return self.history
