@@ -1,7 +1,16 @@
 """The ``dsch`` command line.
 
 Subcommands:
-  dsch demo          pack random binary codes with cluster structure, search them with
+  dsch demo          DSCH against ITQ, PCAH and LSH on the embedded Fashion-MNIST images (no
+                     download): trains, evaluates and prints a table (a few minutes on a CPU).
+  dsch train         train DSCH (or the contrastive baseline) on the retrieval protocol; writes
+                     model.pt, checkpoint.pt and record.json (config, timings, metrics) to --out.
+                     Under `torchrun --nproc-per-node N`, --distributed trains on N processes.
+  dsch encode        binary codes of a data set with a trained model (.npy packed codes, or an
+                     index file for `dsch search`).
+  dsch eval          evaluate trained models and/or baselines on the protocol: JSON record,
+                     Markdown table, and a PNG (mAP vs code length, precision-recall curves).
+  dsch search-demo   pack random binary codes with cluster structure, search them with
                      hamming_topk, check the answer against a brute-force ranking, print a summary.
   dsch index build   build a BinaryIndex file from codes (.npy, .npz or .pt: [n, nbits] values,
                      > 0 is bit 1, or uint8 [n, nbits/8] packed codes).
@@ -18,7 +27,7 @@ import time
 import torch
 
 
-def _demo(args):
+def _search_demo(args):
     import dsch_ext
 
     device = torch.device(args.device)
@@ -69,6 +78,150 @@ def _demo(args):
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+def _data(spec):
+    from . import data, experiment
+
+    try:
+        return experiment.load_data(spec)
+    except data.DataError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _config(args, nbits, baseline=False):
+    from .trainer import DSCHConfig
+
+    fields = {f: getattr(args, f) for f in ("m1", "m2", "covariance_type", "gmm_max_iter", "lam", "tau", "batch_size",
+                                            "lr", "adam_eps", "rounds", "epochs_per_round", "seed") if getattr(args, f, None) is not None}
+    return DSCHConfig(nbits=nbits, baseline=baseline or args.baseline, **fields)
+
+
+def _comm(args):
+    if not getattr(args, "distributed", False):
+        from ._comm import LocalCommunicator
+
+        return LocalCommunicator()
+    from . import distributed
+
+    try:
+        return distributed.init(timeout=args.timeout)
+    except distributed.DistributedError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _train(args):
+    from . import experiment
+
+    comm = _comm(args)
+    dataset = _data(args.data)
+    split = experiment.protocol_split(dataset, args.query_per_class, args.train_per_class, args.split_seed)
+    if comm.rank == 0:
+        print(f"data {dataset.name}: {len(dataset)} items; train {split.train.numel()}, query {split.query.numel()}, "
+              f"database {split.database.numel()}; {comm.world_size} process(es)", flush=True)
+    try:
+        record = experiment.train_dsch(dataset, split, _config(args, args.bits), args.out, width=args.width,
+                                       device=args.device, resume=args.resume, distributed=comm.distributed,
+                                       evaluate=not args.no_eval)
+    except ValueError as exc:  # e.g. a checkpoint of another code length
+        raise CliError(str(exc)) from exc
+    if comm.rank == 0:
+        metrics = record.get("metrics", {})
+        print(f"trained in {record['train_seconds']:.1f} s (E-step {record['estep_seconds']:.1f} s, "
+              f"M-step {record['mstep_seconds']:.1f} s); " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        print(f"wrote {args.out}/model.pt, {args.out}/record.json")
+    return 0
+
+
+def _model(path, device="cpu"):
+    from . import experiment
+
+    try:
+        return experiment.load_model(path, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _encode(args):
+    import numpy as np
+
+    from . import experiment
+    from ._atomic import atomic_write
+
+    net, _, _ = _model(args.model, args.device)
+    dataset = _data(args.data)
+    images = dataset.images
+    if net.backbone.__class__.__name__ == "SmallCNN" and images.dim() != 4:
+        raise CliError(f"{args.model} is an image model but {args.data} holds features of shape {tuple(images.shape)}")
+    codes = experiment.encode(net, images.to(args.device)).cpu()
+    if args.out.endswith(".npy"):
+        atomic_write(args.out, lambda f: np.save(f, codes.numpy()))
+    else:
+        import dsch_ext
+
+        index = dsch_ext.BinaryIndex(net.nbits)
+        index.add(codes)
+        index.save(args.out)
+    print(f"wrote {args.out}: {codes.shape[0]} codes of {net.nbits} bits")
+    return 0
+
+
+def _evaluate(args):
+    import os
+
+    from . import experiment
+
+    dataset = _data(args.data)
+    split = experiment.protocol_split(dataset, args.query_per_class, args.train_per_class, args.split_seed)
+    records = []
+    for path in args.model or []:
+        net, config, _ = _model(path, args.device)
+        q = experiment.encode(net, dataset.images[split.query].to(args.device))
+        db = experiment.encode(net, dataset.images[split.database].to(args.device))
+        record = experiment.evaluate_codes(q, db, dataset.labels[split.query], dataset.labels[split.database])
+        record.update(method=("contrastive" if config.get("baseline") else "dsch"), nbits=net.nbits, model=path,
+                      train_seconds=float("nan"))
+        records.append(record)
+    for name in args.baselines:
+        for nbits in args.bits:
+            records.append(experiment.run_baseline(name, dataset, split, nbits, args.seed))
+    if not records:
+        raise CliError("nothing to evaluate: give --model and/or --baselines")
+    print(experiment.results_table(records))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        experiment.write_json(os.path.join(args.out, "eval.json"), {"data": dataset.name, "records": records})
+        experiment.plot_results(records, os.path.join(args.out, "eval.png"), f"{dataset.name}")
+        print(f"wrote {args.out}/eval.json, {args.out}/eval.png")
+    return 0
+
+
+def _demo(args):
+    """DSCH and the baselines on the embedded data, one table."""
+    import os
+
+    from . import experiment
+
+    dataset = _data(args.data)
+    split = experiment.protocol_split(dataset, train_per_class=args.train_per_class)
+    print(f"dsch demo on {dataset.name}: train {split.train.numel()} images, query {split.query.numel()}, "
+          f"database {split.database.numel()}, {args.bits} bits, {args.rounds} rounds", flush=True)
+    records = []
+    for name in ("lsh", "pcah", "itq"):
+        records.append(experiment.run_baseline(name, dataset, split, args.bits))
+    out = args.out
+    for baseline in (True, False):
+        cfg = _config(args, args.bits, baseline=baseline)
+        print(f"training {'the contrastive baseline' if baseline else 'DSCH'} ...", flush=True)
+        records.append(experiment.train_dsch(dataset, split, cfg, os.path.join(out, "contrastive" if baseline else "dsch")
+                                             if out else None, verbose=args.verbose))
+    print()
+    print(experiment.results_table(records))
+    if out:
+        experiment.write_json(os.path.join(out, "demo.json"), {"data": dataset.name, "records": records})
+        experiment.plot_results(records, os.path.join(out, "demo.png"), f"dsch demo, {dataset.name}")
+        print(f"wrote {out}/demo.json, {out}/demo.png")
+    return 0
 
 
 def _load_array(path, what):
@@ -168,14 +321,76 @@ def _info(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="dsch", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="pack and search binary codes, check against brute force")
+    def training_options(p, rounds=None):
+        p.add_argument("--data", default="embedded", help="'embedded' (default), 'fashion-mnist', a directory "
+                       "(Fashion-MNIST idx or CIFAR-10 batches) or a .npz file")
+        p.add_argument("--baseline", action="store_true", help="the contrastive baseline (lambda = 0, S = I)")
+        p.add_argument("--rounds", type=int, default=rounds, help="EM rounds (default: the reference 10)")
+        p.add_argument("--epochs-per-round", type=int, dest="epochs_per_round")
+        p.add_argument("--m1", type=int, help="fine components (default 1000, capped at N/5)")
+        p.add_argument("--m2", type=int, help="coarse components (default 100)")
+        p.add_argument("--covariance-type", dest="covariance_type", choices=("full", "diag", "spherical", "tied"))
+        p.add_argument("--gmm-max-iter", type=int, dest="gmm_max_iter")
+        p.add_argument("--lam", type=float, help="weight of the component losses (default 0.1)")
+        p.add_argument("--tau", type=float)
+        p.add_argument("--batch-size", type=int, dest="batch_size")
+        p.add_argument("--lr", type=float)
+        p.add_argument("--adam-eps", type=float, dest="adam_eps")
+        p.add_argument("--seed", type=int, default=0)
+
+    def protocol_options(p):
+        p.add_argument("--query-per-class", type=int, default=100, dest="query_per_class")
+        p.add_argument("--train-per-class", type=int, default=500, dest="train_per_class")
+        p.add_argument("--split-seed", type=int, default=0, dest="split_seed")
+
+    demo = sub.add_parser("demo", help="DSCH vs ITQ/PCAH/LSH on the embedded Fashion-MNIST images")
+    training_options(demo, rounds=3)
+    demo.set_defaults(m1=200, m2=20, covariance_type="diag", gmm_max_iter=30)
+    demo.add_argument("--bits", type=int, default=32)
+    demo.add_argument("--train-per-class", type=int, default=200, dest="train_per_class")
+    demo.add_argument("--out", default="", help="directory for demo.json, demo.png and the models")
+    demo.add_argument("--verbose", type=int, default=1)
+    demo.set_defaults(func=_demo)
+
+    train = sub.add_parser("train", help="train DSCH on the retrieval protocol")
+    training_options(train)
+    protocol_options(train)
+    train.add_argument("--bits", type=int, default=64)
+    train.add_argument("--out", required=True, help="run directory (model.pt, checkpoint.pt, record.json)")
+    train.add_argument("--width", type=int, default=32, help="CNN width")
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    train.add_argument("--no-eval", action="store_true", dest="no_eval", help="skip the final evaluation")
+    train.add_argument("--distributed", action="store_true", help="one process per rank (launch with torchrun)")
+    train.add_argument("--timeout", type=float, default=600.0, help="seconds before a silent rank is an error")
+    train.set_defaults(func=_train)
+
+    enc = sub.add_parser("encode", help="binary codes of a data set with a trained model")
+    enc.add_argument("--model", required=True)
+    enc.add_argument("--data", default="embedded")
+    enc.add_argument("--out", required=True, help=".npy (packed uint8 codes) or an index file")
+    enc.add_argument("--device", default="cpu")
+    enc.set_defaults(func=_encode)
+
+    ev = sub.add_parser("eval", help="evaluate models and baselines on the protocol")
+    ev.add_argument("--model", action="append", help="a model.pt (repeatable)")
+    ev.add_argument("--baselines", nargs="*", default=[], choices=sorted(("itq", "pcah", "lsh")))
+    ev.add_argument("--bits", type=int, nargs="*", default=[16, 32, 64], help="code lengths for the baselines")
+    ev.add_argument("--data", default="embedded")
+    protocol_options(ev)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", default="", help="directory for eval.json and eval.png")
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=_evaluate)
+
+    demo = sub.add_parser("search-demo", help="pack and search binary codes, check against brute force")
     demo.add_argument("--database", type=int, default=200_000, help="database size (default 200000)")
     demo.add_argument("--queries", type=int, default=500, help="number of queries (default 500)")
     demo.add_argument("--bits", type=int, default=64, help="code length in bits (default 64)")
     demo.add_argument("-k", type=int, default=100, help="neighbours per query (default 100)")
     demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_search_demo)
     info = sub.add_parser("info", help="print how dsch_ext was built")
     info.set_defaults(func=_info)
 

@@ -169,16 +169,24 @@ class DSCHTrainer:
             start, stop = shard_range(train_idx.numel(), comm)
             comp = fit_components(codes[start:stop], cfg.m1, cfg.m2, cfg.covariance_type, cfg.gmm_max_iter,
                                   normalize_p1=cfg.normalize_p1, resp_threshold=cfg.resp_threshold,
-                                  random_state=cfg.seed + rnd, distributed=comm.distributed,
+                                  random_state=cfg.seed + rnd, verbose=min(self.verbose, 1), distributed=comm.distributed,
                                   process_group=self.process_group)
             mu1, mu2 = comp.mu1.float().to(self.device), comp.mu2.float().to(self.device)
             lp1, lp2 = comp.log_pi1.float().to(self.device), comp.log_pi2.float().to(self.device)
             t1 = time.perf_counter()
             self.net.train()
             sums, steps = {"total": 0.0, "ic": 0.0, "ccf": 0.0, "ccc": 0.0}, 0
+            progress = None
+            if self.verbose and comm.rank == 0:
+                from tqdm.auto import tqdm
+
+                n_batches = cfg.epochs_per_round * ((train_idx.numel() + cfg.batch_size - 1) // cfg.batch_size)
+                progress = tqdm(total=n_batches, desc=f"round {rnd + 1}/{cfg.rounds} M-step", leave=False)
             for _ in range(cfg.epochs_per_round):
                 perm = torch.randperm(train_idx.numel(), generator=g)
                 for s in range(0, perm.numel() - 1, cfg.batch_size):
+                    if progress is not None:
+                        progress.update(1)
                     local = perm[s : s + cfg.batch_size]
                     if local.numel() < 2:
                         continue
@@ -204,6 +212,8 @@ class DSCHTrainer:
                     for key in ("ic", "ccf", "ccc"):
                         sums[key] += float(parts[key].detach())
                     steps += 1
+            if progress is not None:
+                progress.close()
             t2 = time.perf_counter()
             record = RoundRecord(rnd, sums["total"] / max(steps, 1), {k: sums[k] / max(steps, 1) for k in ("ic", "ccf", "ccc")},
                                  t1 - t0, t2 - t1, comp.m1, comp.m2)

@@ -1,4 +1,5 @@
-"""The `dsch` command line: demo and info (the index commands are tested in test_index.py)."""
+"""The `dsch` command line: train / encode / eval (one process and under torchrun), the search
+demo and info, and its one-line errors (the index commands are tested in test_index.py)."""
 import json
 import subprocess
 import sys
@@ -9,8 +10,8 @@ def run(tmp_path, *args):
     return subprocess.run([sys.executable, "-m", "dsch_ext", *args], capture_output=True, text=True, cwd=tmp_path)
 
 
-def test_demo_runs_and_matches_brute_force(tmp_path):
-    result = run(tmp_path, "demo", "--database", "5000", "--queries", "20", "-k", "50", "--bits", "32")
+def test_search_demo_runs_and_matches_brute_force(tmp_path):
+    result = run(tmp_path, "search-demo", "--database", "5000", "--queries", "20", "-k", "50", "--bits", "32")
     assert result.returncode == 0, result.stderr
     assert "identical to brute force on 20 queries (distances, indices, ties): True" in result.stdout
 
@@ -20,3 +21,67 @@ def test_info_reports_the_build(tmp_path):
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["source"] == "dsch_ext._C" and "torch" in info
+
+
+def features_npz(path, n=240, d=16, classes=4, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, d)) * 3
+    labels = np.repeat(np.arange(classes), n // classes)
+    features = (centers[labels] + rng.normal(size=(n, d))).astype(np.float32)
+    np.savez(path, features=features, labels=labels)
+    return str(path)
+
+
+TINY = ["--bits", "8", "--rounds", "2", "--m1", "8", "--m2", "2", "--covariance-type", "diag", "--gmm-max-iter", "5",
+        "--query-per-class", "5", "--train-per-class", "30", "--batch-size", "16"]
+
+
+def test_train_encode_eval_round_trip(tmp_path):
+    data = features_npz(tmp_path / "feats.npz")
+    result = run(tmp_path, "train", "--data", data, "--out", "run", *TINY)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["method"] == "dsch" and record["nbits"] == 8 and record["ranks"] == 1
+    assert len(record["history"]["rounds"]) == 2 and record["estep_seconds"] > 0
+    assert 0 < record["metrics"]["mAP@1000"] <= 1 and len(record["pr_curve"]["precision"]) == 9
+    # Resume from the checkpoint with another code length: a clear error.
+    result = run(tmp_path, "train", "--data", data, "--out", "run", "--resume", "--bits", "16",
+                 *TINY[2:])
+    assert result.returncode == 2 and "8-bit codes" in result.stderr
+    result = run(tmp_path, "encode", "--model", "run/model.pt", "--data", data, "--out", "codes.npy")
+    assert result.returncode == 0, result.stderr
+    import numpy as np
+
+    codes = np.load(tmp_path / "codes.npy")
+    assert codes.shape == (240, 1) and codes.dtype == np.uint8
+    result = run(tmp_path, "eval", "--model", "run/model.pt", "--baselines", "itq", "lsh", "--bits", "8",
+                 "--data", data, "--query-per-class", "5", "--train-per-class", "30", "--out", "ev")
+    assert result.returncode == 0, result.stderr
+    assert "| dsch |" in result.stdout and "| itq |" in result.stdout
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert {r["method"] for r in report["records"]} == {"dsch", "itq", "lsh"}
+    assert (tmp_path / "ev" / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = run(tmp_path, "train", "--data", str(tmp_path / "nowhere"), "--out", "run")
+    assert result.returncode == 2 and "data not found" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "bad.npz").write_bytes(b"not a zip file")
+    result = run(tmp_path, "train", "--data", str(tmp_path / "bad.npz"), "--out", "run")
+    assert result.returncode == 2 and "cannot read" in result.stderr
+    (tmp_path / "model.pt").write_bytes(b"garbage")
+    result = run(tmp_path, "encode", "--model", "model.pt", "--out", "c.npy")
+    assert result.returncode == 2 and "not a readable dsch_ext model file" in result.stderr
+
+
+def test_torchrun_launches_distributed_training(tmp_path):
+    data = features_npz(tmp_path / "feats.npz")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dsch_ext",
+           "train", "--distributed", "--timeout", "60", "--data", data, "--out", "run", *TINY]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["ranks"] == 2 and 0 < record["metrics"]["mAP@1000"] <= 1
+    assert result.stdout.count("trained in") == 1  # rank 0 reports

@@ -1,0 +1,258 @@
+"""Experiments on the retrieval protocol: load data, train DSCH or a baseline, encode,
+evaluate, and keep a record. The ``dsch`` command line is a thin layer over these functions.
+
+Data specifications (``load_data``):
+    ``embedded``       the 10,000-image Fashion-MNIST test split shipped with dsch_ext (default)
+    ``fashion-mnist``  the full 70,000 images ($DSCH_FASHION_MNIST or Debian's package)
+    a directory        Fashion-MNIST idx files, or CIFAR-10 python batches
+    a ``.npz`` file    ``images`` (or ``features``) and ``labels`` arrays
+
+Model files (``save_model`` / ``load_model``) hold the network's weights, its architecture and
+the training configuration; they load with ``torch.load(weights_only=True)`` (no pickled code)
+and are written atomically.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from . import baselines, data
+from ._atomic import atomic_write
+from ._comm import LocalCommunicator
+from .evaluation import precision_recall_curve, retrieval_metrics
+from .networks import HashNet, MLPBackbone, small_cnn_hash_net
+from .trainer import DSCHConfig, DSCHTrainer
+
+MODEL_FORMAT = "dsch_ext.model"
+MODEL_VERSION = 1
+BASELINES = {"itq": baselines.ITQ, "pcah": baselines.PCAH, "lsh": baselines.LSH}
+
+
+def load_data(spec: str = "embedded") -> data.Dataset:
+    """A data set from a specification (see the module docstring); ``DataError`` says what is
+    missing or malformed."""
+    if spec in (None, "", "embedded"):
+        return data.load_embedded_fashion_mnist()
+    if spec == "fashion-mnist":
+        if data.fashion_mnist_root() is None:
+            raise data.DataError("full Fashion-MNIST not found: apt-get install dataset-fashion-mnist, set "
+                                 "DSCH_FASHION_MNIST, or pass its directory (or use --data embedded)")
+        return data.load_fashion_mnist()
+    if os.path.isdir(spec):
+        names = os.listdir(spec)
+        if any(n.startswith("data_batch_") or n == "test_batch" for n in names):
+            return data.load_cifar10(spec)
+        return data.load_fashion_mnist(spec)
+    if os.path.isfile(spec):
+        if spec.endswith(".npz"):
+            return data.load_arrays(spec)
+        raise data.DataError(f"{spec}: unknown data file format (use a .npz file or a directory)")
+    raise data.DataError(f"data not found: {spec} (use 'embedded', 'fashion-mnist', a directory or a .npz file)")
+
+
+def protocol_split(dataset: data.Dataset, query_per_class: int = 100, train_per_class: int = 500,
+                   seed: int = 0) -> data.RetrievalSplit:
+    """DATA.md's protocol, scaled to the data: per class ``query_per_class`` queries and
+    ``train_per_class`` training items, capped so a small data set keeps at least a third of
+    each class in the database besides the training items."""
+    counts = torch.bincount(dataset.labels) if dataset.labels.dim() == 1 else None
+    if counts is not None:
+        smallest = int(counts[counts > 0].min())
+        query_per_class = min(query_per_class, max(1, smallest // 10))
+        train_per_class = min(train_per_class, max(1, (smallest - query_per_class) * 2 // 3))
+    return data.retrieval_split(dataset.labels, query_per_class, train_per_class, seed)
+
+
+def build_net(dataset: data.Dataset, nbits: int, width: int = 32, hidden: int = 512) -> HashNet:
+    """The small CNN for images, an MLP for feature vectors."""
+    x = dataset.images
+    if x.dim() == 4:
+        return small_cnn_hash_net(nbits, in_channels=x.shape[1], width=width)
+    backbone = MLPBackbone(x.shape[1], hidden)
+    return HashNet(backbone, backbone.out_dim, nbits)
+
+
+def _arch(dataset: data.Dataset, width: int, hidden: int) -> Dict:
+    x = dataset.images
+    if x.dim() == 4:
+        return {"kind": "small_cnn", "in_channels": int(x.shape[1]), "width": width}
+    return {"kind": "mlp", "in_dim": int(x.shape[1]), "hidden": hidden}
+
+
+def save_model(path: str, net: HashNet, config: DSCHConfig, arch: Dict, meta: Optional[Dict] = None) -> None:
+    """Write a model file atomically (see the module docstring)."""
+    state = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "nbits": int(net.nbits), "arch": arch,
+             "config": dataclasses.asdict(config), "meta": json.dumps(meta or {}),
+             "net": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_model(path: str, nbits: Optional[int] = None, device="cpu"):
+    """(network in eval mode, config dict, architecture dict) from a model file. Raises
+    ``ValueError`` for a file that is not a dsch_ext model, or one with ``nbits`` other than
+    the one asked for."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable dsch_ext model file: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a dsch_ext model file (a training checkpoint? use the model.pt "
+                         "that `dsch train` writes)")
+    if state["version"] > MODEL_VERSION:
+        raise ValueError(f"{path} is model format version {state['version']}; this dsch_ext reads <= {MODEL_VERSION}")
+    if nbits is not None and int(state["nbits"]) != int(nbits):
+        raise ValueError(f"{path} holds {state['nbits']}-bit codes, {nbits} bits were asked for")
+    arch = state["arch"]
+    if arch["kind"] == "small_cnn":
+        net = small_cnn_hash_net(state["nbits"], arch["in_channels"], arch["width"])
+    else:
+        backbone = MLPBackbone(arch["in_dim"], arch["hidden"])
+        net = HashNet(backbone, backbone.out_dim, state["nbits"])
+    net.load_state_dict(state["net"])
+    return net.to(device).eval(), state["config"], arch
+
+
+def write_json(path: str, record: Dict) -> None:
+    text = json.dumps(record, indent=2, default=float) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _flat(images: torch.Tensor) -> torch.Tensor:
+    x = images.flatten(1)
+    return x.double() / 255.0 if images.dtype == torch.uint8 else x.double()
+
+
+def evaluate_codes(query_codes, db_codes, query_labels, db_labels, curve: bool = True) -> Dict:
+    """mAP@1000/5000/all, precision@100/1000 and (``curve``) the precision-recall curve."""
+    out = {"metrics": retrieval_metrics(query_codes, db_codes, query_labels, db_labels)}
+    if curve:
+        _, precision, recall = precision_recall_curve(query_codes, db_codes, query_labels, db_labels)
+        out["pr_curve"] = {"precision": precision.tolist(), "recall": recall.tolist()}
+    return out
+
+
+def encode(net: HashNet, images: torch.Tensor, comm: Optional[LocalCommunicator] = None,
+           batch_size: int = 1024) -> torch.Tensor:
+    """Packed codes of ``images`` (sharded over ranks when ``comm`` is distributed: each rank
+    encodes a contiguous slice and every rank gets all codes)."""
+    from .distributed import shard_range
+    from .ops import pack_bits
+
+    comm = comm or LocalCommunicator()
+    start, stop = shard_range(images.shape[0], comm)
+    mine = pack_bits(net.codes(images[start:stop], batch_size))
+    return torch.cat(comm.all_gather_rows(mine)) if comm.distributed else mine
+
+
+def run_baseline(name: str, dataset: data.Dataset, split: data.RetrievalSplit, nbits: int, seed: int = 0,
+                 curve: bool = True) -> Dict:
+    """Fit LSH / PCAH / ITQ on the training items' pixels (or features) and evaluate."""
+    t0 = time.perf_counter()
+    model = BASELINES[name](nbits, random_state=seed).fit(_flat(dataset.images[split.train]))
+    t_train = time.perf_counter() - t0
+    q = model.encode(_flat(dataset.images[split.query]))
+    db = model.encode(_flat(dataset.images[split.database]))
+    result = evaluate_codes(q, db, dataset.labels[split.query], dataset.labels[split.database], curve)
+    result.update(method=name, nbits=nbits, train_seconds=t_train)
+    return result
+
+
+def train_dsch(dataset: data.Dataset, split: data.RetrievalSplit, config: DSCHConfig, out_dir: Optional[str] = None,
+               width: int = 32, device="cpu", resume: bool = False, distributed: bool = False,
+               evaluate: bool = True, curve: bool = True, verbose: int = 1, method: Optional[str] = None) -> Dict:
+    """Train DSCH (or its baseline mode) on the split's training items, write
+    ``out_dir/model.pt`` and ``out_dir/checkpoint.pt``, evaluate on the split's queries and
+    database, and return the run's record (configuration, timings, history, metrics)."""
+    from ._comm import get_communicator
+
+    comm = get_communicator(distributed)
+    torch.manual_seed(config.seed)
+    net = build_net(dataset, config.nbits, width)
+    checkpoint = os.path.join(out_dir, "checkpoint.pt") if out_dir else None
+    if out_dir and comm.rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+    comm.barrier()
+    trainer = DSCHTrainer(net, config, device=device, checkpoint=checkpoint, verbose=verbose, distributed=distributed)
+    t0 = time.perf_counter()
+    history = trainer.fit(dataset.images[split.train], dataset.labels[split.train], resume=resume)
+    t_train = time.perf_counter() - t0
+    record = {
+        "method": method or ("contrastive" if config.baseline else "dsch"), "nbits": config.nbits,
+        "config": dataclasses.asdict(config), "data": {"name": dataset.name, "items": len(dataset),
+                                                       "train": int(split.train.numel()),
+                                                       "query": int(split.query.numel()),
+                                                       "database": int(split.database.numel())},
+        "ranks": comm.world_size, "train_seconds": t_train,
+        "estep_seconds": sum(r.estep_seconds for r in history.rounds),
+        "mstep_seconds": sum(r.mstep_seconds for r in history.rounds),
+        "history": json.loads(history.to_json()),
+    }
+    if out_dir and comm.rank == 0:
+        save_model(os.path.join(out_dir, "model.pt"), net, config, _arch(dataset, width, 512),
+                   {"data": dataset.name})
+    if evaluate:
+        t0 = time.perf_counter()
+        q = encode(net, dataset.images[split.query].to(device), comm)
+        db = encode(net, dataset.images[split.database].to(device), comm)
+        record.update(evaluate_codes(q, db, dataset.labels[split.query], dataset.labels[split.database], curve))
+        record["eval_seconds"] = time.perf_counter() - t0
+    if out_dir and comm.rank == 0:
+        write_json(os.path.join(out_dir, "record.json"), record)
+    return record
+
+
+def plot_results(records: Sequence[Dict], path: str, title: str = "") -> None:
+    """One PNG: mAP@1000 against code length for every method (left) and the precision-recall
+    curves of the longest codes (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = sorted({r["method"] for r in records}, key=lambda m: [r["method"] for r in records].index(m))
+    for m in methods:
+        rs = sorted((r for r in records if r["method"] == m), key=lambda r: r["nbits"])
+        left.plot([r["nbits"] for r in rs], [r["metrics"]["mAP@1000"] for r in rs], marker="o", label=m)
+        longest = rs[-1]
+        if "pr_curve" in longest:
+            right.plot(longest["pr_curve"]["recall"], longest["pr_curve"]["precision"], label=f"{m} ({longest['nbits']} bits)")
+    nbits = sorted({r["nbits"] for r in records})
+    left.set(xlabel="bits", ylabel="mAP@1000", xticks=nbits, title="mAP@1000 vs code length")
+    right.set(xlabel="recall", ylabel="precision", title="precision-recall (Hamming radius)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def results_table(records: Sequence[Dict], keys: Sequence[str] = ("mAP@1000", "mAP@5000")) -> str:
+    """A Markdown table: one row per method, one column per (code length, metric)."""
+    nbits = sorted({r["nbits"] for r in records})
+    methods = []
+    for r in records:
+        if r["method"] not in methods:
+            methods.append(r["method"])
+    head = "| method | " + " | ".join(f"{b} bits {k}" for b in nbits for k in keys) + " | train s |"
+    lines = [head, "|" + " --- |" * (len(nbits) * len(keys) + 2)]
+    for m in methods:
+        cells, seconds = [], []
+        for b in nbits:
+            r = next((r for r in records if r["method"] == m and r["nbits"] == b), None)
+            cells += [f"{r['metrics'][k]:.4f}" if r else "" for k in keys]
+            if r:
+                seconds.append(f"{r['train_seconds']:.0f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {' / '.join(seconds)} |")
+    return "\n".join(lines)
+
