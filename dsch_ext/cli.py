@@ -92,9 +92,10 @@ def _data(spec):
 def _config(args, nbits, baseline=False):
     from .trainer import DSCHConfig
 
-    fields = {f: getattr(args, f) for f in ("m1", "m2", "covariance_type", "gmm_max_iter", "lam", "tau", "batch_size",
-                                            "lr", "adam_eps", "rounds", "epochs_per_round", "seed") if getattr(args, f, None) is not None}
-    return DSCHConfig(nbits=nbits, baseline=baseline or args.baseline, **fields)
+    names = ("m1", "m2", "covariance_type", "gmm_max_iter", "lam", "tau", "batch_size", "lr", "adam_eps", "rounds",
+             "epochs_per_round", "seed")
+    fields = {f: getattr(args, f) for f in names if getattr(args, f, None) is not None}
+    return DSCHConfig.from_scratch(nbits=nbits, baseline=baseline or args.baseline, **fields)
 
 
 def _comm(args):
@@ -191,8 +192,33 @@ def _evaluate(args):
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         experiment.write_json(os.path.join(args.out, "eval.json"), {"data": dataset.name, "records": records})
-        experiment.plot_results(records, os.path.join(args.out, "eval.png"), f"{dataset.name}")
-        print(f"wrote {args.out}/eval.json, {args.out}/eval.png")
+        print(f"wrote {args.out}/eval.json")
+        _plot(records, os.path.join(args.out, "eval.png"), dataset.name)
+    return 0
+
+
+def _plot(records, path, title):
+    from . import experiment
+
+    try:
+        experiment.plot_results(records, path, title)
+    except ImportError:
+        print("(no plot: matplotlib is not installed; pip install matplotlib)", file=sys.stderr)
+        return
+    print(f"wrote {path}")
+
+
+def _results(args):
+    from . import experiment
+
+    base = _config(args, 64)
+    try:
+        text = experiment.run_results(args.out, args.data, args.bits, args.ablation_bits, base,
+                                      args.estep_iterations)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(text)
+    print(f"wrote {args.out}/RESULTS.md")
     return 0
 
 
@@ -210,7 +236,7 @@ def _demo(args):
     for name in ("lsh", "pcah", "itq"):
         records.append(experiment.run_baseline(name, dataset, split, args.bits))
     out = args.out
-    for baseline in (True, False):
+    for baseline in (True, False) if args.contrastive else (False,):
         cfg = _config(args, args.bits, baseline=baseline)
         print(f"training {'the contrastive baseline' if baseline else 'DSCH'} ...", flush=True)
         records.append(experiment.train_dsch(dataset, split, cfg, os.path.join(out, "contrastive" if baseline else "dsch")
@@ -219,8 +245,8 @@ def _demo(args):
     print(experiment.results_table(records))
     if out:
         experiment.write_json(os.path.join(out, "demo.json"), {"data": dataset.name, "records": records})
-        experiment.plot_results(records, os.path.join(out, "demo.png"), f"dsch demo, {dataset.name}")
-        print(f"wrote {out}/demo.json, {out}/demo.png")
+        print(f"wrote {out}/demo.json")
+        _plot(records, os.path.join(out, "demo.png"), f"dsch demo, {dataset.name}")
     return 0
 
 
@@ -321,11 +347,11 @@ def _info(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="dsch", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    def training_options(p, rounds=None):
+    def training_options(p):
         p.add_argument("--data", default="embedded", help="'embedded' (default), 'fashion-mnist', a directory "
                        "(Fashion-MNIST idx or CIFAR-10 batches) or a .npz file")
         p.add_argument("--baseline", action="store_true", help="the contrastive baseline (lambda = 0, S = I)")
-        p.add_argument("--rounds", type=int, default=rounds, help="EM rounds (default: the reference 10)")
+        p.add_argument("--rounds", type=int, help="EM rounds (default: the reference 10)")
         p.add_argument("--epochs-per-round", type=int, dest="epochs_per_round")
         p.add_argument("--m1", type=int, help="fine components (default 1000, capped at N/5)")
         p.add_argument("--m2", type=int, help="coarse components (default 100)")
@@ -344,8 +370,8 @@ def build_parser():
         p.add_argument("--split-seed", type=int, default=0, dest="split_seed")
 
     demo = sub.add_parser("demo", help="DSCH vs ITQ/PCAH/LSH on the embedded Fashion-MNIST images")
-    training_options(demo, rounds=3)
-    demo.set_defaults(m1=200, m2=20, covariance_type="diag", gmm_max_iter=30)
+    training_options(demo)
+    demo.add_argument("--contrastive", action="store_true", help="also train the contrastive baseline (twice the time)")
     demo.add_argument("--bits", type=int, default=32)
     demo.add_argument("--train-per-class", type=int, default=200, dest="train_per_class")
     demo.add_argument("--out", default="", help="directory for demo.json, demo.png and the models")
@@ -364,6 +390,15 @@ def build_parser():
     train.add_argument("--distributed", action="store_true", help="one process per rank (launch with torchrun)")
     train.add_argument("--timeout", type=float, default=600.0, help="seconds before a silent rank is an error")
     train.set_defaults(func=_train)
+
+    res = sub.add_parser("results", help="everything RESULTS.md reports (long: DSCH, baseline and ablation runs)")
+    training_options(res)
+    res.set_defaults(data="fashion-mnist")
+    res.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
+    res.add_argument("--ablation-bits", type=int, default=32, dest="ablation_bits")
+    res.add_argument("--estep-iterations", type=int, default=3, dest="estep_iterations")
+    res.add_argument("--out", default="results", help="run directories, RESULTS.md and results.png")
+    res.set_defaults(func=_results)
 
     enc = sub.add_parser("encode", help="binary codes of a data set with a trained model")
     enc.add_argument("--model", required=True)

@@ -64,6 +64,23 @@ class DSCHConfig:
     val_map_k: int = 100
     seed: int = 0
 
+    @classmethod
+    def from_scratch(cls, **overrides) -> "DSCHConfig":
+        """Settings for a network trained from random weights (the small CNN, the MLP head), as
+        the command line uses them. The reference settings are for fine-tuning an ImageNet
+        VGG; from scratch, Adam's epsilon of 1.0 turns it into SGD at lr 5e-4 and training
+        crawls. Changed here: ``lr = 1e-3``, ``adam_eps = 1e-8`` and 5 epochs per round
+        (measured at 32 bits, mAP@1000: on the embedded images with 2,000 training images the
+        reference optimiser reaches 0.47 after 24 epochs where this one reaches 0.59; on the
+        full protocol, 5,000 training images, 10 rounds x 5 epochs and 30 rounds x 2 epochs
+        both end at 0.675) and ``tau = 0.3``, the temperature the paper leaves per data set,
+        chosen on the validation split (mean validation mAP@100 over the last five rounds at
+        32 bits: tau 1.0 0.676, 0.5 0.692, 0.3 0.696, 0.2 0.679). Everything else is the
+        reference."""
+        fields = {"lr": 1e-3, "adam_eps": 1e-8, "epochs_per_round": 5, "tau": 0.3}
+        fields.update(overrides)
+        return cls(**fields)
+
     def effective(self) -> "DSCHConfig":
         if not self.baseline:
             return self
@@ -80,6 +97,8 @@ class RoundRecord:
     m1: int
     m2: int
     val_map: Optional[float] = None
+    gmm_iterations: Optional[int] = None
+    gmm_lower_bound: Optional[float] = None
 
 
 @dataclass
@@ -89,6 +108,21 @@ class History:
 
     def to_json(self) -> str:
         return json.dumps({"rounds": [dataclasses.asdict(r) for r in self.rounds], "best_round": self.best_round})
+
+
+class _NoComponents:
+    """What the M-step reads from the E-step when no loss term uses it (lambda = 0, S = I)."""
+
+    m1 = m2 = gmm_iterations = 0
+    gmm_lower_bound = None
+
+    def __init__(self, nbits: int):
+        self.mu1 = self.mu2 = torch.ones(1, nbits)
+        self.log_pi1 = self.log_pi2 = torch.zeros(1)
+
+    def assign(self, codes):
+        zeros = torch.zeros(codes.shape[0], 1)
+        return zeros, zeros
 
 
 class DSCHTrainer:
@@ -163,14 +197,18 @@ class DSCHTrainer:
             start_round, best_map, best_state = state["round"] + 1, state["best_map"], state["best_net"]
             self.history = History([RoundRecord(**r) for r in state["history"]["rounds"]], state["history"]["best_round"])
         is_image = images.dim() == 4
+        uses_components = cfg.cooccurrence or (cfg.lam > 0 and (cfg.fine or cfg.coarse))
         for rnd in range(start_round, cfg.rounds):
             t0 = time.perf_counter()
             codes = self._codes(images, train_idx, comm).double()
             start, stop = shard_range(train_idx.numel(), comm)
-            comp = fit_components(codes[start:stop], cfg.m1, cfg.m2, cfg.covariance_type, cfg.gmm_max_iter,
-                                  normalize_p1=cfg.normalize_p1, resp_threshold=cfg.resp_threshold,
-                                  random_state=cfg.seed + rnd, verbose=min(self.verbose, 1), distributed=comm.distributed,
-                                  process_group=self.process_group)
+            if uses_components:
+                comp = fit_components(codes[start:stop], cfg.m1, cfg.m2, cfg.covariance_type, cfg.gmm_max_iter,
+                                      normalize_p1=cfg.normalize_p1, resp_threshold=cfg.resp_threshold,
+                                      random_state=cfg.seed + rnd, verbose=min(self.verbose, 1),
+                                      distributed=comm.distributed, process_group=self.process_group)
+            else:  # the contrastive baseline needs no E-step: stand-ins that the loss ignores
+                comp = _NoComponents(codes.shape[1])
             mu1, mu2 = comp.mu1.float().to(self.device), comp.mu2.float().to(self.device)
             lp1, lp2 = comp.log_pi1.float().to(self.device), comp.log_pi2.float().to(self.device)
             t1 = time.perf_counter()
@@ -216,7 +254,8 @@ class DSCHTrainer:
                 progress.close()
             t2 = time.perf_counter()
             record = RoundRecord(rnd, sums["total"] / max(steps, 1), {k: sums[k] / max(steps, 1) for k in ("ic", "ccf", "ccc")},
-                                 t1 - t0, t2 - t1, comp.m1, comp.m2)
+                                 t1 - t0, t2 - t1, comp.m1, comp.m2, gmm_iterations=comp.gmm_iterations,
+                                 gmm_lower_bound=comp.gmm_lower_bound)
             if val_idx is not None:
                 record.val_map = self._validate(images, labels, val_idx, train_idx, comm)
                 if record.val_map > best_map:
@@ -225,10 +264,12 @@ class DSCHTrainer:
                     self.history.best_round = rnd
             self.history.rounds.append(record)
             if self.verbose and comm.rank == 0:
+                estep_note = (f"m1={comp.m1}, m2={comp.m2}, {comp.gmm_iterations} EM iterations" if uses_components
+                              else "codes only: no loss term uses components")
                 val = f", val mAP@{cfg.val_map_k} {record.val_map:.4f}" if record.val_map is not None else ""
                 print(f"round {rnd + 1}/{cfg.rounds}: loss {record.loss:.4f} (ic {record.parts['ic']:.4f}, "
                       f"ccf {record.parts['ccf']:.4f}, ccc {record.parts['ccc']:.4f}), E-step {record.estep_seconds:.1f} s "
-                      f"(m1={comp.m1}, m2={comp.m2}), M-step {record.mstep_seconds:.1f} s{val}", flush=True)
+                      f"({estep_note}), M-step {record.mstep_seconds:.1f} s{val}", flush=True)
             if self.checkpoint and comm.rank == 0:
                 checkpoint = {
                     "config": dataclasses.asdict(self.config), "round": rnd, "net": self.net.state_dict(),

@@ -34,8 +34,8 @@ def features_npz(path, n=240, d=16, classes=4, seed=0):
     return str(path)
 
 
-TINY = ["--bits", "8", "--rounds", "2", "--m1", "8", "--m2", "2", "--covariance-type", "diag", "--gmm-max-iter", "5",
-        "--query-per-class", "5", "--train-per-class", "30", "--batch-size", "16"]
+TINY = ["--bits", "8", "--rounds", "2", "--epochs-per-round", "1", "--m1", "8", "--m2", "2", "--covariance-type",
+        "diag", "--gmm-max-iter", "5", "--query-per-class", "5", "--train-per-class", "30", "--batch-size", "16"]
 
 
 def test_train_encode_eval_round_trip(tmp_path):
@@ -85,3 +85,30 @@ def test_torchrun_launches_distributed_training(tmp_path):
     record = json.loads((tmp_path / "run" / "record.json").read_text())
     assert record["ranks"] == 2 and 0 < record["metrics"]["mAP@1000"] <= 1
     assert result.stdout.count("trained in") == 1  # rank 0 reports
+
+
+def test_results_command_writes_the_report(tmp_path):
+    data = features_npz(tmp_path / "feats.npz")
+    args = TINY[: TINY.index("--query-per-class")] + ["--batch-size", "16"]
+    result = run(tmp_path, "results", "--data", data, "--ablation-bits", "8", "--estep-iterations", "1", "--out", "res",
+                 *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (tmp_path / "res" / "RESULTS.md").read_text()
+    for needle in ("| itq |", "| dsch |", "| contrastive |", "without fine components", "E1", "speed-up"):
+        assert needle in text, needle
+    assert (tmp_path / "res" / "results.png").stat().st_size > 1000
+    # A second call reuses every finished run (no training: fast, same numbers).
+    again = run(tmp_path, "results", "--data", data, "--ablation-bits", "8", "--estep-iterations", "1", "--out", "res",
+                *args)
+    assert again.returncode == 0 and "===" not in again.stdout
+    assert (tmp_path / "res" / "RESULTS.md").read_text() == text
+
+
+def test_demo_prints_the_table(tmp_path):
+    data = features_npz(tmp_path / "feats.npz")
+    args = TINY[: TINY.index("--query-per-class")]
+    result = run(tmp_path, "demo", "--data", data, "--contrastive", "--out", "demo", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for method in ("lsh", "pcah", "itq", "contrastive", "dsch"):
+        assert f"| {method} |" in result.stdout
+    assert json.loads((tmp_path / "demo" / "demo.json").read_text())["records"][-1]["method"] == "dsch"
