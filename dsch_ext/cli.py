@@ -21,6 +21,7 @@ The command line only parses arguments and prints; the work is done by the libra
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -124,13 +125,27 @@ def _train(args):
         record = experiment.train_dsch(dataset, split, _config(args, args.bits), args.out, width=args.width,
                                        device=args.device, resume=args.resume, distributed=comm.distributed,
                                        evaluate=not args.no_eval)
-    except ValueError as exc:  # e.g. a checkpoint of another code length
-        raise CliError(str(exc)) from exc
+    except BaseException as exc:
+        if comm.distributed:
+            from . import distributed
+
+            try:
+                distributed.shutdown(wait=False)  # no barrier: a peer may be gone
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+        if isinstance(exc, ValueError):  # e.g. a checkpoint of another code length
+            raise CliError(str(exc)) from exc
+        raise
     if comm.rank == 0:
         metrics = record.get("metrics", {})
         print(f"trained in {record['train_seconds']:.1f} s (E-step {record['estep_seconds']:.1f} s, "
               f"M-step {record['mstep_seconds']:.1f} s); " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         print(f"wrote {args.out}/model.pt, {args.out}/record.json")
+    if comm.distributed:
+        from . import distributed
+
+        distributed.shutdown()
+        args.exit_now = True  # see main()
     return 0
 
 
@@ -452,10 +467,18 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except CliError as exc:
         print(f"dsch: error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
+    if getattr(args, "exit_now", False):
+        # A distributed run: end the process without interpreter finalisation, during which
+        # torch.distributed's gloo worker threads can still be releasing tensors of the last
+        # collective and abort the process (dsch_ext.distributed.shutdown explains).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    return code
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from .ops import hamming_topk
 
 __all__ = [
     "Communicator", "DistributedError", "ShardedBinaryIndex", "SyncBatchNorm", "convert_sync_batchnorm",
-    "get_communicator", "init", "revert_sync_batchnorm", "shard_range",
+    "get_communicator", "init", "revert_sync_batchnorm", "shard_range", "shutdown",
 ]
 
 
@@ -76,6 +76,26 @@ def init(backend: str = "auto", timeout: float = 300.0, init_method: Optional[st
     except (RuntimeError, ValueError) as exc:
         raise DistributedError(f"process group initialisation failed ({backend}, timeout {timeout:g} s): {exc}") from exc
     return Communicator()
+
+
+def shutdown(wait: bool = True) -> None:
+    """End this rank's part: wait for every rank (a barrier), then destroy the default process
+    group, if any. Call it at the end of a distributed script. Without it a rank can abort at
+    exit ("terminate called without an active exception"): gloo's worker thread releases the
+    tensors of the last collective after the caller has returned, and if the interpreter is
+    already finalising, taking the GIL for that kills the thread mid-destructor. The barrier
+    lets those releases happen while Python is alive. (``dsch train --distributed`` also ends
+    its processes with ``os._exit`` after this, which closes that window entirely.)
+    ``wait=False`` skips the barrier: for error paths, where a peer may be gone."""
+    import gc
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+        gc.collect()  # modules (DDP, SyncBatchNorm) that still hold the group
 
 
 def shard_range(n: int, comm: LocalCommunicator) -> Tuple[int, int]:
