@@ -68,7 +68,7 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
 
 
 def fit_components(codes: torch.Tensor, m1: int = 1000, m2: int = 100, covariance_type: str = "full",
-                   max_iter: int = 100, reg_covar: float = 1e-6, normalize_p1: bool = True,
+                   max_iter: int = 100, reg_covar: float = 1e-6, normalize_p1: bool = True, tol: float = 1e-3,
                    resp_threshold: float = 1e-8, min_points_per_component: int = 5, random_state: int = 0,
                    verbose: int = 0, distributed: bool = False, process_group=None) -> Components:
     """The E-step on codes ``[N, nbits]`` (see the module docstring). With ``distributed``
@@ -81,7 +81,7 @@ def fit_components(codes: torch.Tensor, m1: int = 1000, m2: int = 100, covarianc
         raise ValueError(f"codes must be [N, nbits] with N >= 2, got shape {tuple(codes.shape)}")
     m1 = max(1, min(m1, n // max(1, min_points_per_component)))
     m2 = max(1, min(m2, max(1, m1 // 2)))
-    gmm = GaussianMixture(m1, covariance_type=covariance_type, max_iter=max_iter, reg_covar=reg_covar,
+    gmm = GaussianMixture(m1, covariance_type=covariance_type, max_iter=max_iter, reg_covar=reg_covar, tol=tol,
                           random_state=random_state, resp_threshold=resp_threshold, verbose=verbose,
                           distributed=distributed, process_group=process_group)
     with warnings.catch_warnings():

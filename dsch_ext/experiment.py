@@ -273,8 +273,10 @@ def estep_comparison(codes: torch.Tensor, m1: int = 1000, m2: int = 100, iterati
 
     X = codes.double().cpu()
     t0 = time.perf_counter()
-    comp = fit_components(X, m1, m2, "full", iterations, min_points_per_component=1, random_state=seed)
+    comp = fit_components(X, m1, m2, "full", iterations, min_points_per_component=1, random_state=seed, tol=0.0)
     ours = time.perf_counter() - t0
+    if comp.gmm_iterations != iterations:
+        raise RuntimeError(f"dsch_ext ran {comp.gmm_iterations} EM iterations, not {iterations}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
@@ -283,6 +285,8 @@ def estep_comparison(codes: torch.Tensor, m1: int = 1000, m2: int = 100, iterati
         gm.predict_proba(X.numpy())
         SkKMeans(comp.m2, n_init=1, random_state=seed).fit(gm.means_)
         theirs = time.perf_counter() - t0
+    if gm.n_iter_ != iterations:
+        raise RuntimeError(f"scikit-learn ran {gm.n_iter_} EM iterations, not {iterations}")
     return {"n": int(X.shape[0]), "nbits": int(X.shape[1]), "m1": comp.m1, "m2": comp.m2, "iterations": iterations,
             "dsch_ext_seconds": ours, "sklearn_seconds": theirs, "speedup": theirs / ours,
             "dsch_ext_lower_bound": comp.gmm_lower_bound, "sklearn_lower_bound": float(gm.lower_bound_)}
