@@ -22,8 +22,10 @@ TORCH_LIBRARY(dsch_ext, m) {
   m.def("nearest_center(Tensor x, Tensor centers) -> (Tensor, Tensor)");
   // GMM E-step: log responsibilities [N, K] and per-point log likelihood [N]
   // from means [K, D], precision Cholesky factors (full [K, D, D], tied
-  // [D, D], diag [K, D], spherical [K]) and log weights [K].
+  // [D, D], diag [K, D], spherical [K]) and log weights [K]. resp_floor > 0:
+  // entries more than -log(resp_floor) below the row's best are -inf and left
+  // out of the log-sum-exp.
   m.def(
       "gmm_log_resp(Tensor x, Tensor means, Tensor precisions_chol, Tensor log_weights, "
-      "str covariance_type) -> (Tensor, Tensor)");
+      "str covariance_type, float resp_floor=0.0) -> (Tensor, Tensor)");
 }

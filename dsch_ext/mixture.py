@@ -15,7 +15,7 @@ iteration of the best run.
 import math
 import time
 import warnings
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -34,28 +34,65 @@ _ILL_DEFINED = (
 )
 
 
+# With resp_threshold > 0 the fit's E-steps drop (return -inf for) the responsibilities below
+# resp_threshold * _FLOOR_FACTOR (the M-step ignores them anyway), which lets the kernel skip
+# most of its work; the lower bound then misses at most K * that mass per point (1e-11 at
+# K = 1000 and resp_threshold = 1e-8): far inside the 1e-6 the fits are tested to.
+_FLOOR_FACTOR = 1e-6
+
+
 class ConvergenceWarning(UserWarning):
     """The best initialisation did not reach ``tol`` within ``max_iter`` iterations."""
 
 
-def _estimate_parameters(X, resp, reg_covar, covariance_type, resp_threshold=0.0, shard=None):
-    """Weights (unnormalised masses), means and covariances from responsibilities, like
-    scikit-learn's ``_estimate_gaussian_parameters``. Full covariances come from one GEMM
-    against the packed products of the (globally centred) points instead of K passes.
-    With ``shard`` (data sharded across ranks) every sufficient statistic is summed over ranks
-    before it is used, so all ranks get the parameters of the whole data set."""
+class SparseResp(NamedTuple):
+    """Responsibilities as their nonzero entries: ``weight[i]`` of point ``point[i]`` for
+    component ``comp[i]`` (the M-step's input when most of the [N, K] matrix is ~0)."""
+
+    point: torch.Tensor  # int64 [nnz]
+    comp: torch.Tensor  # int64 [nnz]
+    weight: torch.Tensor  # [nnz], X's dtype
+    n_components: int
+
+    @classmethod
+    def from_log_resp(cls, log_resp: torch.Tensor, threshold: float) -> "SparseResp":
+        """The entries of ``exp(log_resp)`` that are ``>= threshold``."""
+        point, comp = torch.nonzero(log_resp >= math.log(threshold), as_tuple=True)
+        return cls(point, comp, torch.exp(log_resp[point, comp]), log_resp.shape[1])
+
+    @classmethod
+    def one_hot(cls, point: torch.Tensor, comp: torch.Tensor, k: int, dtype: torch.dtype) -> "SparseResp":
+        return cls(point, comp, torch.ones(point.shape[0], dtype=dtype, device=point.device), k)
+
+    def sum_rows_into(self, values: torch.Tensor) -> torch.Tensor:
+        """``[K, ...]``: sum over points of weight * values[point] per component."""
+        w = self.weight.reshape((-1,) + (1,) * (values.dim() - 1))
+        out = values.new_zeros((self.n_components,) + tuple(values.shape[1:]))
+        return out.index_add_(0, self.comp, values[self.point] * w)
+
+
+def _estimate_parameters(X, resp, reg_covar, covariance_type, shard=None):
+    """Weights (unnormalised masses), means and covariances from responsibilities (a dense
+    ``[N, K]`` tensor or a :class:`SparseResp`), like scikit-learn's
+    ``_estimate_gaussian_parameters``. Full covariances come from one GEMM against the packed
+    products of the (globally centred) points instead of K passes (sparse: a scatter of the
+    kept pairs' products). With ``shard`` (data sharded across ranks) every sufficient
+    statistic is summed over ranks before it is used, so all ranks get the parameters of the
+    whole data set."""
     shard = shard or Shard(LocalCommunicator(), X.shape[0])
     eps = torch.finfo(X.dtype).eps
-    if resp_threshold > 0:
-        resp = torch.where(resp >= resp_threshold, resp, torch.zeros((), dtype=resp.dtype, device=resp.device))
-    nk = shard.sum(resp.sum(0)) + 10 * eps
+    sparse = isinstance(resp, SparseResp)
+    if sparse:
+        nk = shard.sum(X.new_zeros(resp.n_components).index_add_(0, resp.comp, resp.weight)) + 10 * eps
+    else:
+        nk = shard.sum(resp.sum(0)) + 10 * eps
     # Centre once: the second moments of centred data cancel far less in float32.
     shift = shard.sum(X.sum(0)) / shard.n_total
     Xc = X - shift
-    means_c = shard.sum(resp.t() @ Xc) / nk[:, None]
+    means_c = shard.sum(resp.sum_rows_into(Xc) if sparse else resp.t() @ Xc) / nk[:, None]
     means = means_c + shift
     if covariance_type == "full":
-        second = _full_second_moments(Xc, resp, nk, resp_threshold, shard)
+        second = _full_second_moments(Xc, resp, nk, shard)
         covariances = second - means_c[:, :, None] * means_c[:, None, :]
         covariances.diagonal(dim1=1, dim2=2).add_(reg_covar)
     elif covariance_type == "tied":
@@ -64,32 +101,45 @@ def _estimate_parameters(X, resp, reg_covar, covariance_type, resp_threshold=0.0
         covariances = (avg_x2 - avg_means2) / nk.sum()
         covariances.diagonal().add_(reg_covar)
     else:
-        avg_x2 = shard.sum(resp.t() @ (Xc * Xc)) / nk[:, None]
+        x2 = Xc * Xc
+        avg_x2 = shard.sum(resp.sum_rows_into(x2) if sparse else resp.t() @ x2) / nk[:, None]
         covariances = avg_x2 - means_c**2 + reg_covar
         if covariance_type == "spherical":
             covariances = covariances.mean(1)
     return nk, means, covariances
 
 
-def _full_second_moments(Xc, resp, nk, resp_threshold, shard):
-    """sum_i r_ik x_i x_i^T / nk for every k (summed over ranks): [K, D, D]."""
+def _packed_products(xs):
+    """``[n, D(D+1)/2]``: x_i x_j for i <= j, row by row (the upper triangle of x x^T, packed
+    row-major like ``torch.triu_indices``); D slice products, far faster than a gather."""
+    n, d = xs.shape
+    out = xs.new_empty((n, d * (d + 1) // 2))
+    offset = 0
+    for i in range(d):
+        torch.mul(xs[:, i : i + 1], xs[:, i:], out=out[:, offset : offset + d - i])
+        offset += d - i
+    return out
+
+
+def _full_second_moments(Xc, resp, nk, shard):
+    """sum_i r_ik x_i x_i^T / nk for every k (summed over ranks): [K, D, D], accumulated as
+    the packed upper triangles. Dense: one GEMM of the responsibilities against the points'
+    packed products. Sparse (:class:`SparseResp`): only the kept (point, component) pairs,
+    scattered into their component's row with ``index_add_``."""
     n, d = Xc.shape
-    k = resp.shape[1]
-    if resp_threshold > 0:
-        # Sparse: per component, only the points whose responsibility was kept.
-        out = Xc.new_empty((k, d, d))
-        rt = resp.t()
-        for c in range(k):
-            idx = torch.nonzero(rt[c]).flatten()
-            w = Xc[idx] * rt[c, idx].sqrt()[:, None]
-            out[c] = w.t() @ w
-        return shard.sum(out) / nk[:, None, None]
     rows, cols = torch.triu_indices(d, d, device=Xc.device)
-    packed = Xc.new_zeros((k, rows.shape[0]))
     chunk = max(1, (1 << 24) // rows.shape[0])
-    for start in range(0, n, chunk):
-        xs = Xc[start : start + chunk]
-        packed.addmm_(resp[start : start + chunk].t(), xs[:, rows] * xs[:, cols])
+    if isinstance(resp, SparseResp):
+        k = resp.n_components
+        packed = Xc.new_zeros((k, rows.shape[0]))
+        weighted = Xc[resp.point] * resp.weight.sqrt()[:, None]
+        for start in range(0, weighted.shape[0], chunk):
+            packed.index_add_(0, resp.comp[start : start + chunk], _packed_products(weighted[start : start + chunk]))
+    else:
+        k = resp.shape[1]
+        packed = Xc.new_zeros((k, rows.shape[0]))
+        for start in range(0, n, chunk):
+            packed.addmm_(resp[start : start + chunk].t(), _packed_products(Xc[start : start + chunk]))
     shard.sum(packed)
     out = Xc.new_empty((k, d, d))
     out[:, rows, cols] = packed
@@ -117,9 +167,9 @@ def _precisions_from_cholesky(prec_chol, covariance_type):
     return prec_chol**2
 
 
-def _covariance_from_precision(precisions, covariance_type):
+def _covariance_from_precision(precisions, precisions_chol, covariance_type):
     if covariance_type in ("full", "tied"):
-        return torch.linalg.inv(precisions)
+        return torch.cholesky_inverse(precisions_chol)  # precisions_chol: lower, from torch.linalg.cholesky
     return 1.0 / precisions
 
 
@@ -144,8 +194,11 @@ class GaussianMixture:
         resp_threshold: (dsch_ext) the M-step ignores responsibilities below this value
             (0, the default, is the exact dense M-step). With K = 1000 almost every
             responsibility is ~0 and a threshold such as 1e-8 makes the full-covariance M-step
-            far cheaper; the dropped mass per point is below K * resp_threshold. 1e-8 kept the
-            lower bound within 1e-6 (relative) of the dense fit in the tests.
+            far cheaper (it works on the kept entries only); the dropped mass per point is
+            below K * resp_threshold. The fit's E-steps then also skip the components that
+            cannot reach resp_threshold * 1e-6 (``gmm_log_resp``'s ``resp_floor``; on the CPU
+            in float64 'full' that prunes most of the work). 1e-8 kept the lower bound
+            within 1e-6 (relative) of the dense fit in the tests and benchmarks.
         distributed: (dsch_ext) fit on data sharded across the ranks of ``process_group``
             (torch.distributed; the default group when None). Every rank calls ``fit`` with its
             own rows and the same parameters; responsibilities stay on their rank and only the
@@ -222,12 +275,12 @@ class GaussianMixture:
     # ------------------------------------------------------------------ EM
 
     def _initial_resp(self, X, generator, shard):
+        """The initial responsibilities: a :class:`SparseResp` (one-hot) except for 'random'."""
         n, k = X.shape[0], self.n_components
         if self.init_params == "kmeans":
             labels = KMeans(k, n_init=1, random_state=generator, distributed=self.distributed,
                             process_group=self.process_group).fit(X).labels_
-            resp = torch.zeros((n, k), dtype=X.dtype, device=X.device)
-            resp[torch.arange(n, device=X.device), labels] = 1
+            resp = SparseResp.one_hot(torch.arange(n, device=X.device), labels, k, X.dtype)
         elif self.init_params == "random":
             # The rows of one [N_total, K] draw that this rank holds; every rank draws the
             # whole stream (in blocks) so the generator ends in the same state everywhere.
@@ -247,12 +300,17 @@ class GaussianMixture:
                 ids = torch.randperm(shard.n_total, generator=generator)[:k]
             ids = ids.to(X.device) - shard.offset
             mine = (ids >= 0) & (ids < n)
-            resp = torch.zeros((n, k), dtype=X.dtype, device=X.device)
-            resp[ids[mine], torch.arange(k, device=X.device)[mine]] = 1
+            resp = SparseResp.one_hot(ids[mine], torch.arange(k, device=X.device)[mine], k, X.dtype)
         return resp
 
-    def _initialize(self, X, resp, shard):
-        nk, means, covariances = _estimate_parameters(X, resp, self.reg_covar, self.covariance_type, shard=shard)
+    def _initialize(self, X, generator, shard):
+        given = (self.weights_init, self.means_init, self.precisions_init)
+        if all(v is not None for v in given):
+            # Nothing to estimate (scikit-learn skips its initialisation here too).
+            nk = means = covariances = None
+        else:
+            resp = self._initial_resp(X, generator, shard)
+            nk, means, covariances = _estimate_parameters(X, resp, self.reg_covar, self.covariance_type, shard=shard)
         self.weights_ = self._as_param(self.weights_init, X) if self.weights_init is not None else nk / shard.n_total
         self.means_ = self._as_param(self.means_init, X) if self.means_init is not None else means
         if self.precisions_init is None:
@@ -264,19 +322,21 @@ class GaussianMixture:
                 self.precisions_cholesky_ = torch.linalg.cholesky(precisions)
             else:
                 self.precisions_cholesky_ = torch.sqrt(precisions)
-            self.covariances_ = _covariance_from_precision(precisions, self.covariance_type)
+            self.covariances_ = _covariance_from_precision(precisions, self.precisions_cholesky_, self.covariance_type)
         self.precisions_ = _precisions_from_cholesky(self.precisions_cholesky_, self.covariance_type)
 
-    def _log_resp(self, X):
+    def _log_resp(self, X, resp_floor=0.0):
         """(log responsibilities [N, K], per-point log-likelihood [N]): the E-step kernel."""
         return torch.ops.dsch_ext.gmm_log_resp.default(
-            X, self.means_, self.precisions_cholesky_, torch.log(self.weights_), self.covariance_type
+            X, self.means_, self.precisions_cholesky_, torch.log(self.weights_), self.covariance_type, resp_floor
         )
 
     def _m_step(self, X, log_resp, shard):
-        nk, self.means_, self.covariances_ = _estimate_parameters(
-            X, torch.exp(log_resp), self.reg_covar, self.covariance_type, self.resp_threshold, shard
-        )
+        if self.resp_threshold > 0:
+            resp = SparseResp.from_log_resp(log_resp, self.resp_threshold)
+        else:
+            resp = torch.exp(log_resp)
+        nk, self.means_, self.covariances_ = _estimate_parameters(X, resp, self.reg_covar, self.covariance_type, shard)
         self.weights_ = nk / nk.sum()
         self.precisions_cholesky_ = _precision_cholesky(self.covariances_, self.covariance_type)
 
@@ -289,12 +349,18 @@ class GaussianMixture:
 
     def fit(self, X, y=None):
         """Estimate the parameters with EM. Returns self."""
-        self.fit_predict(X)
+        self._fit(as_float_tensor(X))
         return self
 
     def fit_predict(self, X, y=None) -> torch.Tensor:
-        """Fit, then return the most likely component of every point (int64 ``[N]``)."""
+        """Fit, then return the most likely component of every point (int64 ``[N]``), from a
+        final E-step with the fitted parameters (as scikit-learn does)."""
         X = as_float_tensor(X)
+        self._fit(X)
+        return self._log_resp(X)[0].argmax(1)
+
+    def _fit(self, X):
+        """EM over ``n_init`` initialisations; keeps the best parameters."""
         shard = Shard.of(X, self.distributed, self.process_group)
         self._check_parameters(X, shard.n_total)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
@@ -305,7 +371,7 @@ class GaussianMixture:
         self.converged_ = False
         for init in range(n_init):
             if do_init:
-                self._initialize(X, self._initial_resp(X, generator, shard), shard)
+                self._initialize(X, generator, shard)
             lower_bound = -math.inf if do_init else self.lower_bound_
             bounds = []
             converged = False
@@ -314,7 +380,7 @@ class GaussianMixture:
             start = time.perf_counter()
             for n_iter in range(1, self.max_iter + 1):
                 previous = lower_bound
-                log_resp, log_prob_norm = self._log_resp(X)
+                log_resp, log_prob_norm = self._log_resp(X, self.resp_threshold * _FLOOR_FACTOR)
                 self._m_step(X, log_resp, shard)
                 lower_bound = float(shard.sum(log_prob_norm.double().sum().reshape(1))) / shard.n_total
                 bounds.append(lower_bound)
@@ -342,8 +408,6 @@ class GaussianMixture:
         self._set_parameters(params)
         self.lower_bound_ = max_lower_bound
         self.n_features_in_ = X.shape[1]
-        # A final E-step so that the labels match the final parameters (as scikit-learn does).
-        return self._log_resp(X)[0].argmax(1)
 
     def _progress(self, init, n_init):
         if self.verbose < 1:

@@ -105,7 +105,7 @@ GMM_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
 def gmm_log_resp(x: ArrayLike, means: ArrayLike, precisions_chol: ArrayLike, log_weights: ArrayLike,
-                 covariance_type: str = "full") -> Tuple[torch.Tensor, torch.Tensor]:
+                 covariance_type: str = "full", resp_floor: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """The GMM E-step: log responsibilities and per-point log-likelihood.
 
     Args:
@@ -116,16 +116,29 @@ def gmm_log_resp(x: ArrayLike, means: ArrayLike, precisions_chol: ArrayLike, log
             ``[K, D]`` diag, ``[K]`` spherical.
         log_weights: ``[K]`` log mixture weights.
         covariance_type: ``'full'``, ``'tied'``, ``'diag'`` or ``'spherical'``.
+        resp_floor: 0 (default) returns every entry. ``resp_floor > 0`` returns ``-inf``
+            (responsibility 0) for every component whose weighted log-probability is more
+            than ``-log(resp_floor)`` below the point's best one (its responsibility is below
+            ``resp_floor``), and leaves those out of the log-sum-exp, so ``log_prob_norm``
+            is at most ``K * resp_floor`` (relative) below the full one. On the CPU, float64
+            full covariances then skip most of the work: an upper bound from 8 columns of
+            each precision factor rules components out, and only those it cannot rule out
+            are computed (exactly). GaussianMixture's sparse M-step uses this.
 
     Returns:
         ``(log_resp [N, K], log_prob_norm [N])``: ``log p(k | x_i)`` and ``log p(x_i)``,
         computed with a stable log-sum-exp (no NaN or -inf for points far from every component).
+
+    Float64 full covariances with D >= 8 are computed on the CPU as one GEMM of the
+    expanded quadratic form, with every entry that can carry responsibility recomputed in
+    the stable form (its rounding error bound decides); ``DSCH_EXT_GMM_STABLE=1`` forces
+    the stable form for every entry.
     """
     if covariance_type not in GMM_COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {GMM_COVARIANCE_TYPES}, got {covariance_type!r}")
     return torch.ops.dsch_ext.gmm_log_resp.default(
         _as_tensor(x, "x"), _as_tensor(means, "means"), _as_tensor(precisions_chol, "precisions_chol"),
-        _as_tensor(log_weights, "log_weights"), covariance_type,
+        _as_tensor(log_weights, "log_weights"), covariance_type, float(resp_floor),
     )
 
 
@@ -168,7 +181,7 @@ def _center_distances_backward_fake(grad, x, centers, distances, metric):
 
 
 @torch.library.register_fake("dsch_ext::gmm_log_resp")
-def _gmm_log_resp_fake(x, means, precisions_chol, log_weights, covariance_type):
+def _gmm_log_resp_fake(x, means, precisions_chol, log_weights, covariance_type, resp_floor=0.0):
     torch._check(x.shape[1] == means.shape[1], lambda: "x and means have different dimensions")
     return x.new_empty((x.shape[0], means.shape[0])), x.new_empty((x.shape[0],))
 

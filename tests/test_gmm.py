@@ -94,6 +94,120 @@ def test_gmm_log_resp_opcheck(device):
     torch.library.opcheck(torch.ops.dsch_ext.gmm_log_resp.default, (x, means, torch.ones(4, 3, device=device), logw, "diag"))
 
 
+def tight_mixture(d, k, n_per, seed, spread=1e-3):
+    """Points around k centres (std `spread`) and a sklearn fit with reg_covar 1e-9:
+    precisions up to ~1e6-1e9, where the expanded quadratic form cancels. Also returns
+    points no component explains (uniform), which the pruned route hands to the GEMM."""
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(-1, 1, (k, d))
+    X = np.concatenate([c + spread * rng.standard_normal((n_per, d)) for c in centers])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = sk_mixture.GaussianMixture(k, covariance_type="full", reg_covar=1e-9, max_iter=5,
+                                        means_init=centers, random_state=0).fit(X)
+    outside = rng.uniform(-1, 1, (37, d))
+    return np.concatenate([X, outside]), gm
+
+
+@pytest.mark.parametrize("d,k", [(8, 5), (16, 40), (64, 30)])
+def test_float64_full_routes_match_sklearn(d, k, monkeypatch):
+    # float64 'full' with D >= 8 runs the expanded GEMM (and the pruned route with a floor)
+    # on the CPU; every route must give the stable form's answer to 1e-8.
+    X, gm = tight_mixture(d, k, 9, seed=d + k)
+    want_norm, want_resp = gm._estimate_log_prob_resp(X)
+    args = op_args(gm, X, torch.float64, "cpu")
+    results = {}
+    for stable in ("0", "1"):
+        monkeypatch.setenv("DSCH_EXT_GMM_STABLE", stable)
+        results[stable] = dsch_ext.gmm_log_resp(*args, "full")
+        lr, lpn = results[stable]
+        np.testing.assert_allclose(lpn.numpy(), want_norm, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(np.exp(lr.numpy()), np.exp(want_resp), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(results["0"][0].exp().numpy(), results["1"][0].exp().numpy(), rtol=1e-10, atol=1e-14)
+
+
+def floored_reference(log_resp, log_prob_norm, floor):
+    """What resp_floor must give, from the dense answer: entries more than -log(floor) below
+    the row's best are -inf, the rest renormalised; also the entries too close to the cut
+    for the mask to be compared (rounding decides them)."""
+    logp = log_resp + log_prob_norm[:, None]
+    cut = logp.max(1).values[:, None] + np.log(floor)
+    keep = logp >= cut
+    near = (logp - cut).abs() < 1e-6
+    kept = torch.where(keep, logp, torch.full_like(logp, -float("inf")))
+    norm = torch.logsumexp(kept, 1)
+    return kept - norm[:, None], norm, keep, near
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("floor", [1e-3, 1e-14])
+def test_resp_floor_cuts_exactly_the_far_components(cov, dtype, floor, device):
+    X, gm = tight_mixture(16, 12, 20, seed=3, spread=0.05)
+    if cov != "full":
+        gm = fitted_sklearn(X, 12, cov, seed=1)
+    args = op_args(gm, X, dtype, device)
+    lr, lpn = dsch_ext.gmm_log_resp(*args, cov)
+    want_lr, want_norm, keep, near = floored_reference(lr.double().cpu(), lpn.double().cpu(), floor)
+    got_lr, got_norm = dsch_ext.gmm_log_resp(*args, cov, floor)
+    got_keep = torch.isfinite(got_lr).cpu()
+    assert torch.equal(got_keep[~near], keep[~near])
+    tol = 1e-8 if dtype == torch.float64 else 1e-4
+    np.testing.assert_allclose(got_norm.double().cpu().numpy(), want_norm.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(got_lr.double().exp().cpu().numpy(), want_lr.exp().numpy(), atol=tol)
+    torch.testing.assert_close(got_lr.double().exp().sum(1).cpu(), torch.ones(X.shape[0], dtype=torch.float64),
+                               rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("case", ["tight", "duplicates", "identical-components", "one-point"])
+def test_pruned_route_edge_cases(case):
+    # The pruned float64 route (CPU, full, D >= 8, resp_floor > 0) against the dense answer:
+    # rows it settles itself, rows it hands to the expanded GEMM (points no component
+    # explains), and blocks where the bound rules nothing out (identical components).
+    rng = np.random.default_rng(5)
+    X, gm = tight_mixture(24, 50, 6, seed=11)
+    args = op_args(gm, X, torch.float64, "cpu")
+    if case == "duplicates":
+        args[0] = args[0][rng.integers(0, X.shape[0], 300)]
+    elif case == "identical-components":
+        args[1] = args[1][:1].expand(50, -1).contiguous()
+        args[2] = args[2][:1].expand(50, -1, -1).contiguous()
+    elif case == "one-point":
+        args[0] = args[0][:1]
+    floor = 1e-14
+    lr, lpn = dsch_ext.gmm_log_resp(*args, "full")
+    want_lr, want_norm, keep, near = floored_reference(lr, lpn, floor)
+    got_lr, got_norm = dsch_ext.gmm_log_resp(*args, "full", floor)
+    assert torch.equal(torch.isfinite(got_lr)[~near], keep[~near])
+    np.testing.assert_allclose(got_norm.numpy(), want_norm.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(got_lr.exp().numpy(), want_lr.exp().numpy(), atol=1e-10)
+
+
+def test_resp_floor_bad_input(device):
+    x = torch.randn(10, 3, device=device, dtype=torch.float64)
+    means = torch.randn(4, 3, device=device, dtype=torch.float64)
+    logw = torch.full((4,), -np.log(4), device=device, dtype=torch.float64)
+    for bad in (1.0, -0.5):
+        with pytest.raises(RuntimeError, match=r"resp_floor must be in \[0, 1\), got"):
+            dsch_ext.gmm_log_resp(x, means, torch.ones(4, device=device, dtype=torch.float64), logw, "spherical", bad)
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_sparse_statistics_equal_dense(cov):
+    # The sparse M-step (SparseResp) computes the same statistics as the dense one on the
+    # same (thresholded) responsibilities.
+    from dsch_ext.mixture import SparseResp, _estimate_parameters
+
+    X, gm = tight_mixture(8, 10, 30, seed=2, spread=0.2)
+    Xt = torch.from_numpy(X)
+    lr, _ = dsch_ext.gmm_log_resp(*op_args(gm, X, torch.float64, "cpu"), "full")
+    sparse = SparseResp.from_log_resp(lr, 1e-8)
+    dense = torch.where(lr.exp() >= 1e-8, lr.exp(), torch.zeros((), dtype=torch.float64))
+    assert sparse.point.numel() == int((dense > 0).sum())
+    for a, b in zip(_estimate_parameters(Xt, sparse, 1e-6, cov), _estimate_parameters(Xt, dense, 1e-6, cov)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
 # ---------------------------------------------------------------- GaussianMixture
 
 

@@ -7,18 +7,51 @@
 // 'full' transforms each block of points by a block of precision factors with
 // one BLAS GEMM ([rows, D] x [D, C D]) into a per-task buffer first; the other
 // types work on the points directly ('tied' after one [N, D] x [D, D] GEMM).
+//
+// float64 'full' (D >= 8) takes a faster route with the same answer: the
+// expanded form x'Px - 2x'P mu + mu'P mu as ONE GEMM of the points' packed
+// products [rows, D(D+1)/2 + D + 1] by a per-component coefficient matrix
+// (half the multiply-adds of x L_k, at full GEMM efficiency). The expanded
+// form cancels when precisions are large, so it is only used to find, per
+// point, the components that can matter: every entry whose rigorous rounding
+// error bound leaves it within kExpandedMargin nats of the row's maximum is
+// recomputed exactly with the stable form above. The others keep expanded
+// values whose responsibilities are below exp(-kExpandedMargin) both before
+// and after rounding, so responsibilities and log-likelihoods are those of
+// the stable form to float64 rounding. Blocks where too many entries would
+// need recomputing (near-identical components) fall back to the stable GEMM.
+//
+// resp_floor > 0 sets to -inf (responsibility 0) every entry more than
+// -log(resp_floor) below its row's best and leaves it out of the log-sum-exp,
+// on every route and backend. The float64 'full' route then also prunes: an
+// upper bound on each log probability from the m = 8 largest columns of L_k
+// (a partial sum of ||(x - mu_k) L_k||^2, with its rounding bound), one GEMM
+// of 1/8 the stable form's work at D = 64; the best-bounded component is
+// computed exactly, and only the components whose bound reaches within the
+// floor of it are computed exactly too (about one per point on mixtures of
+// tight components). The cut entries would be -inf under the floor anyway.
+// DSCH_EXT_GMM_STABLE=1 forces the stable form everywhere (benchmarks, tests).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/triu_indices.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <mutex>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "../common/gmm_prepare.h"
 
@@ -27,6 +60,12 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;            // points per task
 constexpr int64_t kFullBlockColumns = 4096;  // transformed columns per GEMM (64 components at D = 64)
+constexpr int64_t kExpandedRowBlock = 128;   // points per task on the expanded float64 route
+constexpr int64_t kExpandedMinDim = 8;       // below this the stable GEMM is as cheap
+constexpr double kExpandedMargin = 40.0;     // nats: exp(-40) = 4e-18
+constexpr int64_t kPruneColumns = 8;         // columns of L_k in the pruned route's bound
+constexpr int64_t kPruneRowBlock = 128;      // points per bound GEMM on the pruned route
+constexpr double kPruneRelativeSlack = 1e-9; // h of the pruned route's rounding bound
 
 // Weighted log probabilities of rows [0, rows) x components [c0, c1): `a`
 // holds the transformed rows (row stride a_stride; for 'full' only the
@@ -82,9 +121,11 @@ void gmm_block_any(int cov, const T* a, int64_t s, int64_t c0, int64_t c1, const
   }
 }
 
-// Log-sum-exp of each row, subtracted in place (rows still in cache).
+// Log-sum-exp of each row, subtracted in place (rows still in cache). Entries
+// more than -log_floor below the row's maximum become -inf and stay out of the
+// sum (log_floor = -inf keeps everything).
 template <typename T>
-void normalize_rows(T* out, T* out_norm, int64_t rows, int64_t k) {
+void normalize_rows(T* out, T* out_norm, int64_t rows, int64_t k, T log_floor) {
   for (int64_t r = 0; r < rows; ++r) {
     T* o = out + r * k;
     T mx = -std::numeric_limits<T>::infinity();
@@ -93,11 +134,25 @@ void normalize_rows(T* out, T* out_norm, int64_t rows, int64_t k) {
 #endif
     for (int64_t c = 0; c < k; ++c) mx = o[c] > mx ? o[c] : mx;
     T s = 0;
-    if constexpr (std::is_same_v<T, float>) {
+    if (log_floor > -std::numeric_limits<T>::infinity()) {
+      const T cut = mx + log_floor;
+      for (int64_t c = 0; c < k; ++c) {
+        if (o[c] < cut) {
+          o[c] = -std::numeric_limits<T>::infinity();
+        } else {
+          s += std::exp(o[c] - mx);
+        }
+      }
+    } else if constexpr (std::is_same_v<T, float>) {
       DSCH_SIMD_SUM(s)
       for (int64_t c = 0; c < k; ++c) s += fast_expf(o[c] - mx);
     } else {
-      for (int64_t c = 0; c < k; ++c) s += std::exp(o[c] - mx);
+      // exp(-746) is 0 in float64: skipping those terms changes nothing, and with 1000
+      // components most are there, where libm's exp takes its slow underflow path.
+      for (int64_t c = 0; c < k; ++c) {
+        const T t = o[c] - mx;
+        if (t > T(-746)) s += std::exp(t);
+      }
     }
     const T norm = mx + std::log(s);
     for (int64_t c = 0; c < k; ++c) o[c] -= norm;
@@ -107,17 +162,17 @@ void normalize_rows(T* out, T* out_norm, int64_t rows, int64_t k) {
 
 // Non-template entry points, compiled for AVX2+FMA and the baseline and
 // picked at load time (DSCH_CPU_CLONES): the E-step's inner loop is the hot spot.
-DSCH_CPU_CLONES void normalize_rows_float(float* out, float* norm, int64_t rows, int64_t k) {
-  normalize_rows<float>(out, norm, rows, k);
+DSCH_CPU_CLONES void normalize_rows_float(float* out, float* norm, int64_t rows, int64_t k, float log_floor) {
+  normalize_rows<float>(out, norm, rows, k, log_floor);
 }
-DSCH_CPU_CLONES void normalize_rows_double(double* out, double* norm, int64_t rows, int64_t k) {
-  normalize_rows<double>(out, norm, rows, k);
+DSCH_CPU_CLONES void normalize_rows_double(double* out, double* norm, int64_t rows, int64_t k, double log_floor) {
+  normalize_rows<double>(out, norm, rows, k, log_floor);
 }
-void normalize_rows_dispatch(float* out, float* norm, int64_t rows, int64_t k) {
-  normalize_rows_float(out, norm, rows, k);
+void normalize_rows_dispatch(float* out, float* norm, int64_t rows, int64_t k, double log_floor) {
+  normalize_rows_float(out, norm, rows, k, static_cast<float>(log_floor));
 }
-void normalize_rows_dispatch(double* out, double* norm, int64_t rows, int64_t k) {
-  normalize_rows_double(out, norm, rows, k);
+void normalize_rows_dispatch(double* out, double* norm, int64_t rows, int64_t k, double log_floor) {
+  normalize_rows_double(out, norm, rows, k, log_floor);
 }
 DSCH_CPU_CLONES void gmm_block_float(int cov, const float* a, int64_t s, int64_t c0, int64_t c1, const float* p,
                                      const float* b, const float* lc, int64_t k, int64_t dim, int64_t rows,
@@ -138,49 +193,407 @@ void gmm_block_dispatch(int cov, const double* a, int64_t s, int64_t c0, int64_t
   gmm_block_double(cov, a, s, c0, c1, p, b, lc, k, dim, rows, out);
 }
 
+// The stable route for rows [r0, r0 + rows): log probabilities into `orow`
+// (row stride k), not yet normalised. `buffer` is the task's [kRowBlock, C D]
+// scratch for 'full'; `a_all` the transformed points for 'tied'.
+template <typename scalar_t>
+void stable_block(const GmmPrepared& g, const at::Tensor& a_all, at::Tensor& buffer, int64_t r0, int64_t rows,
+                  scalar_t* orow) {
+  const int64_t dim = g.x.size(1), k = g.b.size(0);
+  const scalar_t* p = g.p.const_data_ptr<scalar_t>();
+  const scalar_t* b = g.b.const_data_ptr<scalar_t>();
+  const scalar_t* lc = g.log_const.const_data_ptr<scalar_t>();
+  if (g.cov != kGmmFull) {
+    gmm_block_dispatch(g.cov, a_all.const_data_ptr<scalar_t>() + r0 * dim, dim, 0, k, p, b, lc, k, dim, rows, orow);
+    return;
+  }
+  const int64_t comp_block = std::max<int64_t>(1, kFullBlockColumns / dim);
+  if (!buffer.defined()) buffer = at::empty({kRowBlock, std::min(k, comp_block) * dim}, g.x.options());
+  for (int64_t s0 = 0; s0 < rows; s0 += kRowBlock) {
+    const int64_t srows = std::min(kRowBlock, rows - s0);
+    const at::Tensor xr = g.x.narrow(0, r0 + s0, srows);
+    for (int64_t c0 = 0; c0 < k; c0 += comp_block) {
+      const int64_t c1 = std::min(k, c0 + comp_block);
+      at::Tensor a = buffer.narrow(0, 0, srows).narrow(1, 0, (c1 - c0) * dim);
+      at::mm_out(a, xr, g.transform.narrow(1, c0 * dim, (c1 - c0) * dim));
+      gmm_block_dispatch(g.cov, a.const_data_ptr<scalar_t>(), a.stride(0), c0, c1, p, b, lc, k, dim, srows,
+                         orow + s0 * k);
+    }
+  }
+}
+
+// The expanded float64 'full' route's per-call tensors (see the file comment).
+struct ExpandedFull {
+  at::Tensor coef;   // [F, K], F = D(D+1)/2 + D + 1: packed -0.5 P_k, P_k mu_k, log_const_k - 0.5 mu_k'P_k mu_k
+  at::Tensor scale;  // [K]: a bound on sum_f |coef_fk| |error| scales (see below), times gamma_F
+  at::Tensor chol;   // [K, D, D] contiguous precision Cholesky factors, for the exact recomputation
+};
+
+// Coefficients of the expanded form. The rounding error of one entry (a dot
+// product of length F) is at most gamma_F * ||phi_n|| * ||coef_k|| (Cauchy-
+// Schwarz on the standard inner-product bound); the coefficients carry their
+// own rounding (P = L L^T, P mu, mu'P mu), bounded by gamma_D ||L_k||_F^2
+// (1 + ||mu_k||)^2 per unit of ||phi_n||. scale_k is the sum of the two
+// times 2 * gamma_(F + 2D): a safe margin, since only the candidate set
+// (never a returned value) depends on it.
+ExpandedFull prepare_expanded_full(const at::Tensor& means, const at::Tensor& prec_chol, const at::Tensor& log_const) {
+  const int64_t k = means.size(0), d = means.size(1);
+  ExpandedFull e;
+  e.chol = prec_chol.contiguous();
+  const at::Tensor prec = at::bmm(e.chol, e.chol.transpose(1, 2));             // [K, D, D]
+  const at::Tensor v = at::bmm(prec, means.unsqueeze(2)).squeeze(2);            // [K, D]
+  const at::Tensor c = v.mul(means).sum(1);                                     // [K]
+  const at::Tensor iu = at::triu_indices(d, d, 0, at::TensorOptions().dtype(at::kLong));
+  const at::Tensor rows = iu.select(0, 0), cols = iu.select(0, 1);
+  const at::Tensor flat = rows.mul(d).add(cols).to(means.device());
+  at::Tensor quad = prec.reshape({k, d * d}).index_select(1, flat);            // [K, D(D+1)/2]
+  const at::Tensor off_diag = rows.ne(cols).to(means.device(), means.scalar_type());
+  quad = quad.mul(off_diag.add(1.0)).mul(-0.5);                                 // 2 P_ij off the diagonal
+  const at::Tensor konst = log_const.sub(c.mul(0.5)).unsqueeze(1);
+  const at::Tensor coef = at::cat({quad, v, konst}, 1);                         // [K, F]
+  e.coef = coef.t().contiguous();
+  const double f = static_cast<double>(coef.size(1) + 2 * d);
+  const double gamma = 2.0 * f * std::numeric_limits<double>::epsilon() /
+                       (1.0 - f * std::numeric_limits<double>::epsilon());
+  const at::Tensor chol_sq = e.chol.pow(2).sum({1, 2});
+  const at::Tensor mu_term = means.norm(2, 1).add(1.0).pow(2);
+  // ||coef_k|| for the GEMM's rounding, |log_const_k| for the rounding of the constant column.
+  const at::Tensor coef_norm = coef.norm(2, 1).add(log_const.abs());
+  e.scale = coef_norm.add(chol_sq.mul(mu_term)).mul(gamma).contiguous();
+  return e;
+}
+
+// Exact (stable-form) weighted log probability of point x under component c:
+// y = x L_c into `y`, then the shared arithmetic of gmm_math.h.
+DSCH_CPU_CLONES void exact_full_entry(const double* x, const double* chol_c, const double* b_c, double log_const_c,
+                                      int64_t dim, double* y, double* out) {
+  std::memset(y, 0, sizeof(double) * dim);
+  for (int64_t i = 0; i < dim; ++i) {
+    const double xi = x[i];
+    const double* lrow = chol_c + i * dim;
+#if defined(_OPENMP)
+#pragma omp simd
+#endif
+    for (int64_t j = 0; j < dim; ++j) y[j] += xi * lrow[j];
+  }
+  *out = gmm_weighted_log_prob<double>(kGmmFull, y, nullptr, b_c, log_const_c, dim);
+}
+
+// Packed products of one point: x_i x_j (i <= j), x, 1; returns ||phi||.
+DSCH_CPU_CLONES double pack_point(const double* x, int64_t dim, double* phi) {
+  int64_t f = 0;
+  for (int64_t i = 0; i < dim; ++i) {
+    const double xi = x[i];
+    for (int64_t j = i; j < dim; ++j) phi[f + j - i] = xi * x[j];
+    f += dim - i;
+  }
+  std::memcpy(phi + f, x, sizeof(double) * dim);
+  phi[f + dim] = 1.0;
+  double sq = 0;
+  for (int64_t t = 0; t <= f + dim; ++t) sq += phi[t] * phi[t];
+  return std::sqrt(sq);
+}
+
+// A task's scratch for the float64 routes.
+struct Workspace {
+  at::Tensor phi;            // [rows, F] packed products
+  at::Tensor hard_out;       // [kPruneRowBlock, K] rows the pruned route hands to the expanded one
+  std::vector<double> norms, y, vals, top;
+  std::vector<int64_t> cand, best, hard;
+};
+
+// The expanded route for the rows of `xr` ([rows, D], contiguous), written to
+// `out_rows` ([rows, K], contiguous). Returns false (rows undefined) when the
+// stable route should be taken instead.
+bool expanded_rows(const GmmPrepared& g, const ExpandedFull& e, Workspace& w, const at::Tensor& xr,
+                   at::Tensor out_rows) {
+  const int64_t rows = xr.size(0), dim = g.x.size(1), k = g.b.size(0), f = e.coef.size(0);
+  const double* x = xr.const_data_ptr<double>();
+  if (!w.phi.defined() || w.phi.size(0) < rows) w.phi = at::empty({std::max(rows, kExpandedRowBlock), f}, xr.options());
+  w.norms.resize(std::max<size_t>(w.norms.size(), rows));
+  w.y.resize(dim);
+  double* ph = w.phi.data_ptr<double>();
+  for (int64_t r = 0; r < rows; ++r) w.norms[r] = pack_point(x + r * dim, dim, ph + r * f);
+  at::mm_out(out_rows, w.phi.narrow(0, 0, rows), e.coef);
+  double* orow = out_rows.data_ptr<double>();
+  const double* scale = e.scale.const_data_ptr<double>();
+  const double* chol = e.chol.const_data_ptr<double>();
+  const double* b = g.b.const_data_ptr<double>();
+  const double* lc = g.log_const.const_data_ptr<double>();
+  const int64_t budget = std::max<int64_t>(rows, rows * k / 8);  // beyond this the stable GEMM is cheaper
+  int64_t recomputed = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double* o = orow + r * k;
+    const double an = w.norms[r];
+    double floor_max = -std::numeric_limits<double>::infinity();
+    for (int64_t c = 0; c < k; ++c) floor_max = std::max(floor_max, o[c] - an * scale[c]);
+    if (!std::isfinite(floor_max)) return false;
+    const double cut = floor_max - kExpandedMargin;
+    w.cand.clear();
+    for (int64_t c = 0; c < k; ++c) {
+      if (o[c] + an * scale[c] >= cut) w.cand.push_back(c);
+    }
+    recomputed += static_cast<int64_t>(w.cand.size());
+    if (recomputed > budget) return false;
+    for (int64_t c : w.cand) {
+      exact_full_entry(x + r * dim, chol + c * dim * dim, b + c * dim, lc[c], dim, w.y.data(), o + c);
+    }
+  }
+  return true;
+}
+
+// The pruned float64 'full' route (resp_floor > 0): a cheap upper bound on
+// every log probability from m of the D columns of each L_k, the exact value
+// of the best-bounded component, and exact values only where the bound
+// cannot rule the entry out of the floor. See the file comment.
+struct PrunedFull {
+  int64_t m = 0;
+  at::Tensor columns;    // [K, D, m]: per component, its m columns of L_k with the largest norms
+  at::Tensor b;          // [K m]: the same columns of b_k = mu_k L_k
+  at::Tensor mu_norm;    // [K]: ||mu_k||
+  at::Tensor slack;      // [K]: S_k of the rounding bound (below)
+  at::Tensor chol;       // [K, D, D] contiguous precision Cholesky factors, for the exact values
+};
+
+
+// Rounding bound of the partial sum q = sum_t (x L_jt - b_jt)^2 over the
+// chosen columns: each term's error is below d_t = gamma (||x|| + ||mu||)
+// ||L_jt|| + eps |y_t|; with E^2 = sum d_t^2 and 2 sqrt(q) E <= h q + E^2 / h,
+// |q_computed - q| <= q (h + gamma_m + 2 eps^2 (1 + 1/h)) + 2 (1 + 1/h) gamma^2
+// (||x|| + ||mu_k||)^2 s_k^2, s_k^2 the chosen columns' squared norms.
+// slack_k holds 2 (1 + 1/h) gamma^2 s_k^2 (gamma doubled for safety).
+PrunedFull prepare_pruned_full(const at::Tensor& means, const at::Tensor& chol, const at::Tensor& b) {
+  const int64_t k = means.size(0), d = means.size(1);
+  PrunedFull pr;
+  pr.m = kPruneColumns;  // the route needs D >= kExpandedMinDim >= kPruneColumns
+  const at::Tensor col_sq = chol.pow(2).sum(1);                              // [K, D]: ||L_k[:, j]||^2
+  const at::Tensor cols = std::get<1>(col_sq.topk(pr.m, 1));                 // [K, m]
+  const at::Tensor picked = chol.gather(2, cols.unsqueeze(1).expand({k, d, pr.m}));  // [K, D, m]
+  pr.columns = picked.contiguous();
+  pr.chol = chol;
+  pr.b = b.gather(1, cols).reshape({k * pr.m}).contiguous();
+  pr.mu_norm = means.norm(2, 1).contiguous();
+  const double eps = std::numeric_limits<double>::epsilon();
+  const double gamma = 2.0 * static_cast<double>(d + 2) * eps;
+  pr.slack = col_sq.gather(1, cols).sum(1).mul(2.0 * (1.0 + 1.0 / kPruneRelativeSlack) * gamma * gamma).contiguous();
+  return pr;
+}
+
+// The pruned route's bounds, fused: for rows x [rows, D] and every component
+// c, q = ||x C_c - bsel_c||^2 over its kPruneColumns chosen columns C_c
+// ([D, 8], row-major) and the bound lc_c - 0.5 (q relative - (||x|| +
+// ||mu_c||)^2 slack_c), written to out (row stride k). Four rows share each
+// loaded column vector; components go in L2-sized blocks. The same multiply-
+// adds as a GEMM, but the [rows, 8 K] product never reaches memory.
+DSCH_CPU_CLONES void prune_bounds(const double* x, int64_t rows, int64_t dim, const double* columns,
+                                  const double* bsel, const double* lc, const double* mun, const double* slack,
+                                  const double* xnorm, double relative, int64_t k, double* out) {
+  constexpr int M = kPruneColumns;
+  constexpr int R = 4;
+  const int64_t comp_block = std::max<int64_t>(1, (256 << 10) / (dim * M * 8));
+  for (int64_t c0 = 0; c0 < k; c0 += comp_block) {
+    const int64_t c1 = std::min(k, c0 + comp_block);
+    for (int64_t r0 = 0; r0 < rows; r0 += R) {
+      const int nr = static_cast<int>(std::min<int64_t>(R, rows - r0));
+      const double* xr[R];
+      for (int j = 0; j < R; ++j) xr[j] = x + (r0 + std::min(j, nr - 1)) * dim;
+      for (int64_t c = c0; c < c1; ++c) {
+        const double* col = columns + c * dim * M;
+        double acc[R][M] = {};
+        for (int64_t i = 0; i < dim; ++i) {
+          const double* lv = col + i * M;
+          for (int j = 0; j < R; ++j) {
+            const double xi = xr[j][i];
+#if defined(_OPENMP)
+#pragma omp simd
+#endif
+            for (int t = 0; t < M; ++t) acc[j][t] += xi * lv[t];
+          }
+        }
+        const double* bc = bsel + c * M;
+        for (int j = 0; j < nr; ++j) {
+          double q = 0;
+          for (int t = 0; t < M; ++t) {
+            const double yt = acc[j][t] - bc[t];
+            q += yt * yt;
+          }
+          const double xm = xnorm[r0 + j] + mun[c];
+          out[(r0 + j) * k + c] = lc[c] - 0.5 * (q * relative - xm * xm * slack[c]);
+        }
+      }
+    }
+  }
+}
+
+// Rows [r0, r0 + rows) (at most kPruneRowBlock) on the pruned route: log
+// probabilities into the output rows, -inf where the floor cuts for sure.
+// Rows whose best component leaves too many others within reach of their
+// bounds (points no component explains, whose partial bounds are all alike)
+// are appended to w.hard for the expanded route (flush_hard_rows).
+void pruned_rows(const GmmPrepared& g, const PrunedFull& pr, double log_floor, Workspace& w, at::Tensor& out,
+                 int64_t r0, int64_t rows) {
+  const int64_t dim = g.x.size(1), k = g.b.size(0), m = pr.m;
+  const double* x = g.x.const_data_ptr<double>() + r0 * dim;
+  double* orow = out.narrow(0, r0, rows).data_ptr<double>();
+  const double* lc = g.log_const.const_data_ptr<double>();
+  const double* bsel = pr.b.const_data_ptr<double>();
+  const double* mun = pr.mu_norm.const_data_ptr<double>();
+  const double* slack = pr.slack.const_data_ptr<double>();
+  const double* chol = pr.chol.const_data_ptr<double>();
+  const double* b = g.b.const_data_ptr<double>();
+  const double relative = 1.0 - (kPruneRelativeSlack + 2.0 * static_cast<double>(m + 2) *
+                                 std::numeric_limits<double>::epsilon() + 1e-15);
+  // Upper bounds into the output rows.
+  w.y.resize(dim);
+  w.norms.resize(std::max<size_t>(w.norms.size(), rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    double sq = 0;
+    for (int64_t i = 0; i < dim; ++i) sq += x[r * dim + i] * x[r * dim + i];
+    w.norms[r] = std::sqrt(sq);
+  }
+  prune_bounds(x, rows, dim, pr.columns.const_data_ptr<double>(), bsel, lc, mun, slack, w.norms.data(), relative, k,
+               orow);
+  const double cut_width = -log_floor;
+  const int64_t max_survivors = std::max<int64_t>(8, k / 16);  // beyond this the expanded GEMM is cheaper
+  for (int64_t r = 0; r < rows; ++r) {
+    double* o = orow + r * k;
+    const double* xp = x + r * dim;
+    int64_t best = 0;
+    for (int64_t c = 1; c < k; ++c) best = o[c] > o[best] ? c : best;
+    double top;
+    exact_full_entry(xp, chol + best * dim * dim, b + best * dim, lc[best], dim, w.y.data(), &top);
+    const double cut = top - cut_width;
+    w.cand.clear();
+    for (int64_t c = 0; c < k; ++c) {
+      if (c != best && o[c] >= cut) w.cand.push_back(c);
+    }
+    if (!std::isfinite(top) || static_cast<int64_t>(w.cand.size()) > max_survivors) {
+      w.hard.push_back(r0 + r);  // computed later with others like it
+      continue;
+    }
+    w.vals.resize(w.cand.size());
+    for (size_t i = 0; i < w.cand.size(); ++i) {
+      const int64_t c = w.cand[i];
+      exact_full_entry(xp, chol + c * dim * dim, b + c * dim, lc[c], dim, w.y.data(), &w.vals[i]);
+    }
+    std::fill(o, o + k, -std::numeric_limits<double>::infinity());
+    o[best] = top;
+    for (size_t i = 0; i < w.cand.size(); ++i) o[w.cand[i]] = w.vals[i];
+  }
+}
+
+// The rows the pruned route handed over (w.hard, absolute indices), on the
+// expanded route in one GEMM (the stable one, row by row, if that fails or
+// e is null).
+template <typename scalar_t>
+void flush_hard_rows(const GmmPrepared& g, const ExpandedFull* e, Workspace& w, const at::Tensor& a_all,
+                     at::Tensor& buffer, at::Tensor& out) {
+  if (w.hard.empty()) return;
+  const int64_t nh = static_cast<int64_t>(w.hard.size()), k = g.b.size(0);
+  const at::Tensor idx = at::tensor(w.hard, at::TensorOptions().dtype(at::kLong));
+  if (!w.hard_out.defined() || w.hard_out.size(0) < nh) w.hard_out = at::empty({nh, k}, g.x.options());
+  at::Tensor hard_out = w.hard_out.narrow(0, 0, nh);
+  scalar_t* o = out.data_ptr<scalar_t>();
+  if (e != nullptr && expanded_rows(g, *e, w, g.x.index_select(0, idx), hard_out)) {
+    const scalar_t* ho = hard_out.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < nh; ++i) std::memcpy(o + w.hard[i] * k, ho + i * k, sizeof(scalar_t) * k);
+  } else {
+    for (int64_t row : w.hard) stable_block<scalar_t>(g, a_all, buffer, row, 1, o + row * k);
+  }
+  w.hard.clear();
+}
+
 std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, const at::Tensor& means,
                                                     const at::Tensor& prec_chol, const at::Tensor& log_weights,
-                                                    c10::string_view covariance_type) {
+                                                    c10::string_view covariance_type, double resp_floor) {
   const GmmPrepared g = prepare_gmm(x_in, means, prec_chol, log_weights,
                                     std::string_view(covariance_type.data(), covariance_type.size()));
+  TORCH_CHECK(resp_floor >= 0.0 && resp_floor < 1.0, "resp_floor must be in [0, 1), got ", resp_floor);
+  const double log_floor = resp_floor > 0 ? std::log(resp_floor) : -std::numeric_limits<double>::infinity();
   const int64_t n = g.x.size(0), dim = g.x.size(1), k = g.b.size(0);
   at::Tensor out = at::empty({n, k}, g.x.options());
   at::Tensor out_norm = at::empty({n}, g.x.options());
   if (n == 0) return {out, out_norm};
+  const char* stable_env = std::getenv("DSCH_EXT_GMM_STABLE");
+  const bool fast64 = g.cov == kGmmFull && g.x.scalar_type() == at::kDouble && dim >= kExpandedMinDim &&
+                      !(stable_env != nullptr && stable_env[0] != '\0' && stable_env[0] != '0');
+  const at::Tensor means_c = means.contiguous();
+  ExpandedFull e;
+  bool expanded = false;  // e prepared, with finite coefficients
+  auto prepare_expanded = [&] {
+    e = prepare_expanded_full(means_c, prec_chol, g.log_const);
+    expanded = at::isfinite(e.scale).all().item<bool>() && at::isfinite(e.coef).all().item<bool>();
+  };
+  PrunedFull pr;
+  bool pruned = fast64 && resp_floor > 0;
+  if (pruned) {
+    pr = prepare_pruned_full(means_c, prec_chol.contiguous(), g.b);
+    pruned = at::isfinite(pr.columns).all().item<bool>() && at::isfinite(pr.slack).all().item<bool>();
+  }
+  if (fast64 && !pruned) prepare_expanded();
   AT_DISPATCH_FLOATING_TYPES(g.x.scalar_type(), "gmm_log_resp_cpu", [&] {
-    const scalar_t* p = g.p.const_data_ptr<scalar_t>();
-    const scalar_t* b = g.b.const_data_ptr<scalar_t>();
-    const scalar_t* lc = g.log_const.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* on = out_norm.data_ptr<scalar_t>();
-    // Blocks of kRowBlock points per task; for 'full' each task also walks the
+    const at::Tensor a_all = g.cov == kGmmTied ? at::mm(g.x, g.transform) : g.x;
+    if constexpr (std::is_same_v<scalar_t, double>) {
+      if (pruned) {
+        // 1. Bounds and exact values where they are few; the other rows collected.
+        std::vector<int64_t> hard;
+        std::mutex hard_mutex;
+        const int64_t nsub = (n + kPruneRowBlock - 1) / kPruneRowBlock;
+        at::parallel_for(0, nsub, 1, [&](int64_t t0, int64_t t1) {
+          Workspace w;
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t r0 = t * kPruneRowBlock;
+            pruned_rows(g, pr, log_floor, w, out, r0, std::min(kPruneRowBlock, n - r0));
+          }
+          const std::lock_guard<std::mutex> lock(hard_mutex);
+          hard.insert(hard.end(), w.hard.begin(), w.hard.end());
+        });
+        // 2. The collected rows on the expanded route, a GEMM's worth at a time.
+        if (!hard.empty()) {
+          std::sort(hard.begin(), hard.end());
+          prepare_expanded();
+          const int64_t nh = static_cast<int64_t>(hard.size());
+          const int64_t nchunks = (nh + kExpandedRowBlock - 1) / kExpandedRowBlock;
+          at::parallel_for(0, nchunks, 1, [&](int64_t t0, int64_t t1) {
+            Workspace w;
+            at::Tensor buffer;
+            for (int64_t t = t0; t < t1; ++t) {
+              const int64_t h0 = t * kExpandedRowBlock, h1 = std::min(nh, h0 + kExpandedRowBlock);
+              w.hard.assign(hard.begin() + h0, hard.begin() + h1);
+              flush_hard_rows<scalar_t>(g, expanded ? &e : nullptr, w, a_all, buffer, out);
+            }
+          });
+        }
+        // 3. Normalise.
+        at::parallel_for(0, (n + kRowBlock - 1) / kRowBlock, 1, [&](int64_t t0, int64_t t1) {
+          const int64_t r0 = t0 * kRowBlock, r1 = std::min(n, t1 * kRowBlock);
+          normalize_rows_dispatch(o + r0 * k, on + r0, r1 - r0, k, log_floor);
+        });
+        return;
+      }
+    }
+    // Blocks of points per task; for 'full' each task also walks the
     // components in blocks, transforming its points by those precision
     // factors with a single-threaded GEMM into a small per-task buffer
     // (L2-sized), so neither the transformed points nor the log
     // probabilities ever leave the cache before the row is normalised.
-    const at::Tensor a_all = g.cov == kGmmTied ? at::mm(g.x, g.transform) : g.x;
-    const int64_t comp_block = std::max<int64_t>(1, kFullBlockColumns / dim);
-    const int64_t nblocks = (n + kRowBlock - 1) / kRowBlock;
+    const int64_t block = expanded ? kExpandedRowBlock : kRowBlock;
+    const int64_t nblocks = (n + block - 1) / block;
     at::parallel_for(0, nblocks, 1, [&](int64_t t0, int64_t t1) {
       at::Tensor buffer;
-      if (g.cov == kGmmFull) buffer = at::empty({kRowBlock, std::min(k, comp_block) * dim}, g.x.options());
+      Workspace w;
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t r0 = t * kRowBlock, rows = std::min(kRowBlock, n - r0);
+        const int64_t r0 = t * block, rows = std::min(block, n - r0);
         scalar_t* orow = o + r0 * k;
-        if (g.cov == kGmmFull) {
-          const at::Tensor xr = g.x.narrow(0, r0, rows);
-          for (int64_t c0 = 0; c0 < k; c0 += comp_block) {
-            const int64_t c1 = std::min(k, c0 + comp_block);
-            at::Tensor a = buffer.narrow(0, 0, rows).narrow(1, 0, (c1 - c0) * dim);
-            at::mm_out(a, xr, g.transform.narrow(1, c0 * dim, (c1 - c0) * dim));
-            gmm_block_dispatch(g.cov, a.const_data_ptr<scalar_t>(), a.stride(0), c0, c1, p, b, lc, k, dim, rows,
-                               orow);
-          }
-        } else {
-          gmm_block_dispatch(g.cov, a_all.const_data_ptr<scalar_t>() + r0 * dim, dim, 0, k, p, b, lc, k, dim, rows,
-                             orow);
+        bool done = false;
+        if constexpr (std::is_same_v<scalar_t, double>) {
+          if (expanded) done = expanded_rows(g, e, w, g.x.narrow(0, r0, rows), out.narrow(0, r0, rows));
         }
-        normalize_rows_dispatch(orow, on + r0, rows, k);
+        // The stable route (and the expanded route's fallback, for the whole block).
+        if (!done) stable_block<scalar_t>(g, a_all, buffer, r0, rows, orow);
+        normalize_rows_dispatch(orow, on + r0, rows, k, log_floor);
       }
     });
   });

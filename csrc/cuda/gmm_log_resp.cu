@@ -3,7 +3,9 @@
 // fixed-size buffer; then one thread block per point computes the weighted
 // log probability of every component (gmm_math.h, the CPU's arithmetic),
 // reduces max and sum-exp across the block, and writes the normalised row
-// once.
+// once. resp_floor > 0 cuts entries more than -log(resp_floor) below the
+// row's best to -inf, as on the CPU (which also prunes the work; here every
+// entry is computed).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -14,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 
 #include "../common/gmm_prepare.h"
@@ -28,7 +31,7 @@ constexpr int64_t kFullBufferElements = 32 << 20;  // 128 MB of float32 per bloc
 template <typename T>
 __global__ void gmm_rows_kernel(int cov, const T* __restrict__ a, int64_t a_stride, const T* __restrict__ p,
                                 const T* __restrict__ b, const T* __restrict__ log_const, int64_t rows,
-                                int64_t k, int64_t dim, T* __restrict__ out, T* __restrict__ out_norm) {
+                                int64_t k, int64_t dim, T log_floor, T* __restrict__ out, T* __restrict__ out_norm) {
   __shared__ T scratch[33];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* ar = a + r * a_stride;
@@ -42,7 +45,14 @@ __global__ void gmm_rows_kernel(int cov, const T* __restrict__ a, int64_t a_stri
     }
     mx = block_reduce_max(mx, scratch);
     T s = 0;
-    for (int64_t c = threadIdx.x; c < k; c += blockDim.x) s += exp(o[c] - mx);
+    const T cut = mx + log_floor;  // -inf without a floor
+    for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
+      if (o[c] < cut) {
+        o[c] = -INFINITY;  // this thread wrote o[c] above and is the only one to touch it
+      } else {
+        s += exp(o[c] - mx);
+      }
+    }
     const T norm = mx + log(block_reduce_sum(s, scratch));
     for (int64_t c = threadIdx.x; c < k; c += blockDim.x) o[c] -= norm;
     if (threadIdx.x == 0) out_norm[r] = norm;
@@ -51,10 +61,12 @@ __global__ void gmm_rows_kernel(int cov, const T* __restrict__ a, int64_t a_stri
 
 std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cuda(const at::Tensor& x_in, const at::Tensor& means,
                                                      const at::Tensor& prec_chol, const at::Tensor& log_weights,
-                                                     c10::string_view covariance_type) {
+                                                     c10::string_view covariance_type, double resp_floor) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const GmmPrepared g = prepare_gmm(x_in, means, prec_chol, log_weights,
                                     std::string_view(covariance_type.data(), covariance_type.size()));
+  TORCH_CHECK(resp_floor >= 0.0 && resp_floor < 1.0, "resp_floor must be in [0, 1), got ", resp_floor);
+  const double log_floor = resp_floor > 0 ? std::log(resp_floor) : -INFINITY;
   const int64_t n = g.x.size(0), dim = g.x.size(1), k = g.b.size(0);
   at::Tensor out = at::empty({n, k}, g.x.options());
   at::Tensor out_norm = at::empty({n}, g.x.options());
@@ -67,6 +79,7 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cuda(const at::Tensor& x_in, con
     auto launch = [&](const scalar_t* a, int64_t a_stride, int64_t r0, int64_t rows) {
       const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(rows, 1 << 20));
       gmm_rows_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(g.cov, a, a_stride, p, b, lc, rows, k, dim,
+                                                                  static_cast<scalar_t>(log_floor),
                                                                   out.data_ptr<scalar_t>() + r0 * k,
                                                                   out_norm.data_ptr<scalar_t>() + r0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
