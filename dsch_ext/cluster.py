@@ -82,6 +82,20 @@ def kmeans_plusplus_ids(X: torch.Tensor, n_clusters: int, generator: torch.Gener
     ids[0] = int(torch.randint(n, (1,), generator=generator))
     closest = sq_dist_to(ids[:1])[:, 0].contiguous()
     potential = shard.sum(closest.sum().reshape(1))[0]
+    if shard.comm.world_size == 1:
+        # One process: the loop below without its cross-rank bookkeeping (the same draws and
+        # arithmetic, so the same centres); a thousand steps make its overhead count.
+        for c in range(1, n_clusters):
+            draws = torch.rand(n_local_trials, generator=generator, dtype=torch.float64).to(X.device) * potential
+            candidates = torch.searchsorted(torch.cumsum(closest, 0), draws).clamp_(max=n_local - 1)
+            rows = X64[candidates]
+            dist = torch.addmm(x_sq[:, None] + (rows * rows).sum(1)[None, :], X64, rows.t(), alpha=-2).clamp_(min=0)
+            torch.minimum(dist, closest[:, None], out=dist)
+            potentials = dist.sum(0)
+            best = int(torch.argmin(potentials))
+            closest, potential = dist[:, best].contiguous(), potentials[best]
+            ids[c] = candidates[best]
+        return X[ids.to(X.device)], ids
     for c in range(1, n_clusters):
         draws = torch.rand(n_local_trials, generator=generator, dtype=torch.float64).to(X.device) * potential
         cumulative = torch.cumsum(closest, 0)
