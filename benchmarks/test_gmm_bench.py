@@ -2,11 +2,20 @@
 
 G1: one E-step, N = 10,000 points in [-1, 1]^64, K = 1000, full covariance:
     sklearn GaussianMixture._estimate_log_prob_resp (float64) vs dsch_ext.gmm_log_resp in
-    float32 (checked within 1e-4 of sklearn) and float64 (checked to 1e-8).
+    float32 (checked within 1e-4 of sklearn) and float64 (checked to 1e-8; the expanded GEMM
+    route, and the stable form alone with DSCH_EXT_GMM_STABLE=1, and with resp_floor=1e-14 as
+    the fit's E-steps run it: two thirds of these points lie outside every component, which
+    the pruning cannot use).
 G2: GaussianMixture.fit, same data, same initial parameters, equal iterations (tol = 0):
     sklearn vs dsch_ext dense (float64, same lower bound to 1e-6) and dsch_ext with the
-    sparse M-step (resp_threshold = 1e-8).
+    sparse M-step (resp_threshold = 1e-8, which also prunes the E-steps).
 G3: G1 with diagonal covariance.
+M2: the sparse M-step's second moments: the segment_gram kernel vs the torch route (packed
+    products + index_add_), same pairs, same answer.
+E1: DSCH's E-step at equal EM iterations (experiment.estep_comparison's two sides): GMM with
+    1000 full components (k-means init) + k-means(100) on its means, 5,000 codes of 64 bits.
+    The codes here are synthetic (tanh of 50 Gaussian clusters); RESULTS.md has E1 on a
+    trained network's codes.
 """
 import functools
 import warnings
@@ -43,17 +52,28 @@ def model(cov, quick):
     return X, gm, args64, args32
 
 
-@pytest.mark.parametrize("impl", ["sklearn", "dsch_ext-f32", "dsch_ext-f64"])
+@pytest.mark.parametrize("impl", ["sklearn", "dsch_ext-f32", "dsch_ext-f64", "dsch_ext-f64-stable",
+                                  "dsch_ext-f64-floor"])
 @pytest.mark.parametrize("cov,wid", [("full", "G1"), ("diag", "G3")])
-def test_gmm_estep(cov, wid, impl, quick, timed):
+def test_gmm_estep(cov, wid, impl, quick, timed, monkeypatch):
     X, gm, args64, args32 = model(cov, quick)
     group = f"{wid} GMM E-step {cov} N={X.shape[0]} K={gm.n_components} D={X.shape[1]}"
     if impl == "sklearn":
         timed(group, "anchor", "sklearn (float64)", gm._estimate_log_prob_resp, X, rounds=2 if cov == "full" else 3)
     elif impl == "dsch_ext-f32":
         timed(group, "ours", "dsch_ext float32", dsch_ext.gmm_log_resp, *args32, cov)
-    else:
+    elif impl == "dsch_ext-f64":
         timed(group, "ours", "dsch_ext float64", dsch_ext.gmm_log_resp, *args64, cov)
+    elif cov != "full":
+        pytest.skip("the float64 routes differ for 'full' only")
+    elif impl == "dsch_ext-f64-stable":
+        monkeypatch.setenv("DSCH_EXT_GMM_STABLE", "1")
+        timed(group, "ours", "dsch_ext float64 stable form", dsch_ext.gmm_log_resp, *args64, cov)
+    else:
+        want_norm, _ = gm._estimate_log_prob_resp(X)
+        _, lpn = dsch_ext.gmm_log_resp(*args64, cov, 1e-14)
+        np.testing.assert_allclose(lpn.numpy(), want_norm, rtol=1e-8, atol=1e-8)
+        timed(group, "ours", "dsch_ext float64 floor 1e-14", dsch_ext.gmm_log_resp, *args64, cov, 1e-14)
 
 
 def _fit(cls, X, gm, **extra):
@@ -85,3 +105,93 @@ def test_gmm_fit(impl, quick, timed):
     else:
         timed(group, "ours", "dsch_ext fit (resp>=1e-8)", _fit, dsch_ext.GaussianMixture, X, gm,
               rounds=2, resp_threshold=1e-8)
+
+
+@functools.lru_cache(maxsize=1)
+def dsch_codes(quick):
+    """E1's input: 5,000 codes of 64 bits shaped like a trained hash network's (tanh of
+    clustered activations), or a small version in quick mode."""
+    n, d, clusters = (600, 16, 10) if quick else (5000, 64, 50)
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((clusters, d)) * 2
+    return torch.from_numpy(np.tanh(centers[rng.integers(0, clusters, n)] + 0.7 * rng.standard_normal((n, d))))
+
+
+def _dsch_estep_ours(codes, m1, m2, iterations):
+    from dsch_ext.components import fit_components
+
+    comp = fit_components(codes, m1, m2, "full", iterations, min_points_per_component=1, random_state=0, tol=0.0)
+    assert comp.gmm_iterations == iterations
+    return comp
+
+
+def _dsch_estep_sklearn(codes, m1, m2, iterations):
+    sk_cluster = pytest.importorskip("sklearn.cluster")
+    X = codes.numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = sk_mixture.GaussianMixture(m1, covariance_type="full", max_iter=iterations, tol=0.0, random_state=0).fit(X)
+        gm.predict_proba(X)
+        sk_cluster.KMeans(m2, n_init=1, random_state=0).fit(gm.means_)
+    assert gm.n_iter_ == iterations
+    return gm
+
+
+@pytest.mark.parametrize("impl", ["sklearn", "dsch_ext"])
+def test_dsch_estep(impl, quick, timed):
+    codes = dsch_codes(quick)
+    m1, m2, iterations = (60, 6, 3) if quick else (1000, 100, 3)
+    group = f"E1 DSCH E-step N={codes.shape[0]} bits={codes.shape[1]} m1={m1} m2={m2} {iterations} EM iters"
+    if impl == "sklearn":
+        timed(group, "anchor", "sklearn GMM + KMeans", _dsch_estep_sklearn, codes, m1, m2, iterations, rounds=1)
+    else:
+        comp = timed(group, "ours", "dsch_ext fit_components", _dsch_estep_ours, codes, m1, m2, iterations, rounds=2)
+        assert np.isfinite(comp.gmm_lower_bound)
+
+
+@functools.lru_cache(maxsize=1)
+def moment_pairs(quick):
+    """M2: the sparse M-step's second moments, as many kept (point, component) pairs as G2's
+    second M-step keeps (about 4.4 per point at N = 10,000, K = 1000, D = 64)."""
+    n, k, d, per = (500, 40, 16, 4) if quick else (10_000, 1000, 64, 4)
+    g = torch.Generator().manual_seed(4)
+    X = torch.rand(n, d, generator=g, dtype=torch.float64) * 2 - 1
+    point = torch.arange(n).repeat_interleave(per)
+    comp = torch.randint(k, (n * per,), generator=g)
+    weight = torch.rand(n * per, generator=g, dtype=torch.float64)
+    return X, point, comp, weight, k
+
+
+def _moments_torch(X, point, comp, weight, k):
+    """The torch route: packed products of the weighted points, scattered with index_add_."""
+    from dsch_ext.mixture import _packed_products
+
+    d = X.shape[1]
+    rows, cols = torch.triu_indices(d, d)
+    packed = X.new_zeros((k, rows.shape[0]))
+    packed.index_add_(0, comp, _packed_products(X[point] * weight.sqrt()[:, None]))
+    out = X.new_empty((k, d, d))
+    out[:, rows, cols] = packed
+    out[:, cols, rows] = packed
+    return out
+
+
+def _moments_ours(X, point, comp, weight, k):
+    from dsch_ext._comm import LocalCommunicator
+    from dsch_ext.cluster import Shard
+    from dsch_ext.mixture import SparseResp, _full_second_moments
+
+    ones = torch.ones(k, dtype=X.dtype)
+    return _full_second_moments(X, SparseResp(point, comp, weight, k), ones, Shard(LocalCommunicator(), X.shape[0]))
+
+
+@pytest.mark.parametrize("impl", ["torch", "dsch_ext"])
+def test_sparse_second_moments(impl, quick, timed):
+    args = moment_pairs(quick)
+    if impl == "torch":
+        torch.testing.assert_close(_moments_ours(*args), _moments_torch(*args), rtol=1e-12, atol=1e-12)
+    group = f"M2 sparse second moments pairs={args[1].numel()} K={args[4]} D={args[0].shape[1]} f64"
+    if impl == "torch":
+        timed(group, "anchor", "torch packed products + index_add_", _moments_torch, *args)
+    else:
+        timed(group, "ours", "dsch_ext segment_gram", _moments_ours, *args)

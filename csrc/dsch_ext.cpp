@@ -28,4 +28,7 @@ TORCH_LIBRARY(dsch_ext, m) {
   m.def(
       "gmm_log_resp(Tensor x, Tensor means, Tensor precisions_chol, Tensor log_weights, "
       "str covariance_type, float resp_floor=0.0) -> (Tensor, Tensor)");
+  // Per-segment Gram matrices [K, D, D] of rows [M, D] grouped by offsets
+  // [K + 1] (CSR): the sparse full-covariance M-step's second moments.
+  m.def("segment_gram(Tensor rows, Tensor offsets) -> Tensor");
 }

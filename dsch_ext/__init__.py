@@ -9,6 +9,7 @@
 - :func:`center_distances`: points x centres distances with autograd (sqeuclidean, cosine, dot).
 - :func:`nearest_center`: k-means assignment in O(N + K) memory, ties to the lower index.
 - :func:`gmm_log_resp`: the Gaussian-mixture E-step (full, tied, diag, spherical).
+- :func:`segment_gram`: per-segment Gram matrices (the sparse M-step's second moments).
 - :class:`KMeans`, :class:`GaussianMixture`: scikit-learn's estimators on any device.
 - :class:`BinaryIndex`: a Hamming index with ids, range search, atomic save / checked load.
 
@@ -20,7 +21,8 @@ from . import baselines, data, evaluation
 from .cluster import KMeans
 from .index import BinaryIndex, IndexFormatError
 from .mixture import GaussianMixture
-from .ops import center_distances, gmm_log_resp, hamming_distance, hamming_topk, nearest_center, pack_bits, unpack_bits
+from .ops import (center_distances, gmm_log_resp, hamming_distance, hamming_topk, nearest_center, pack_bits,
+                  segment_gram, unpack_bits)
 
 __version__ = "0.1.0"
 
@@ -36,6 +38,7 @@ __all__ = [
     "hamming_distance",
     "hamming_topk",
     "pack_bits",
+    "segment_gram",
     "unpack_bits",
     "baselines",
     "data",

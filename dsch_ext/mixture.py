@@ -122,24 +122,23 @@ def _packed_products(xs):
 
 
 def _full_second_moments(Xc, resp, nk, shard):
-    """sum_i r_ik x_i x_i^T / nk for every k (summed over ranks): [K, D, D], accumulated as
-    the packed upper triangles. Dense: one GEMM of the responsibilities against the points'
-    packed products. Sparse (:class:`SparseResp`): only the kept (point, component) pairs,
-    scattered into their component's row with ``index_add_``."""
-    n, d = Xc.shape
-    rows, cols = torch.triu_indices(d, d, device=Xc.device)
-    chunk = max(1, (1 << 24) // rows.shape[0])
+    """sum_i r_ik x_i x_i^T / nk for every k (summed over ranks): [K, D, D]. Dense: one GEMM
+    of the responsibilities against the points' packed products (the upper triangles).
+    Sparse (:class:`SparseResp`): only the kept (point, component) pairs, sorted by
+    component, through the ``segment_gram`` kernel."""
     if isinstance(resp, SparseResp):
-        k = resp.n_components
-        packed = Xc.new_zeros((k, rows.shape[0]))
-        weighted = Xc[resp.point] * resp.weight.sqrt()[:, None]
-        for start in range(0, weighted.shape[0], chunk):
-            packed.index_add_(0, resp.comp[start : start + chunk], _packed_products(weighted[start : start + chunk]))
-    else:
-        k = resp.shape[1]
-        packed = Xc.new_zeros((k, rows.shape[0]))
-        for start in range(0, n, chunk):
-            packed.addmm_(resp[start : start + chunk].t(), _packed_products(Xc[start : start + chunk]))
+        order = torch.argsort(resp.comp, stable=True)
+        weighted = Xc[resp.point[order]] * resp.weight[order].sqrt()[:, None]
+        offsets = torch.zeros(resp.n_components + 1, dtype=torch.int64, device=Xc.device)
+        torch.cumsum(torch.bincount(resp.comp, minlength=resp.n_components), 0, out=offsets[1:])
+        return shard.sum(torch.ops.dsch_ext.segment_gram.default(weighted, offsets)) / nk[:, None, None]
+    n, d = Xc.shape
+    k = resp.shape[1]
+    rows, cols = torch.triu_indices(d, d, device=Xc.device)
+    packed = Xc.new_zeros((k, rows.shape[0]))
+    chunk = max(1, (1 << 24) // rows.shape[0])
+    for start in range(0, n, chunk):
+        packed.addmm_(resp[start : start + chunk].t(), _packed_products(Xc[start : start + chunk]))
     shard.sum(packed)
     out = Xc.new_empty((k, d, d))
     out[:, rows, cols] = packed

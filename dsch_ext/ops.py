@@ -129,10 +129,10 @@ def gmm_log_resp(x: ArrayLike, means: ArrayLike, precisions_chol: ArrayLike, log
         ``(log_resp [N, K], log_prob_norm [N])``: ``log p(k | x_i)`` and ``log p(x_i)``,
         computed with a stable log-sum-exp (no NaN or -inf for points far from every component).
 
-    Float64 full covariances with D >= 8 are computed on the CPU as one GEMM of the
-    expanded quadratic form, with every entry that can carry responsibility recomputed in
-    the stable form (its rounding error bound decides); ``DSCH_EXT_GMM_STABLE=1`` forces
-    the stable form for every entry.
+    Full covariances with D >= 8 are computed on the CPU as one GEMM of the expanded
+    quadratic form, with every entry that can carry responsibility recomputed in the stable
+    form (its rounding error bound decides), in float32 and float64 alike;
+    ``DSCH_EXT_GMM_STABLE=1`` forces the stable form for every entry.
     """
     if covariance_type not in GMM_COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {GMM_COVARIANCE_TYPES}, got {covariance_type!r}")
@@ -140,6 +140,16 @@ def gmm_log_resp(x: ArrayLike, means: ArrayLike, precisions_chol: ArrayLike, log
         _as_tensor(x, "x"), _as_tensor(means, "means"), _as_tensor(precisions_chol, "precisions_chol"),
         _as_tensor(log_weights, "log_weights"), covariance_type, float(resp_floor),
     )
+
+
+def segment_gram(rows: ArrayLike, offsets: ArrayLike) -> torch.Tensor:
+    """Per-segment Gram matrices: ``out[c] = sum_r rows[r] rows[r]^T`` over the rows of segment
+    ``c``, ``[offsets[c], offsets[c + 1])`` (CSR offsets, int64 ``[K + 1]``, nondecreasing,
+    from 0 to M). ``rows`` is ``[M, D]`` float32/float64; the result ``[K, D, D]`` (empty
+    segments give zeros). GaussianMixture's sparse M-step uses it for the second moments of
+    the kept (point, component) pairs sorted by component, each point scaled by
+    ``sqrt(responsibility)``: no ``[M, D(D+1)/2]`` matrix of products is formed."""
+    return torch.ops.dsch_ext.segment_gram.default(_as_tensor(rows, "rows"), _as_tensor(offsets, "offsets"))
 
 
 # Autograd for center_distances: the backward is its own op (CPU and CUDA kernels).
@@ -184,6 +194,11 @@ def _center_distances_backward_fake(grad, x, centers, distances, metric):
 def _gmm_log_resp_fake(x, means, precisions_chol, log_weights, covariance_type, resp_floor=0.0):
     torch._check(x.shape[1] == means.shape[1], lambda: "x and means have different dimensions")
     return x.new_empty((x.shape[0], means.shape[0])), x.new_empty((x.shape[0],))
+
+
+@torch.library.register_fake("dsch_ext::segment_gram")
+def _segment_gram_fake(rows, offsets):
+    return rows.new_empty((offsets.shape[0] - 1, rows.shape[1], rows.shape[1]))
 
 
 @torch.library.register_fake("dsch_ext::nearest_center")

@@ -8,18 +8,21 @@
 // one BLAS GEMM ([rows, D] x [D, C D]) into a per-task buffer first; the other
 // types work on the points directly ('tied' after one [N, D] x [D, D] GEMM).
 //
-// float64 'full' (D >= 8) takes a faster route with the same answer: the
+// 'full' with D >= 8 takes a faster route with the same answer: the
 // expanded form x'Px - 2x'P mu + mu'P mu as ONE GEMM of the points' packed
 // products [rows, D(D+1)/2 + D + 1] by a per-component coefficient matrix
-// (half the multiply-adds of x L_k, at full GEMM efficiency). The expanded
-// form cancels when precisions are large, so it is only used to find, per
-// point, the components that can matter: every entry whose rigorous rounding
-// error bound leaves it within kExpandedMargin nats of the row's maximum is
+// (half the multiply-adds of x L_k, at full GEMM efficiency; coefficients
+// computed in float64, the GEMM in x's dtype). The expanded form cancels when
+// precisions are large, so it is only used to find, per point, the
+// components that can matter: every entry whose rigorous rounding error
+// bound leaves it within kExpandedMargin nats of the row's maximum is
 // recomputed exactly with the stable form above. The others keep expanded
 // values whose responsibilities are below exp(-kExpandedMargin) both before
 // and after rounding, so responsibilities and log-likelihoods are those of
-// the stable form to float64 rounding. Blocks where too many entries would
-// need recomputing (near-identical components) fall back to the stable GEMM.
+// the stable form to rounding. (The float32 bound is ~1e4 nats on G1's
+// data, yet leaves about one candidate per point: entries differ by far
+// more there.) Blocks where too many entries would need recomputing
+// (near-identical components) fall back to the stable GEMM.
 //
 // resp_floor > 0 sets to -inf (responsibility 0) every entry more than
 // -log(resp_floor) below its row's best and leaves it out of the log-sum-exp,
@@ -222,116 +225,150 @@ void stable_block(const GmmPrepared& g, const at::Tensor& a_all, at::Tensor& buf
   }
 }
 
-// The expanded float64 'full' route's per-call tensors (see the file comment).
+// The expanded 'full' route's per-call tensors (see the file comment).
 struct ExpandedFull {
-  at::Tensor coef;   // [F, K], F = D(D+1)/2 + D + 1: packed -0.5 P_k, P_k mu_k, log_const_k - 0.5 mu_k'P_k mu_k
-  at::Tensor scale;  // [K]: a bound on sum_f |coef_fk| |error| scales (see below), times gamma_F
-  at::Tensor chol;   // [K, D, D] contiguous precision Cholesky factors, for the exact recomputation
+  at::Tensor coef;   // [F, K] in x's dtype, F = D(D+1)/2 + D + 1: packed -0.5 P_k, P_k mu_k, log_const_k - 0.5 mu_k'P_k mu_k
+  at::Tensor scale;  // [K] float64: a bound on sum_f |coef_fk| |error| scales (see below), times gamma_F
+  at::Tensor chol;   // [K, D, D] contiguous precision Cholesky factors (x's dtype), for the exact recomputation
 };
 
-// Coefficients of the expanded form. The rounding error of one entry (a dot
-// product of length F) is at most gamma_F * ||phi_n|| * ||coef_k|| (Cauchy-
-// Schwarz on the standard inner-product bound); the coefficients carry their
-// own rounding (P = L L^T, P mu, mu'P mu), bounded by gamma_D ||L_k||_F^2
-// (1 + ||mu_k||)^2 per unit of ||phi_n||. scale_k is the sum of the two
-// times 2 * gamma_(F + 2D): a safe margin, since only the candidate set
-// (never a returned value) depends on it.
-ExpandedFull prepare_expanded_full(const at::Tensor& means, const at::Tensor& prec_chol, const at::Tensor& log_const) {
+// Coefficients of the expanded form, computed in float64 and stored in x's
+// dtype. The rounding error of one entry (a dot product of length F in that
+// dtype) is at most gamma_F * ||phi_n|| * ||coef_k|| (Cauchy-Schwarz on the
+// standard inner-product bound; the coefficients' and the products' own
+// rounding to that dtype adds at most eps ||phi_n|| ||coef_k|| each); the
+// float64 coefficients carry the rounding of P = L L^T, P mu and mu'P mu,
+// bounded by gamma_D ||L_k||_F^2 (1 + ||mu_k||)^2 per unit of ||phi_n||.
+// scale_k adds them, with gamma doubled: a safe margin, since only the
+// candidate set (never a returned value) depends on it.
+ExpandedFull prepare_expanded_full(const at::Tensor& means_in, const at::Tensor& prec_chol, const at::Tensor& log_const_in) {
+  const at::ScalarType dtype = means_in.scalar_type();
+  const at::Tensor means = means_in.to(at::kDouble);
+  const at::Tensor log_const = log_const_in.to(at::kDouble);
   const int64_t k = means.size(0), d = means.size(1);
   ExpandedFull e;
   e.chol = prec_chol.contiguous();
-  const at::Tensor prec = at::bmm(e.chol, e.chol.transpose(1, 2));             // [K, D, D]
+  const at::Tensor chol = e.chol.to(at::kDouble);
+  const at::Tensor prec = at::bmm(chol, chol.transpose(1, 2));                 // [K, D, D]
   const at::Tensor v = at::bmm(prec, means.unsqueeze(2)).squeeze(2);            // [K, D]
   const at::Tensor c = v.mul(means).sum(1);                                     // [K]
   const at::Tensor iu = at::triu_indices(d, d, 0, at::TensorOptions().dtype(at::kLong));
   const at::Tensor rows = iu.select(0, 0), cols = iu.select(0, 1);
   const at::Tensor flat = rows.mul(d).add(cols).to(means.device());
   at::Tensor quad = prec.reshape({k, d * d}).index_select(1, flat);            // [K, D(D+1)/2]
-  const at::Tensor off_diag = rows.ne(cols).to(means.device(), means.scalar_type());
+  const at::Tensor off_diag = rows.ne(cols).to(means.device(), at::kDouble);
   quad = quad.mul(off_diag.add(1.0)).mul(-0.5);                                 // 2 P_ij off the diagonal
   const at::Tensor konst = log_const.sub(c.mul(0.5)).unsqueeze(1);
   const at::Tensor coef = at::cat({quad, v, konst}, 1);                         // [K, F]
-  e.coef = coef.t().contiguous();
+  e.coef = coef.t().to(dtype).contiguous();
   const double f = static_cast<double>(coef.size(1) + 2 * d);
-  const double gamma = 2.0 * f * std::numeric_limits<double>::epsilon() /
-                       (1.0 - f * std::numeric_limits<double>::epsilon());
-  const at::Tensor chol_sq = e.chol.pow(2).sum({1, 2});
+  const double eps = dtype == at::kFloat ? static_cast<double>(std::numeric_limits<float>::epsilon())
+                                         : std::numeric_limits<double>::epsilon();
+  const double eps64 = std::numeric_limits<double>::epsilon();
+  const double gamma = 2.0 * f * eps / (1.0 - f * eps);
+  const double gamma64 = 2.0 * f * eps64 / (1.0 - f * eps64);
+  const at::Tensor chol_sq = chol.pow(2).sum({1, 2});
   const at::Tensor mu_term = means.norm(2, 1).add(1.0).pow(2);
   // ||coef_k|| for the GEMM's rounding, |log_const_k| for the rounding of the constant column.
   const at::Tensor coef_norm = coef.norm(2, 1).add(log_const.abs());
-  e.scale = coef_norm.add(chol_sq.mul(mu_term)).mul(gamma).contiguous();
+  e.scale = coef_norm.mul(gamma).add(chol_sq.mul(mu_term).mul(gamma64)).contiguous();
   return e;
 }
 
 // Exact (stable-form) weighted log probability of point x under component c:
 // y = x L_c into `y`, then the shared arithmetic of gmm_math.h.
-DSCH_CPU_CLONES void exact_full_entry(const double* x, const double* chol_c, const double* b_c, double log_const_c,
-                                      int64_t dim, double* y, double* out) {
-  std::memset(y, 0, sizeof(double) * dim);
+template <typename T>
+void exact_full_entry_impl(const T* x, const T* chol_c, const T* b_c, T log_const_c, int64_t dim, T* y, T* out) {
+  std::memset(y, 0, sizeof(T) * dim);
   for (int64_t i = 0; i < dim; ++i) {
-    const double xi = x[i];
-    const double* lrow = chol_c + i * dim;
+    const T xi = x[i];
+    const T* lrow = chol_c + i * dim;
 #if defined(_OPENMP)
 #pragma omp simd
 #endif
     for (int64_t j = 0; j < dim; ++j) y[j] += xi * lrow[j];
   }
-  *out = gmm_weighted_log_prob<double>(kGmmFull, y, nullptr, b_c, log_const_c, dim);
+  *out = gmm_weighted_log_prob<T>(kGmmFull, y, nullptr, b_c, log_const_c, dim);
+}
+DSCH_CPU_CLONES void exact_full_entry_float(const float* x, const float* l, const float* b, float lc, int64_t dim,
+                                            float* y, float* out) {
+  exact_full_entry_impl<float>(x, l, b, lc, dim, y, out);
+}
+DSCH_CPU_CLONES void exact_full_entry_double(const double* x, const double* l, const double* b, double lc, int64_t dim,
+                                             double* y, double* out) {
+  exact_full_entry_impl<double>(x, l, b, lc, dim, y, out);
+}
+void exact_full_entry(const float* x, const float* l, const float* b, float lc, int64_t dim, float* y, float* out) {
+  exact_full_entry_float(x, l, b, lc, dim, y, out);
+}
+void exact_full_entry(const double* x, const double* l, const double* b, double lc, int64_t dim, double* y,
+                      double* out) {
+  exact_full_entry_double(x, l, b, lc, dim, y, out);
 }
 
 // Packed products of one point: x_i x_j (i <= j), x, 1; returns ||phi||.
-DSCH_CPU_CLONES double pack_point(const double* x, int64_t dim, double* phi) {
+template <typename T>
+double pack_point_impl(const T* x, int64_t dim, T* phi) {
   int64_t f = 0;
   for (int64_t i = 0; i < dim; ++i) {
-    const double xi = x[i];
+    const T xi = x[i];
     for (int64_t j = i; j < dim; ++j) phi[f + j - i] = xi * x[j];
     f += dim - i;
   }
-  std::memcpy(phi + f, x, sizeof(double) * dim);
-  phi[f + dim] = 1.0;
+  std::memcpy(phi + f, x, sizeof(T) * dim);
+  phi[f + dim] = T(1);
   double sq = 0;
-  for (int64_t t = 0; t <= f + dim; ++t) sq += phi[t] * phi[t];
+  for (int64_t t = 0; t <= f + dim; ++t) sq += static_cast<double>(phi[t]) * static_cast<double>(phi[t]);
   return std::sqrt(sq);
 }
+DSCH_CPU_CLONES double pack_point_float(const float* x, int64_t dim, float* phi) { return pack_point_impl(x, dim, phi); }
+DSCH_CPU_CLONES double pack_point_double(const double* x, int64_t dim, double* phi) {
+  return pack_point_impl(x, dim, phi);
+}
+double pack_point(const float* x, int64_t dim, float* phi) { return pack_point_float(x, dim, phi); }
+double pack_point(const double* x, int64_t dim, double* phi) { return pack_point_double(x, dim, phi); }
 
-// A task's scratch for the float64 routes.
+// A task's scratch for the expanded and pruned routes.
+template <typename T>
 struct Workspace {
   at::Tensor phi;            // [rows, F] packed products
-  at::Tensor hard_out;       // [kPruneRowBlock, K] rows the pruned route hands to the expanded one
-  std::vector<double> norms, y, vals, top;
+  at::Tensor hard_out;       // [rows, K] rows the pruned route hands to the expanded one
+  std::vector<double> norms, vals, top;
+  std::vector<T> y;
   std::vector<int64_t> cand, best, hard;
 };
 
 // The expanded route for the rows of `xr` ([rows, D], contiguous), written to
 // `out_rows` ([rows, K], contiguous). Returns false (rows undefined) when the
 // stable route should be taken instead.
-bool expanded_rows(const GmmPrepared& g, const ExpandedFull& e, Workspace& w, const at::Tensor& xr,
+template <typename T>
+bool expanded_rows(const GmmPrepared& g, const ExpandedFull& e, Workspace<T>& w, const at::Tensor& xr,
                    at::Tensor out_rows) {
   const int64_t rows = xr.size(0), dim = g.x.size(1), k = g.b.size(0), f = e.coef.size(0);
-  const double* x = xr.const_data_ptr<double>();
+  const T* x = xr.const_data_ptr<T>();
   if (!w.phi.defined() || w.phi.size(0) < rows) w.phi = at::empty({std::max(rows, kExpandedRowBlock), f}, xr.options());
   w.norms.resize(std::max<size_t>(w.norms.size(), rows));
   w.y.resize(dim);
-  double* ph = w.phi.data_ptr<double>();
+  T* ph = w.phi.template data_ptr<T>();
   for (int64_t r = 0; r < rows; ++r) w.norms[r] = pack_point(x + r * dim, dim, ph + r * f);
   at::mm_out(out_rows, w.phi.narrow(0, 0, rows), e.coef);
-  double* orow = out_rows.data_ptr<double>();
+  T* orow = out_rows.template data_ptr<T>();
   const double* scale = e.scale.const_data_ptr<double>();
-  const double* chol = e.chol.const_data_ptr<double>();
-  const double* b = g.b.const_data_ptr<double>();
-  const double* lc = g.log_const.const_data_ptr<double>();
+  const T* chol = e.chol.const_data_ptr<T>();
+  const T* b = g.b.const_data_ptr<T>();
+  const T* lc = g.log_const.const_data_ptr<T>();
   const int64_t budget = std::max<int64_t>(rows, rows * k / 8);  // beyond this the stable GEMM is cheaper
   int64_t recomputed = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    double* o = orow + r * k;
+    T* o = orow + r * k;
     const double an = w.norms[r];
     double floor_max = -std::numeric_limits<double>::infinity();
-    for (int64_t c = 0; c < k; ++c) floor_max = std::max(floor_max, o[c] - an * scale[c]);
+    for (int64_t c = 0; c < k; ++c) floor_max = std::max(floor_max, static_cast<double>(o[c]) - an * scale[c]);
     if (!std::isfinite(floor_max)) return false;
     const double cut = floor_max - kExpandedMargin;
     w.cand.clear();
     for (int64_t c = 0; c < k; ++c) {
-      if (o[c] + an * scale[c] >= cut) w.cand.push_back(c);
+      if (static_cast<double>(o[c]) + an * scale[c] >= cut) w.cand.push_back(c);
     }
     recomputed += static_cast<int64_t>(w.cand.size());
     if (recomputed > budget) return false;
@@ -430,7 +467,7 @@ DSCH_CPU_CLONES void prune_bounds(const double* x, int64_t rows, int64_t dim, co
 // Rows whose best component leaves too many others within reach of their
 // bounds (points no component explains, whose partial bounds are all alike)
 // are appended to w.hard for the expanded route (flush_hard_rows).
-void pruned_rows(const GmmPrepared& g, const PrunedFull& pr, double log_floor, Workspace& w, at::Tensor& out,
+void pruned_rows(const GmmPrepared& g, const PrunedFull& pr, double log_floor, Workspace<double>& w, at::Tensor& out,
                  int64_t r0, int64_t rows) {
   const int64_t dim = g.x.size(1), k = g.b.size(0), m = pr.m;
   const double* x = g.x.const_data_ptr<double>() + r0 * dim;
@@ -486,7 +523,7 @@ void pruned_rows(const GmmPrepared& g, const PrunedFull& pr, double log_floor, W
 // expanded route in one GEMM (the stable one, row by row, if that fails or
 // e is null).
 template <typename scalar_t>
-void flush_hard_rows(const GmmPrepared& g, const ExpandedFull* e, Workspace& w, const at::Tensor& a_all,
+void flush_hard_rows(const GmmPrepared& g, const ExpandedFull* e, Workspace<scalar_t>& w, const at::Tensor& a_all,
                      at::Tensor& buffer, at::Tensor& out) {
   if (w.hard.empty()) return;
   const int64_t nh = static_cast<int64_t>(w.hard.size()), k = g.b.size(0);
@@ -494,7 +531,7 @@ void flush_hard_rows(const GmmPrepared& g, const ExpandedFull* e, Workspace& w, 
   if (!w.hard_out.defined() || w.hard_out.size(0) < nh) w.hard_out = at::empty({nh, k}, g.x.options());
   at::Tensor hard_out = w.hard_out.narrow(0, 0, nh);
   scalar_t* o = out.data_ptr<scalar_t>();
-  if (e != nullptr && expanded_rows(g, *e, w, g.x.index_select(0, idx), hard_out)) {
+  if (e != nullptr && expanded_rows<scalar_t>(g, *e, w, g.x.index_select(0, idx), hard_out)) {
     const scalar_t* ho = hard_out.const_data_ptr<scalar_t>();
     for (int64_t i = 0; i < nh; ++i) std::memcpy(o + w.hard[i] * k, ho + i * k, sizeof(scalar_t) * k);
   } else {
@@ -515,8 +552,8 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, cons
   at::Tensor out_norm = at::empty({n}, g.x.options());
   if (n == 0) return {out, out_norm};
   const char* stable_env = std::getenv("DSCH_EXT_GMM_STABLE");
-  const bool fast64 = g.cov == kGmmFull && g.x.scalar_type() == at::kDouble && dim >= kExpandedMinDim &&
-                      !(stable_env != nullptr && stable_env[0] != '\0' && stable_env[0] != '0');
+  const bool fast = g.cov == kGmmFull && dim >= kExpandedMinDim &&
+                    !(stable_env != nullptr && stable_env[0] != '\0' && stable_env[0] != '0');
   const at::Tensor means_c = means.contiguous();
   ExpandedFull e;
   bool expanded = false;  // e prepared, with finite coefficients
@@ -525,12 +562,12 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, cons
     expanded = at::isfinite(e.scale).all().item<bool>() && at::isfinite(e.coef).all().item<bool>();
   };
   PrunedFull pr;
-  bool pruned = fast64 && resp_floor > 0;
+  bool pruned = fast && resp_floor > 0 && g.x.scalar_type() == at::kDouble;
   if (pruned) {
     pr = prepare_pruned_full(means_c, prec_chol.contiguous(), g.b);
     pruned = at::isfinite(pr.columns).all().item<bool>() && at::isfinite(pr.slack).all().item<bool>();
   }
-  if (fast64 && !pruned) prepare_expanded();
+  if (fast && !pruned) prepare_expanded();
   AT_DISPATCH_FLOATING_TYPES(g.x.scalar_type(), "gmm_log_resp_cpu", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* on = out_norm.data_ptr<scalar_t>();
@@ -542,7 +579,7 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, cons
         std::mutex hard_mutex;
         const int64_t nsub = (n + kPruneRowBlock - 1) / kPruneRowBlock;
         at::parallel_for(0, nsub, 1, [&](int64_t t0, int64_t t1) {
-          Workspace w;
+          Workspace<double> w;
           for (int64_t t = t0; t < t1; ++t) {
             const int64_t r0 = t * kPruneRowBlock;
             pruned_rows(g, pr, log_floor, w, out, r0, std::min(kPruneRowBlock, n - r0));
@@ -557,12 +594,12 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, cons
           const int64_t nh = static_cast<int64_t>(hard.size());
           const int64_t nchunks = (nh + kExpandedRowBlock - 1) / kExpandedRowBlock;
           at::parallel_for(0, nchunks, 1, [&](int64_t t0, int64_t t1) {
-            Workspace w;
+            Workspace<double> w;
             at::Tensor buffer;
             for (int64_t t = t0; t < t1; ++t) {
               const int64_t h0 = t * kExpandedRowBlock, h1 = std::min(nh, h0 + kExpandedRowBlock);
               w.hard.assign(hard.begin() + h0, hard.begin() + h1);
-              flush_hard_rows<scalar_t>(g, expanded ? &e : nullptr, w, a_all, buffer, out);
+              flush_hard_rows<double>(g, expanded ? &e : nullptr, w, a_all, buffer, out);
             }
           });
         }
@@ -583,14 +620,12 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, cons
     const int64_t nblocks = (n + block - 1) / block;
     at::parallel_for(0, nblocks, 1, [&](int64_t t0, int64_t t1) {
       at::Tensor buffer;
-      Workspace w;
+      Workspace<scalar_t> w;
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r0 = t * block, rows = std::min(block, n - r0);
         scalar_t* orow = o + r0 * k;
         bool done = false;
-        if constexpr (std::is_same_v<scalar_t, double>) {
-          if (expanded) done = expanded_rows(g, e, w, g.x.narrow(0, r0, rows), out.narrow(0, r0, rows));
-        }
+        if (expanded) done = expanded_rows<scalar_t>(g, e, w, g.x.narrow(0, r0, rows), out.narrow(0, r0, rows));
         // The stable route (and the expanded route's fallback, for the whole block).
         if (!done) stable_block<scalar_t>(g, a_all, buffer, r0, rows, orow);
         normalize_rows_dispatch(orow, on + r0, rows, k, log_floor);
