@@ -69,9 +69,12 @@ def kmeans_plusplus_ids(X: torch.Tensor, n_clusters: int, generator: torch.Gener
     X64 = X.double()
     x_sq = (X64 * X64).sum(1)
 
+    def sq_dist_from(c):
+        """[len(c), N_local]: centres by rows (c X^T runs twice as fast as X c^T here)."""
+        return torch.addmm((c * c).sum(1)[:, None] + x_sq[None, :], c, X64.t(), alpha=-2).clamp_(min=0)
+
     def sq_dist_to(ids):
-        c = shard.rows(X64, ids)
-        return torch.addmm(x_sq[:, None] + (c * c).sum(1)[None, :], X64, c.t(), alpha=-2).clamp_(min=0)
+        return sq_dist_from(shard.rows(X64, ids))
 
     # The rank that holds a draw: the first with rows whose running total reaches it.
     nonempty = [r for r, c in enumerate(shard.counts) if c > 0]
@@ -80,7 +83,7 @@ def kmeans_plusplus_ids(X: torch.Tensor, n_clusters: int, generator: torch.Gener
 
     ids = torch.empty(n_clusters, dtype=torch.int64)
     ids[0] = int(torch.randint(n, (1,), generator=generator))
-    closest = sq_dist_to(ids[:1])[:, 0].contiguous()
+    closest = sq_dist_to(ids[:1])[0]
     potential = shard.sum(closest.sum().reshape(1))[0]
     if shard.comm.world_size == 1:
         # One process: the loop below without its cross-rank bookkeeping (the same draws and
@@ -88,12 +91,11 @@ def kmeans_plusplus_ids(X: torch.Tensor, n_clusters: int, generator: torch.Gener
         for c in range(1, n_clusters):
             draws = torch.rand(n_local_trials, generator=generator, dtype=torch.float64).to(X.device) * potential
             candidates = torch.searchsorted(torch.cumsum(closest, 0), draws).clamp_(max=n_local - 1)
-            rows = X64[candidates]
-            dist = torch.addmm(x_sq[:, None] + (rows * rows).sum(1)[None, :], X64, rows.t(), alpha=-2).clamp_(min=0)
-            torch.minimum(dist, closest[:, None], out=dist)
-            potentials = dist.sum(0)
+            dist = sq_dist_from(X64[candidates])  # [trials, N]
+            torch.minimum(dist, closest[None, :], out=dist)
+            potentials = dist.sum(1)
             best = int(torch.argmin(potentials))
-            closest, potential = dist[:, best].contiguous(), potentials[best]
+            closest, potential = dist[best], potentials[best]
             ids[c] = candidates[best]
         return X[ids.to(X.device)], ids
     for c in range(1, n_clusters):
@@ -110,11 +112,11 @@ def kmeans_plusplus_ids(X: torch.Tensor, n_clusters: int, generator: torch.Gener
             local = torch.searchsorted(cumulative, draws[mine] - before).clamp_(max=n_local - 1)
             candidates[mine] = local + shard.offset
         candidates = shard.sum(candidates)
-        dist = sq_dist_to(candidates)  # [N_local, trials]
-        torch.minimum(dist, closest[:, None], out=dist)
-        potentials = shard.sum(dist.sum(0))
+        dist = sq_dist_to(candidates)  # [trials, N_local]
+        torch.minimum(dist, closest[None, :], out=dist)
+        potentials = shard.sum(dist.sum(1))
         best = int(torch.argmin(potentials))
-        closest, potential = dist[:, best].contiguous(), potentials[best]
+        closest, potential = dist[best], potentials[best]
         ids[c] = candidates[best]
     return shard.rows(X, ids), ids
 
