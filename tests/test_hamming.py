@@ -185,6 +185,32 @@ def test_topk_large_k_many_queries(device, cpu_scan):
     assert_topk_matches(ref.random_codes(rng, 40, 16), ref.random_codes(rng, 20011, 16), 5000, device)
 
 
+@pytest.mark.parametrize("nbytes", [8, 32, 5])
+@pytest.mark.parametrize("case", ["random", "sample-misleads", "sample-exact"])
+def test_topk_sampled_bound(case, nbytes, device, cpu_scan):
+    # With k large next to the database the CPU scan starts from a bound read off a strided
+    # sample of the codes. It must stay exact when the sample is typical, when the sampled
+    # codes are all the close codes there are (fewer than k: that query is scanned again
+    # without the bound), and when the sampled codes are the query itself. 64 queries on 2
+    # threads keep the database in one piece, so the planted codes are the sampled ones.
+    rng = rng_for(nbytes, len(case))
+    ndb, k = 200_003, 5000
+    db = ref.random_codes(rng, ndb, nbytes)
+    q = ref.random_codes(rng, 64, nbytes)
+    stride = ndb // ((16 * ndb + k - 1) // k)  # the kernel's sample stride (16 codes per kept one)
+    if case == "sample-misleads":
+        db[::stride] = q[0]  # 642 codes at distance 0 from query 0, every one of them sampled
+    elif case == "sample-exact":
+        db[::stride] = q[1]
+        k = 500
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert_topk_matches(q, db, k, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_topk_same_answer_for_any_thread_count():
     rng = rng_for(5)
     q = torch.from_numpy(ref.random_codes(rng, 7, 8))

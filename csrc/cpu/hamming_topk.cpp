@@ -32,6 +32,8 @@ namespace {
 
 constexpr int64_t kQueryBlock = 16;
 constexpr int64_t kTileBytes = 32 * 1024;
+constexpr int64_t kSampleTarget = 16;  // sample codes per kept candidate: rows / k * 16 of them
+constexpr int64_t kSampleMargin = 3;   // the sampled bound aims at 3 k candidates in the range
 
 // Candidate buffer of one query over one database range.
 struct CountingTopk {
@@ -39,6 +41,7 @@ struct CountingTopk {
   int64_t cap = 0;
   int64_t n = 0;
   int bound = 0;  // accept only distance < bound
+  int64_t pushed = 0;  // candidates offered since the scan began (a sampled bound's check)
   int32_t* dist = nullptr;
   int64_t* index = nullptr;
 
@@ -131,6 +134,7 @@ void scan_tile(const uint8_t* query_rows, int64_t nbytes, const typename CW::wor
       }
       if (d < bound[a]) {
         CountingTopk& s = states[a];
+        ++s.pushed;
         s.dist[s.n] = d;
         s.index[s.n] = j;
         if (++s.n == s.cap) {
@@ -173,6 +177,7 @@ void scan_tile_vector(const uint8_t* query_rows, int64_t nbytes, int64_t nq, con
       }
       scan_tile_avx512<NW, G>(qrows, db, t0, t1, bounds, [&](int a, int d, int64_t j) {
         CountingTopk& s = states[qi + a];
+        ++s.pushed;
         s.dist[s.n] = d;
         s.index[s.n] = j;
         if (++s.n == s.cap) s.compact(hist, nbins);
@@ -186,6 +191,24 @@ void scan_tile_vector(const uint8_t* query_rows, int64_t nbytes, int64_t nq, con
   }
 #endif
   TORCH_INTERNAL_ASSERT(false, "scan_tile_vector called for a width without an AVX-512 scan");
+}
+
+// Histogram of one query's distances to `count` contiguous rows (the
+// sampled bound). 64-bit words go through a function compiled for the
+// CPU's popcount instruction (the baseline build would call a bit-trick
+// popcount); other word sizes are rare and use the generic loop.
+DSCH_CPU_CLONES void sample_histogram_u64(const uint64_t* q, const uint64_t* rows, int64_t nwords, int64_t count,
+                                          int64_t* hist) {
+  for (int64_t i = 0; i < count; ++i) ++hist[hamming_words<uint64_t>(q, rows + i * nwords, nwords)];
+}
+
+template <typename Word>
+void sample_histogram(const Word* q, const Word* rows, int64_t nwords, int64_t count, int64_t* hist) {
+  if constexpr (std::is_same_v<Word, uint64_t>) {
+    sample_histogram_u64(q, rows, nwords, count, hist);
+  } else {
+    for (int64_t i = 0; i < count; ++i) ++hist[hamming_words<Word>(q, rows + i * nwords, nwords)];
+  }
 }
 
 // Scan database rows [db_begin, db_end) for queries [q_begin, q_end) and
@@ -220,25 +243,64 @@ void scan_range(const uint8_t* queries, const uint8_t* database, int64_t nbytes,
   const Word* db = reinterpret_cast<const Word*>(database);
   constexpr int kGroup = queries_per_pass<CW>();
   const bool avx512 = use_avx512_scan<CW>();
-  for (int64_t t0 = db_begin; t0 < db_end; t0 += tile) {
-    int64_t t1 = std::min(db_end, t0 + tile);
-    if (avx512) {
-      // Whole groups of 8 codes with AVX-512; the scalar loop below takes the rest.
-      const int64_t t8 = t0 + (t1 - t0) / 8 * 8;
-      if (t8 > t0) scan_tile_vector<CW>(queries + q_begin * nbytes, nbytes, nq, db, t0, t8, state.data(), hist.data(), nbins);
-      if (t8 == t1) continue;
-      for (int64_t qi = 0; qi < nq; ++qi)
-        scan_tile<CW, 1>(queries + (q_begin + qi) * nbytes, nbytes, db, nwords, t8, t1, &state[qi], hist.data(), nbins);
-      continue;
+  // Queries [qa, qa + count) of this range (states from &state[qa]) over every tile.
+  auto scan_queries = [&](int64_t qa, int64_t count) {
+    const uint8_t* qrows = queries + (q_begin + qa) * nbytes;
+    CountingTopk* st = state.data() + qa;
+    for (int64_t t0 = db_begin; t0 < db_end; t0 += tile) {
+      int64_t t1 = std::min(db_end, t0 + tile);
+      if (avx512) {
+        // Whole groups of 8 codes with AVX-512; the scalar loop below takes the rest.
+        const int64_t t8 = t0 + (t1 - t0) / 8 * 8;
+        if (t8 > t0) scan_tile_vector<CW>(qrows, nbytes, count, db, t0, t8, st, hist.data(), nbins);
+        if (t8 == t1) continue;
+        for (int64_t qi = 0; qi < count; ++qi)
+          scan_tile<CW, 1>(qrows + qi * nbytes, nbytes, db, nwords, t8, t1, st + qi, hist.data(), nbins);
+        continue;
+      }
+      int64_t qi = 0;
+      for (; qi + kGroup <= count; qi += kGroup) {
+        scan_tile<CW, kGroup>(qrows + qi * nbytes, nbytes, db, nwords, t0, t1, st + qi, hist.data(), nbins);
+      }
+      for (; qi < count; ++qi) {
+        scan_tile<CW, 1>(qrows + qi * nbytes, nbytes, db, nwords, t0, t1, st + qi, hist.data(), nbins);
+      }
     }
-    int64_t qi = 0;
-    for (; qi + kGroup <= nq; qi += kGroup) {
-      scan_tile<CW, kGroup>(queries + (q_begin + qi) * nbytes, nbytes, db, nwords, t0, t1,
-                            &state[qi], hist.data(), nbins);
+  };
+  // A starting bound from a strided sample when k is large next to the range: without
+  // one the first codes all enter the buffer and the bound only settles after many
+  // compactions (most of the time of a k = 1000 search). The bound keeps the sample's
+  // distances up to where ~kSampleMargin k codes of the range are expected; the answer
+  // stays exact whenever at least k codes were offered under it (then every code of the
+  // top k was), and a query for which fewer were is scanned again without it.
+  const int64_t sample = (kSampleTarget * rows + keep - 1) / keep;
+  const bool sampled = keep >= 1 && sample * 8 <= rows;
+  if (sampled) {
+    const int64_t stride = rows / sample;
+    const int64_t want = (kSampleMargin * keep * sample + rows - 1) / rows;  // sample codes under the bound
+    std::vector<Word> rows_sampled(static_cast<size_t>(sample * nwords));  // contiguous, shared by the queries
+    for (int64_t i = 0; i < sample; ++i) {
+      std::copy_n(db + (db_begin + i * stride) * nwords, nwords, rows_sampled.data() + i * nwords);
     }
-    for (; qi < nq; ++qi) {
-      scan_tile<CW, 1>(queries + (q_begin + qi) * nbytes, nbytes, db, nwords, t0, t1, &state[qi],
-                       hist.data(), nbins);
+    std::vector<int64_t> shist(static_cast<size_t>(nbins));
+    for (int64_t qi = 0; qi < nq; ++qi) {
+      const Word* qw = reinterpret_cast<const Word*>(queries + (q_begin + qi) * nbytes);
+      std::fill(shist.begin(), shist.end(), 0);
+      sample_histogram<Word>(qw, rows_sampled.data(), nwords, sample, shist.data());
+      int64_t below = 0;
+      int t = 0;
+      while (t < nbins && below + shist[t] < want) below += shist[t++];
+      state[qi].bound = std::min(nbins, t + 1);  // accept distances <= t
+    }
+  }
+  scan_queries(0, nq);
+  if (sampled) {
+    for (int64_t qi = 0; qi < nq; ++qi) {
+      if (state[qi].pushed >= keep || state[qi].bound == nbins) continue;
+      state[qi].n = 0;  // the sample misled this query (adversarial order): scan it again, unbounded
+      state[qi].pushed = 0;
+      state[qi].bound = nbins;
+      scan_queries(qi, 1);
     }
   }
   for (int64_t qi = 0; qi < nq; ++qi) {
