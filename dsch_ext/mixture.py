@@ -64,6 +64,11 @@ class SparseResp(NamedTuple):
     def one_hot(cls, point: torch.Tensor, comp: torch.Tensor, k: int, dtype: torch.dtype) -> "SparseResp":
         return cls(point, comp, torch.ones(point.shape[0], dtype=dtype, device=point.device), k)
 
+    def to_dense(self, n: int) -> torch.Tensor:
+        """The ``[n, K]`` matrix of the kept entries (zeros elsewhere)."""
+        out = torch.zeros((n, self.n_components), dtype=self.weight.dtype, device=self.weight.device)
+        return out.index_put_((self.point, self.comp), self.weight)  # (point, comp) pairs are unique
+
     def sum_rows_into(self, values: torch.Tensor) -> torch.Tensor:
         """``[K, ...]``: sum over points of weight * values[point] per component."""
         w = self.weight.reshape((-1,) + (1,) * (values.dim() - 1))
@@ -81,6 +86,11 @@ def _estimate_parameters(X, resp, reg_covar, covariance_type, shard=None):
     whole data set."""
     shard = shard or Shard(LocalCommunicator(), X.shape[0])
     eps = torch.finfo(X.dtype).eps
+    sparse_second = resp  # what the full second moments take (segment_gram is deterministic everywhere)
+    if isinstance(resp, SparseResp) and X.device.type != "cpu":
+        # On a GPU index_add_ adds with atomics (the bits vary run to run): the masses, means and
+        # diagonal moments come from the dense matrix of the kept entries and GEMMs instead.
+        resp = resp.to_dense(X.shape[0])
     sparse = isinstance(resp, SparseResp)
     if sparse:
         nk = shard.sum(X.new_zeros(resp.n_components).index_add_(0, resp.comp, resp.weight)) + 10 * eps
@@ -92,7 +102,7 @@ def _estimate_parameters(X, resp, reg_covar, covariance_type, shard=None):
     means_c = shard.sum(resp.sum_rows_into(Xc) if sparse else resp.t() @ Xc) / nk[:, None]
     means = means_c + shift
     if covariance_type == "full":
-        second = _full_second_moments(Xc, resp, nk, shard)
+        second = _full_second_moments(Xc, sparse_second, nk, shard)
         covariances = second - means_c[:, :, None] * means_c[:, None, :]
         covariances.diagonal(dim1=1, dim2=2).add_(reg_covar)
     elif covariance_type == "tied":

@@ -207,6 +207,7 @@ def test_sparse_statistics_equal_dense(cov):
     sparse = SparseResp.from_log_resp(lr, 1e-8)
     dense = torch.where(lr.exp() >= 1e-8, lr.exp(), torch.zeros((), dtype=torch.float64))
     assert sparse.point.numel() == int((dense > 0).sum())
+    assert torch.equal(sparse.to_dense(X.shape[0]), dense)  # what the GPU path sums with GEMMs
     for a, b in zip(_estimate_parameters(Xt, sparse, 1e-6, cov), _estimate_parameters(Xt, dense, 1e-6, cov)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
@@ -285,11 +286,19 @@ def test_fit_every_init_converges_near_sklearn(init_params, device):
     assert torch.equal(ours.predict(torch.from_numpy(X).to(device)), proba.argmax(1))
 
 
-def test_deterministic_per_seed(device):
-    X = torch.from_numpy(sk_datasets.make_blobs(800, centers=4, n_features=3, random_state=5)[0]).to(device)
-    a = dsch_ext.GaussianMixture(4, random_state=11).fit(X)
-    b = dsch_ext.GaussianMixture(4, random_state=11).fit(X)
-    assert torch.equal(a.means_, b.means_) and a.lower_bound_ == b.lower_bound_
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("resp_threshold", [0.0, 1e-8])
+def test_deterministic_per_seed(cov, resp_threshold, device):
+    # The same bits every run, dense and sparse M-step (on a GPU the sparse one must avoid
+    # atomic index_add_).
+    X = torch.from_numpy(sk_datasets.make_blobs(800, centers=4, n_features=9, random_state=5)[0]).to(device)
+    kw = dict(covariance_type=cov, random_state=11, resp_threshold=resp_threshold, max_iter=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = dsch_ext.GaussianMixture(4, **kw).fit(X)
+        b = dsch_ext.GaussianMixture(4, **kw).fit(X)
+    assert torch.equal(a.means_, b.means_) and torch.equal(a.covariances_, b.covariances_)
+    assert a.lower_bound_ == b.lower_bound_
 
 
 def test_score_bic_aic_sample_match_sklearn():
