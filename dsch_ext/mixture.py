@@ -80,8 +80,8 @@ def _estimate_parameters(X, resp, reg_covar, covariance_type, shard=None):
     """Weights (unnormalised masses), means and covariances from responsibilities (a dense
     ``[N, K]`` tensor or a :class:`SparseResp`), like scikit-learn's
     ``_estimate_gaussian_parameters``. Full covariances come from one GEMM against the packed
-    products of the (globally centred) points instead of K passes (sparse: a scatter of the
-    kept pairs' products). With ``shard`` (data sharded across ranks) every sufficient
+    products of the (globally centred) points instead of K passes (sparse: the kept pairs'
+    per-component Gram matrices, ``segment_gram``). With ``shard`` (data sharded across ranks) every sufficient
     statistic is summed over ranks before it is used, so all ranks get the parameters of the
     whole data set."""
     shard = shard or Shard(LocalCommunicator(), X.shape[0])
