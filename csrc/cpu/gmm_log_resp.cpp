@@ -69,6 +69,8 @@ constexpr double kExpandedMargin = 40.0;     // nats: exp(-40) = 4e-18
 constexpr int64_t kPruneColumns = 8;         // columns of L_k in the pruned route's bound
 constexpr int64_t kPruneRowBlock = 128;      // points per bound GEMM on the pruned route
 constexpr double kPruneRelativeSlack = 1e-9; // h of the pruned route's rounding bound
+constexpr int64_t kExactPerRowDivisor = 128; // exact recomputations worth doing per row: K / 128
+constexpr int64_t kRetryAfter = 7;           // blocks a task sends past a route that just did not pay
 
 // Weighted log probabilities of rows [0, rows) x components [c0, c1): `a`
 // holds the transformed rows (row stride a_stride; for 'full' only the
@@ -196,25 +198,20 @@ void gmm_block_dispatch(int cov, const double* a, int64_t s, int64_t c0, int64_t
   gmm_block_double(cov, a, s, c0, c1, p, b, lc, k, dim, rows, out);
 }
 
-// The stable route for rows [r0, r0 + rows): log probabilities into `orow`
-// (row stride k), not yet normalised. `buffer` is the task's [kRowBlock, C D]
-// scratch for 'full'; `a_all` the transformed points for 'tied'.
+// The stable 'full' route for the rows of `x_rows` ([rows, D], contiguous
+// rows): log probabilities into `orow` (row stride k), not yet normalised.
+// `buffer` is the task's [kRowBlock, C D] scratch.
 template <typename scalar_t>
-void stable_block(const GmmPrepared& g, const at::Tensor& a_all, at::Tensor& buffer, int64_t r0, int64_t rows,
-                  scalar_t* orow) {
-  const int64_t dim = g.x.size(1), k = g.b.size(0);
+void stable_full_rows(const GmmPrepared& g, const at::Tensor& x_rows, at::Tensor& buffer, scalar_t* orow) {
+  const int64_t rows = x_rows.size(0), dim = g.x.size(1), k = g.b.size(0);
   const scalar_t* p = g.p.const_data_ptr<scalar_t>();
   const scalar_t* b = g.b.const_data_ptr<scalar_t>();
   const scalar_t* lc = g.log_const.const_data_ptr<scalar_t>();
-  if (g.cov != kGmmFull) {
-    gmm_block_dispatch(g.cov, a_all.const_data_ptr<scalar_t>() + r0 * dim, dim, 0, k, p, b, lc, k, dim, rows, orow);
-    return;
-  }
   const int64_t comp_block = std::max<int64_t>(1, kFullBlockColumns / dim);
   if (!buffer.defined()) buffer = at::empty({kRowBlock, std::min(k, comp_block) * dim}, g.x.options());
   for (int64_t s0 = 0; s0 < rows; s0 += kRowBlock) {
     const int64_t srows = std::min(kRowBlock, rows - s0);
-    const at::Tensor xr = g.x.narrow(0, r0 + s0, srows);
+    const at::Tensor xr = x_rows.narrow(0, s0, srows);
     for (int64_t c0 = 0; c0 < k; c0 += comp_block) {
       const int64_t c1 = std::min(k, c0 + comp_block);
       at::Tensor a = buffer.narrow(0, 0, srows).narrow(1, 0, (c1 - c0) * dim);
@@ -223,6 +220,17 @@ void stable_block(const GmmPrepared& g, const at::Tensor& a_all, at::Tensor& buf
                          orow + s0 * k);
     }
   }
+}
+
+// The stable route for rows [r0, r0 + rows): log probabilities into `orow`
+// (row stride k), not yet normalised. `a_all` holds the transformed points for 'tied'.
+template <typename scalar_t>
+void stable_block(const GmmPrepared& g, const at::Tensor& a_all, at::Tensor& buffer, int64_t r0, int64_t rows,
+                  scalar_t* orow) {
+  const int64_t dim = g.x.size(1), k = g.b.size(0);
+  if (g.cov == kGmmFull) return stable_full_rows<scalar_t>(g, g.x.narrow(0, r0, rows), buffer, orow);
+  gmm_block_dispatch(g.cov, a_all.const_data_ptr<scalar_t>() + r0 * dim, dim, 0, k, g.p.const_data_ptr<scalar_t>(),
+                     g.b.const_data_ptr<scalar_t>(), g.log_const.const_data_ptr<scalar_t>(), k, dim, rows, orow);
 }
 
 // The expanded 'full' route's per-call tensors (see the file comment).
@@ -357,21 +365,30 @@ bool expanded_rows(const GmmPrepared& g, const ExpandedFull& e, Workspace<T>& w,
   const T* chol = e.chol.const_data_ptr<T>();
   const T* b = g.b.const_data_ptr<T>();
   const T* lc = g.log_const.const_data_ptr<T>();
-  const int64_t budget = std::max<int64_t>(rows, rows * k / 8);  // beyond this the stable GEMM is cheaper
-  int64_t recomputed = 0;
+  // An exact entry reads all of L_c (32 KB at D = 64, rarely in cache): ~5 us, against
+  // ~0.1 us an entry for the stable GEMM route, so a few per row already tip the balance.
+  // Candidates first (every row's cut, and the count against the budget), exact work after.
+  const int64_t budget = rows * std::max<int64_t>(2, k / kExactPerRowDivisor);
+  w.top.resize(std::max<size_t>(w.top.size(), rows));  // the rows' cuts
+  int64_t candidates = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    T* o = orow + r * k;
+    const T* o = orow + r * k;
     const double an = w.norms[r];
     double floor_max = -std::numeric_limits<double>::infinity();
     for (int64_t c = 0; c < k; ++c) floor_max = std::max(floor_max, static_cast<double>(o[c]) - an * scale[c]);
     if (!std::isfinite(floor_max)) return false;
     const double cut = floor_max - kExpandedMargin;
+    w.top[r] = cut;
+    for (int64_t c = 0; c < k; ++c) candidates += static_cast<double>(o[c]) + an * scale[c] >= cut;
+    if (candidates > budget) return false;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    T* o = orow + r * k;
+    const double an = w.norms[r];
     w.cand.clear();
     for (int64_t c = 0; c < k; ++c) {
-      if (static_cast<double>(o[c]) + an * scale[c] >= cut) w.cand.push_back(c);
+      if (static_cast<double>(o[c]) + an * scale[c] >= w.top[r]) w.cand.push_back(c);
     }
-    recomputed += static_cast<int64_t>(w.cand.size());
-    if (recomputed > budget) return false;
     for (int64_t c : w.cand) {
       exact_full_entry(x + r * dim, chol + c * dim * dim, b + c * dim, lc[c], dim, w.y.data(), o + c);
     }
@@ -492,7 +509,7 @@ void pruned_rows(const GmmPrepared& g, const PrunedFull& pr, double log_floor, W
   prune_bounds(x, rows, dim, pr.columns.const_data_ptr<double>(), bsel, lc, mun, slack, w.norms.data(), relative, k,
                orow);
   const double cut_width = -log_floor;
-  const int64_t max_survivors = std::max<int64_t>(8, k / 16);  // beyond this the expanded GEMM is cheaper
+  const int64_t max_survivors = std::max<int64_t>(2, k / kExactPerRowDivisor);  // beyond: the expanded GEMM
   for (int64_t r = 0; r < rows; ++r) {
     double* o = orow + r * k;
     const double* xp = x + r * dim;
@@ -524,21 +541,21 @@ void pruned_rows(const GmmPrepared& g, const PrunedFull& pr, double log_floor, W
 // expanded route in one GEMM (the stable one, row by row, if that fails or
 // e is null).
 template <typename scalar_t>
-void flush_hard_rows(const GmmPrepared& g, const ExpandedFull* e, Workspace<scalar_t>& w, const at::Tensor& a_all,
-                     at::Tensor& buffer, at::Tensor& out) {
-  if (w.hard.empty()) return;
+bool flush_hard_rows(const GmmPrepared& g, const ExpandedFull* e, Workspace<scalar_t>& w, at::Tensor& buffer,
+                     at::Tensor& out) {
+  if (w.hard.empty()) return true;
   const int64_t nh = static_cast<int64_t>(w.hard.size()), k = g.b.size(0);
   const at::Tensor idx = at::tensor(w.hard, at::TensorOptions().dtype(at::kLong));
   if (!w.hard_out.defined() || w.hard_out.size(0) < nh) w.hard_out = at::empty({nh, k}, g.x.options());
   at::Tensor hard_out = w.hard_out.narrow(0, 0, nh);
   scalar_t* o = out.data_ptr<scalar_t>();
-  if (e != nullptr && expanded_rows<scalar_t>(g, *e, w, g.x.index_select(0, idx), hard_out)) {
-    const scalar_t* ho = hard_out.const_data_ptr<scalar_t>();
-    for (int64_t i = 0; i < nh; ++i) std::memcpy(o + w.hard[i] * k, ho + i * k, sizeof(scalar_t) * k);
-  } else {
-    for (int64_t row : w.hard) stable_block<scalar_t>(g, a_all, buffer, row, 1, o + row * k);
-  }
+  const at::Tensor x_hard = g.x.index_select(0, idx);
+  const bool expanded_ok = e != nullptr && expanded_rows<scalar_t>(g, *e, w, x_hard, hard_out);
+  if (!expanded_ok) stable_full_rows<scalar_t>(g, x_hard, buffer, hard_out.template data_ptr<scalar_t>());
+  const scalar_t* ho = hard_out.const_data_ptr<scalar_t>();
+  for (int64_t i = 0; i < nh; ++i) std::memcpy(o + w.hard[i] * k, ho + i * k, sizeof(scalar_t) * k);
   w.hard.clear();
+  return expanded_ok;
 }
 
 std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, const at::Tensor& means,
@@ -581,9 +598,17 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, cons
         const int64_t nsub = (n + kPruneRowBlock - 1) / kPruneRowBlock;
         at::parallel_for(0, nsub, 1, [&](int64_t t0, int64_t t1) {
           Workspace<double> w;
+          int64_t skip = 0;  // after a block the bound mostly failed, the next kRetryAfter go straight on
           for (int64_t t = t0; t < t1; ++t) {
-            const int64_t r0 = t * kPruneRowBlock;
-            pruned_rows(g, pr, log_floor, w, out, r0, std::min(kPruneRowBlock, n - r0));
+            const int64_t r0 = t * kPruneRowBlock, rows = std::min(kPruneRowBlock, n - r0);
+            if (skip > 0) {
+              --skip;
+              for (int64_t r = r0; r < r0 + rows; ++r) w.hard.push_back(r);
+              continue;
+            }
+            const size_t before = w.hard.size();
+            pruned_rows(g, pr, log_floor, w, out, r0, rows);
+            if (static_cast<int64_t>(w.hard.size() - before) * 4 > rows * 3) skip = kRetryAfter;
           }
           const std::lock_guard<std::mutex> lock(hard_mutex);
           hard.insert(hard.end(), w.hard.begin(), w.hard.end());
@@ -597,10 +622,15 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, cons
           at::parallel_for(0, nchunks, 1, [&](int64_t t0, int64_t t1) {
             Workspace<double> w;
             at::Tensor buffer;
+            int64_t skip = 0;
             for (int64_t t = t0; t < t1; ++t) {
               const int64_t h0 = t * kExpandedRowBlock, h1 = std::min(nh, h0 + kExpandedRowBlock);
               w.hard.assign(hard.begin() + h0, hard.begin() + h1);
-              flush_hard_rows<double>(g, expanded ? &e : nullptr, w, a_all, buffer, out);
+              const bool try_expanded = expanded && skip == 0;
+              skip = skip > 0 ? skip - 1 : 0;
+              if (!flush_hard_rows<double>(g, try_expanded ? &e : nullptr, w, buffer, out) && try_expanded) {
+                skip = kRetryAfter;
+              }
             }
           });
         }
@@ -622,11 +652,17 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, cons
     at::parallel_for(0, nblocks, 1, [&](int64_t t0, int64_t t1) {
       at::Tensor buffer;
       Workspace<scalar_t> w;
+      int64_t skip = 0;  // after the expanded route fell back, the next kRetryAfter blocks go stable
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r0 = t * block, rows = std::min(block, n - r0);
         scalar_t* orow = o + r0 * k;
         bool done = false;
-        if (expanded) done = expanded_rows<scalar_t>(g, e, w, g.x.narrow(0, r0, rows), out.narrow(0, r0, rows));
+        if (expanded && skip == 0) {
+          done = expanded_rows<scalar_t>(g, e, w, g.x.narrow(0, r0, rows), out.narrow(0, r0, rows));
+          if (!done) skip = kRetryAfter;
+        } else if (skip > 0) {
+          --skip;
+        }
         // The stable route (and the expanded route's fallback, for the whole block).
         if (!done) stable_block<scalar_t>(g, a_all, buffer, r0, rows, orow);
         normalize_rows_dispatch(orow, on + r0, rows, k, log_floor);

@@ -1,17 +1,20 @@
 // CPU kernel of dsch_ext::segment_gram: per-segment Gram matrices of rows
-// (segment_gram.h). Segments are independent tasks; each accumulates its
-// upper triangle by rank-one updates and mirrors it, so no [M, D(D+1)/2]
-// product matrix is ever formed.
+// (segment_gram.h). Segments are independent tasks; a short one accumulates
+// its upper triangle by rank-one updates, a long one is one GEMM; either is
+// mirrored, so no [M, D(D+1)/2] product matrix is ever formed.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include "../common/segment_gram.h"
 
 namespace dsch_ext {
 namespace {
+
+constexpr int64_t kGemmRows = 32;  // segments at least this long use a BLAS GEMM
 
 template <typename T>
 void segment_block(const T* rows, const int64_t* offsets, int64_t d, int64_t c0, int64_t c1, T* out) {
@@ -49,8 +52,26 @@ at::Tensor segment_gram_cpu(const at::Tensor& rows_in, const at::Tensor& offsets
     const scalar_t* r = rows.const_data_ptr<scalar_t>();
     const int64_t* off = offsets.const_data_ptr<int64_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    // Grain: enough segments per task to amortise the task (segments are often tiny).
-    at::parallel_for(0, k, 16, [&](int64_t c0, int64_t c1) { segment_block_dispatch(r, off, d, c0, c1, o); });
+    // Grain: enough segments per task to amortise the task (segments are often tiny). Long
+    // segments (responsibilities spread over many components, as in DSCH's first round) go
+    // through a single-threaded BLAS GEMM, mirrored afterwards so the result stays exactly
+    // symmetric.
+    at::parallel_for(0, k, 16, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t begin = off[c], len = off[c + 1] - off[c];
+        if (len < kGemmRows) {
+          segment_block_dispatch(r, off, d, c, c + 1, o);
+          continue;
+        }
+        const at::Tensor seg = rows.narrow(0, begin, len);
+        at::Tensor oc = out.select(0, c);
+        at::mm_out(oc, seg.t(), seg);
+        scalar_t* m = o + c * d * d;
+        for (int64_t i = 0; i < d; ++i) {
+          for (int64_t j = 0; j < i; ++j) m[i * d + j] = m[j * d + i];
+        }
+      }
+    });
   });
   return out;
 }
