@@ -4,8 +4,11 @@ C1: N = 65,536, K = 1000, D = 64, forward + backward: center_distances('sqeuclid
     torch.cdist(x, c) ** 2 with autograd.
 C2: N = 1,000,000, K = 1000, D = 64: nearest_center vs torch.cdist(x, c).min(1) (which
     materialises N x K: 4 GB).
-KM: KMeans fit, N = 100,000, D = 64, K = 1000, float32, same initial centres, 10 iterations,
-    vs sklearn.cluster.KMeans(algorithm='lloyd').
+KM: KMeans fit, N = 100,000, D = 64, K = 1000, float32, same initial centres (random points),
+    10 iterations, vs sklearn.cluster.KMeans(algorithm='lloyd'), on two data sets: 'uniform'
+    (points uniform in [-1, 1]^64: no clusters, the worst case for distance bounds) and
+    'clustered' (1000 Gaussian clusters, sigma 0.25 a coordinate, around centres uniform in
+    [-1, 1]^64). Ours runs algorithm='auto' (the Yinyang bounds on the CPU).
 Answers are compared before timing.
 """
 import functools
@@ -101,11 +104,21 @@ def km_sklearn(x, init):
     return KMeans(init.shape[0], init=init, n_init=1, max_iter=KM_ITERS, tol=0.0, algorithm="lloyd").fit(x)
 
 
-@functools.lru_cache(maxsize=1)
-def km_inputs(quick):
+def km_data(kind, quick):
+    if kind == "uniform":
+        return data("KM", quick, seed=2)[0]
+    n, k, d = SIZES["KM"][1 if quick else 0]
+    g = torch.Generator().manual_seed(4)
+    true_centers = torch.rand(k, d, generator=g) * 2 - 1
+    return true_centers[torch.randint(k, (n,), generator=g)] + 0.25 * torch.randn(n, d, generator=g)
+
+
+@functools.lru_cache(maxsize=2)
+def km_inputs(kind, quick):
     pytest.importorskip("sklearn")
-    x, c = data("KM", quick, seed=2)
-    init = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(3))[: c.shape[0]]]
+    x = km_data(kind, quick)
+    k = SIZES["KM"][1 if quick else 0][1]
+    init = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(3))[:k]]
     xn, initn = x.numpy(), init.numpy()
     ours, ref = km_ours(x, init), km_sklearn(xn, initn)
     assert ours.n_iter_ == ref.n_iter_
@@ -113,10 +126,11 @@ def km_inputs(quick):
     return x, init, xn, initn
 
 
+@pytest.mark.parametrize("kind", ["uniform", "clustered"])
 @pytest.mark.parametrize("impl", ["sklearn", "dsch_ext"])
-def test_kmeans_fit(impl, quick, timed):
-    x, init, xn, initn = km_inputs(quick)
-    group = f"KM KMeans fit N={x.shape[0]} K={init.shape[0]} D={x.shape[1]} {KM_ITERS} iters f32"
+def test_kmeans_fit(impl, kind, quick, timed):
+    x, init, xn, initn = km_inputs(kind, quick)
+    group = f"KM KMeans fit {kind} N={x.shape[0]} K={init.shape[0]} D={x.shape[1]} {KM_ITERS} iters f32"
     if impl == "sklearn":
         timed(group, "anchor", "sklearn KMeans(lloyd)", km_sklearn, xn, initn, rounds=2)
     else:

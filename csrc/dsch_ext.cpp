@@ -20,6 +20,19 @@ TORCH_LIBRARY(dsch_ext, m) {
       "str metric) -> (Tensor, Tensor)");
   // Index (int64 [N]) and squared Euclidean distance [N] of the nearest centre.
   m.def("nearest_center(Tensor x, Tensor centers) -> (Tensor, Tensor)");
+  // One k-means assignment pass that skips the centres its bounds rule out
+  // (Yinyang; KMeans' CPU path). Centres [K, D] sorted into groups
+  // (group_offsets [T + 1]); order [K] their original indices (ties to the
+  // lower); labels [N] (sorted rows), upper [N] (bound on the distance to the
+  // point's centre) and lower [N, T] (per group, bound on the distance to its
+  // other centres, stored + total_drift[g]) are updated in place; drift [K]:
+  // how far each centre moved since the last pass. exact=True computes every
+  // distance and (re)starts the bounds. Returns the number of point-centre
+  // distances computed (int64 scalar).
+  m.def(
+      "kmeans_bounded_assign(Tensor x, Tensor x_sqnorm, Tensor centers, Tensor order, Tensor group_offsets, "
+      "Tensor drift, Tensor total_drift, Tensor(a!) labels, Tensor(b!) upper, Tensor(c!) lower, bool exact) "
+      "-> Tensor");
   // GMM E-step: log responsibilities [N, K] and per-point log likelihood [N]
   // from means [K, D], precision Cholesky factors (full [K, D, D], tied
   // [D, D], diag [K, D], spherical [K]) and log weights [K]. resp_floor > 0:

@@ -42,8 +42,9 @@ class Shard:
 
     def mean_variance(self, X: torch.Tensor) -> float:
         """Mean over features of the (biased) variance of the whole data set, in two passes."""
-        mean = self.sum(X.double().sum(0)) / self.n_total
-        return float(self.sum(((X.double() - mean) ** 2).sum(0)).sum()) / (self.n_total * X.shape[1])
+        X64 = X.double()
+        mean = self.sum(X64.sum(0)) / self.n_total
+        return float(self.sum(((X64 - mean) ** 2).sum(0)).sum()) / (self.n_total * X.shape[1])
 
 
 def kmeans_plusplus(X: torch.Tensor, n_clusters: int, generator: torch.Generator,
@@ -147,27 +148,169 @@ def _farthest_points(dist: torch.Tensor, count: int, shard: Shard) -> torch.Tens
     return rows[order[:count]]
 
 
+def _sq_distances_to(X: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Squared distance of every point to its own centre, in row chunks (no N x D temporary)."""
+    out = X.new_empty(X.shape[0])
+    for start in range(0, X.shape[0], 65536):
+        rows = slice(start, start + 65536)
+        out[rows] = ((X[rows] - centers[labels[rows]]) ** 2).sum(1)
+    return out
+
+
+def _round_up(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float64 values in ``dtype``, rounded up (never below the float64 value)."""
+    cast = values.to(dtype)
+    return torch.where(cast.double() < values, torch.nextafter(cast, cast.new_tensor(math.inf)), cast)
+
+
+def _principal_direction(rows: torch.Tensor, steps: int = 20) -> torch.Tensor:
+    """Approximate top right singular vector of ``rows`` by power iteration on the Gram matrix
+    (deterministic start: the row of largest norm); for splitting, not for accuracy."""
+    gram = rows.t() @ rows
+    v = rows[int(torch.argmax((rows * rows).sum(1)))]
+    for _ in range(steps):
+        v = gram @ v
+        v = v / v.norm().clamp(min=1e-300)
+    return v
+
+
+class BoundedAssignment:
+    """k-means assignment passes that skip the centres their bounds rule out (Yinyang k-means,
+    Ding et al., ICML 2015): the ``kmeans_bounded_assign`` kernel plus its state across Lloyd
+    iterations. The centres are split once into groups of ``group_size`` neighbours (recursive
+    halving of the initial centres); each point keeps an upper bound on the distance to its centre and a lower bound
+    per group. After the first pass, which computes every distance, a pass computes only the
+    distances to groups that could hold a nearer centre. Same labels as the plain pass
+    (distances rounded the same way, ties to the lower index). CPU; memory N x K / group_size values."""
+
+    EXACT_ABOVE = 0.7  # share of the distances above which the next pass is the exact one
+
+    def __init__(self, X: torch.Tensor, centers: torch.Tensor, group_size: int = 16):
+        k = centers.shape[0]
+        self.X = X.contiguous()
+        self.x_sqnorm = (self.X * self.X).sum(1)
+        group = self._group_centers(centers, group_size)
+        n_groups = int(group.max()) + 1
+        self.order = torch.argsort(group, stable=True)
+        self.rank = torch.empty_like(self.order)
+        self.rank[self.order] = torch.arange(k)
+        counts = torch.bincount(group, minlength=n_groups)
+        self.group_offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        self.group_of_sorted = group[self.order]
+        self.total_drift = torch.zeros(n_groups, dtype=torch.float64)
+        n = X.shape[0]
+        self.labels = torch.zeros(n, dtype=torch.int64)
+        self.upper = X.new_empty(n)
+        self.lower = X.new_empty((n, n_groups))
+        self.centers = centers
+        self.computed = 0
+        self._pass(centers.new_zeros(k), exact=True)
+
+    @staticmethod
+    def _group_centers(centers: torch.Tensor, size: int) -> torch.Tensor:
+        """Group of every centre: recursive halving along the principal direction into groups
+        of ``size`` centres (the last may be smaller), so the kernel's register tiles are full."""
+        k = centers.shape[0]
+        group = torch.empty(k, dtype=torch.int64)
+        points = centers.double()
+        stack = [torch.arange(k)]
+        next_group = 0
+        while stack:
+            ids = stack.pop()
+            if ids.numel() <= size:
+                group[ids] = next_group
+                next_group += 1
+                continue
+            part = points[ids] - points[ids].mean(0)
+            direction = _principal_direction(part)
+            by_projection = ids[torch.argsort(part @ direction, stable=True)]
+            left = (ids.numel() + size - 1) // size // 2 * size
+            stack += [by_projection[left:], by_projection[:left]]
+        return group
+
+    def _pass(self, drift_sorted: torch.Tensor, exact: bool) -> None:
+        dtype = self.X.dtype
+        computed = torch.ops.dsch_ext.kmeans_bounded_assign.default(
+            self.X, self.x_sqnorm, self.centers[self.order].contiguous(), self.order, self.group_offsets,
+            drift_sorted, _round_up(self.total_drift, dtype), self.labels, self.upper, self.lower, exact)
+        self.computed += int(computed)
+        self.last_work = 0.0 if exact else int(computed) / (self.X.shape[0] * self.centers.shape[0])
+
+    def labels_original(self) -> torch.Tensor:
+        """Each point's centre (original centre index)."""
+        return self.order[self.labels]
+
+    def move(self, new_centers: torch.Tensor) -> None:
+        """The centres moved to ``new_centers``: update the bounds and run the next pass."""
+        drift = (new_centers.double() - self.centers.double()).norm(dim=1)[self.order]
+        group_max = torch.zeros_like(self.total_drift).scatter_reduce_(
+            0, self.group_of_sorted, drift, reduce="amax", include_self=True)
+        self.total_drift += group_max
+        self.centers = new_centers
+        # A bounded pass that computes most distances costs more than the exact pass (one
+        # GEMM), which also makes every bound tight again: after one, take the exact pass.
+        exact = self.last_work > self.EXACT_ABOVE
+        self._pass(_round_up(drift, new_centers.dtype), exact=exact)
+
+    def reassign(self, rows: torch.Tensor, centers: torch.Tensor) -> None:
+        """Points ``rows`` were moved to centres ``centers`` (original indices) by hand: their
+        bounds are reset, so the next pass computes all their distances."""
+        self.labels[rows] = self.rank[centers]
+        self.upper[rows] = math.inf
+        self.lower[rows] = -math.inf
+
+
+def use_bounded_assignment(X: torch.Tensor, n_clusters: int, algorithm: str) -> bool:
+    """Whether ``algorithm`` (KMeans' parameter) runs the bounded passes on this data."""
+    if algorithm == "lloyd":
+        return False
+    cpu = X.device.type == "cpu"
+    if algorithm == "yinyang":
+        if not cpu:
+            raise ValueError(f"algorithm='yinyang' runs on the CPU only; X is on {X.device} (use 'auto' or 'lloyd')")
+        return True
+    # auto: bounds pay off from tens of centres on; their memory is N x K/16 values.
+    return cpu and n_clusters >= 32 and X.shape[0] * (n_clusters // 16) <= (1 << 28)
+
+
 def lloyd(X: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float, verbose: int = 0,
-          shard: Optional[Shard] = None):
+          shard: Optional[Shard] = None, bounded: bool = False):
     """Lloyd iterations from ``centers``. Returns (centers, labels, inertia, n_iter). With
     ``shard`` X is this rank's rows: the counts, sums, inertia and convergence tests are summed
-    over ranks, so every rank follows the one-process iteration on the whole data."""
+    over ranks, so every rank follows the one-process iteration on the whole data. ``bounded``:
+    assignment passes by :class:`BoundedAssignment` (same labels, fewer distances)."""
     shard = shard or Shard(LocalCommunicator(), X.shape[0])
     k = centers.shape[0]
+    state = None
+
+    def assign(centers):
+        """(labels, squared distances or None when the bounded passes do not have them)."""
+        nonlocal state
+        if not bounded:
+            return nearest_center(X, centers)
+        if state is None:
+            state = BoundedAssignment(X, centers)
+        else:
+            state.move(centers)
+        return state.labels_original(), None
+
     labels_old = None
     strict = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        labels, dist = nearest_center(X, centers)
+        labels, dist = assign(centers)
         counts = shard.sum(torch.bincount(labels, minlength=k))
         sums = shard.sum(_cluster_sums(X, labels, k))
         empty = counts == 0
         if bool(empty.any()):
             # Re-seed empty clusters with the points farthest from their centres.
+            if dist is None:
+                dist = _sq_distances_to(X, centers, labels)
             far = _farthest_points(dist, int(empty.sum()), shard)
             far_rows = shard.rows(X, far)
             old = shard.rows(labels[:, None], far)[:, 0]
             empty_ids = torch.nonzero(empty).flatten()
+            moved_rows, moved_to = [], []
             for i, (src, dst, point) in enumerate(zip(old.tolist(), empty_ids.tolist(), far.tolist())):
                 sums[src] -= far_rows[i]
                 counts[src] -= 1
@@ -175,12 +318,19 @@ def lloyd(X: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float, ver
                 counts[dst] = 1
                 if shard.offset <= point < shard.offset + X.shape[0]:
                     labels[point - shard.offset] = dst
+                    moved_rows.append(point - shard.offset)
+                    moved_to.append(dst)
+            if state is not None and moved_rows:
+                state.reassign(torch.tensor(moved_rows), torch.tensor(moved_to))
         new_centers = sums / counts.clamp(min=1)[:, None].to(X.dtype)
         shift = float(((new_centers - centers) ** 2).sum())
         if verbose:
+            if dist is None:
+                dist = _sq_distances_to(X, centers, labels)
             inertia = float(shard.sum(dist.double().sum().reshape(1)))
             if shard.comm.rank == 0:
-                print(f"  KMeans iteration {n_iter}: inertia {inertia:.6g}, centre shift {shift:.3g}")
+                work = f", distances computed {state.computed / (X.shape[0] * k * n_iter):.0%}" if state else ""
+                print(f"  KMeans iteration {n_iter}: inertia {inertia:.6g}, centre shift {shift:.3g}{work}")
         centers = new_centers
         if labels_old is not None:
             changed = shard.sum(torch.tensor([0 if torch.equal(labels, labels_old) else 1]))
@@ -191,9 +341,13 @@ def lloyd(X: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float, ver
         if shift <= tol:
             break
     if not strict:
-        labels, dist = nearest_center(X, centers)
-    else:
+        labels, dist = assign(centers)
+    elif not bounded:
         dist = nearest_center(X, centers)[1]
+    else:
+        dist = None  # labels did not change; distances to the moved centres below
+    if dist is None:
+        dist = _sq_distances_to(X, centers, labels)
     return centers, labels, float(shard.sum(dist.double().sum().reshape(1))), n_iter
 
 
@@ -209,6 +363,12 @@ class KMeans:
         max_iter: Lloyd iterations per run.
         tol: convergence when the squared centre shift is <= tol * mean feature variance.
         random_state: int, None or a ``torch.Generator``.
+        algorithm: ``'auto'`` (default), ``'lloyd'`` or ``'yinyang'``. All run Lloyd's
+            iterations and give the same labels; 'yinyang' (CPU) keeps per-point distance
+            bounds (memory N x K/16) and computes only the distances to centres they do not rule
+            out (Ding et al., 2015): on clustered data most of them. 'auto' uses it on the CPU
+            from K = 32 on while the bounds fit in 1 GB, 'lloyd' (one GEMM pass an iteration)
+            otherwise.
         verbose: 1 prints every iteration.
         distributed: fit on data sharded across the ranks of ``process_group`` (torch.distributed;
             default group when None): every rank calls ``fit`` with its own rows and the same
@@ -223,14 +383,15 @@ class KMeans:
 
     def __init__(self, n_clusters: int = 8, *, init: Union[str, np.ndarray, torch.Tensor] = "k-means++",
                  n_init: Union[int, str] = "auto", max_iter: int = 300, tol: float = 1e-4,
-                 random_state: SeedLike = None, verbose: int = 0, distributed: bool = False,
-                 process_group=None):
+                 random_state: SeedLike = None, algorithm: str = "auto", verbose: int = 0,
+                 distributed: bool = False, process_group=None):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
         self.random_state = random_state
+        self.algorithm = algorithm
         self.verbose = verbose
         self.distributed = distributed
         self.process_group = process_group
@@ -244,6 +405,8 @@ class KMeans:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
         if self.tol < 0:
             raise ValueError(f"tol must be >= 0, got {self.tol}")
+        if self.algorithm not in ("auto", "lloyd", "yinyang"):
+            raise ValueError(f"algorithm must be 'auto', 'lloyd' or 'yinyang', got {self.algorithm!r}")
         if isinstance(self.init, str):
             if self.init not in ("k-means++", "random"):
                 raise ValueError(f"init must be 'k-means++', 'random' or an array, got {self.init!r}")
@@ -272,14 +435,15 @@ class KMeans:
         shard = Shard.of(X, self.distributed, self.process_group)
         n_init = self._check_params(X, shard.n_total)
         generator = make_generator(self.random_state)
-        tol = shard.mean_variance(X) * self.tol
+        tol = shard.mean_variance(X) * self.tol if self.tol > 0 else 0.0
         best = None
         for run in range(n_init):
             centers = self._initial_centers(X, generator, shard)
             if self.verbose and shard.comm.rank == 0:
                 print(f"KMeans run {run + 1}/{n_init}: {shard.n_total} points on {shard.comm.world_size} rank(s), "
                       f"K={self.n_clusters}, device {X.device}")
-            result = lloyd(X, centers, self.max_iter, tol, self.verbose, shard)
+            result = lloyd(X, centers, self.max_iter, tol, self.verbose, shard,
+                           bounded=use_bounded_assignment(X, self.n_clusters, self.algorithm))
             if best is None or result[2] < best[2]:
                 best = result
         self.cluster_centers_, self.labels_, self.inertia_, self.n_iter_ = best

@@ -207,6 +207,12 @@ def _nearest_center_fake(x, centers):
     return x.new_empty((x.shape[0],), dtype=torch.int64), x.new_empty((x.shape[0],))
 
 
+@torch.library.register_fake("dsch_ext::kmeans_bounded_assign")
+def _kmeans_bounded_assign_fake(x, x_sqnorm, centers, order, group_offsets, drift, total_drift, labels, upper,
+                                lower, exact):
+    return x.new_empty((), dtype=torch.int64)
+
+
 @torch.library.register_fake("dsch_ext::pack_bits")
 def _pack_bits_fake(codes):
     torch._check(codes.dim() == 2, lambda: f"codes must be 2-D, got shape {tuple(codes.shape)}")

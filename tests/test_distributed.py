@@ -45,6 +45,18 @@ def test_kmeans_sharded_equals_one_process(tmp_path, world_size, sizes, init):
     assert torch.equal(torch.cat([res["labels"] for res in results]), ref.labels_)
 
 
+def test_kmeans_sharded_yinyang_equals_one_process(tmp_path):
+    # The bounds are per point: sharded Yinyang follows the one-process Yinyang fit.
+    X = blobs(611, 40, 8, seed=9)
+    params = dict(n_clusters=40, n_init=1, random_state=3, max_iter=30, algorithm="yinyang")
+    ref = KMeans(**params).fit(X)
+    results = ok(run_ranks("fit_kmeans", 2, tmp_path, X=X, sizes=[300, 311], **params)[0])
+    for res in results:
+        close(res["centers"], ref.cluster_centers_)
+        assert res["n_iter"] == ref.n_iter_
+    assert torch.equal(torch.cat([res["labels"] for res in results]), ref.labels_)
+
+
 def test_kmeans_sharded_reseeds_empty_clusters_like_one_process(tmp_path):
     # Duplicate points and an initial centre far away: a cluster empties in the first iteration.
     X = torch.cat([torch.zeros(20, 2), torch.ones(25, 2), 3 * torch.ones(19, 2)]).double()

@@ -108,3 +108,129 @@ def test_kmeans_bad_input():
     km = dsch_ext.KMeans(2, random_state=0).fit(X)
     with pytest.raises(ValueError, match=r"X has 2 features \(shape \(50, 2\)\) but KMeans was fitted with 3"):
         km.predict(X[:, :2])
+
+
+# --- The bounded (Yinyang) assignment passes -------------------------------------------------
+
+def _brute_force(X, centers):
+    """float64 squared distances [N, K]."""
+    return ((X.double()[:, None, :] - centers.double()[None, :, :]) ** 2).sum(-1)
+
+
+def _check_bounds(state, X, centers):
+    """Every bound the state holds is a true bound (float64), and each label is the nearest
+    centre wherever the nearest is clear of the second by more than rounding."""
+    from dsch_ext.cluster import _round_up
+
+    d = _brute_force(X, centers).sqrt()  # [N, K], original centre order
+    labels = state.labels_original()
+    own = d.gather(1, labels[:, None])[:, 0]
+    assert (state.upper.double() >= own - 1e-12).all(), "an upper bound is below the true distance"
+    total = _round_up(state.total_drift, X.dtype).double()
+    group = state.group_of_sorted[state.rank]  # group of each original centre
+    others = d.clone()
+    others.scatter_(1, labels[:, None], float("inf"))
+    n_groups = state.lower.shape[1]
+    group_min = torch.full((X.shape[0], n_groups), float("inf"), dtype=torch.float64)
+    group_min.scatter_reduce_(1, group[None, :].expand(X.shape[0], -1), others, reduce="amin")
+    effective = state.lower.double() - total[None, :]
+    assert (effective <= group_min + 1e-12).all(), "a group's lower bound is above a true distance"
+    best2 = torch.topk(d, 2, dim=1, largest=False).values
+    clear = (best2[:, 1] - best2[:, 0]) > 1e-5 * best2[:, 1]
+    assert torch.equal(labels[clear], d.argmin(1)[clear])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,k,d,group_size", [(1000, 70, 13, 16), (777, 37, 5, 8), (300, 33, 64, 32)])
+def test_bounded_assignment_labels_and_bounds_stay_exact(dtype, n, k, d, group_size):
+    from dsch_ext.cluster import BoundedAssignment
+
+    g = torch.Generator().manual_seed(n + k)
+    X = (torch.rand(n, d, generator=g) * 2 - 1).to(dtype)
+    centers = X[torch.randperm(n, generator=g)[:k]].clone()
+    state = BoundedAssignment(X, centers, group_size=group_size)
+    _check_bounds(state, X, centers)
+    computed = []
+    for step in range(8):
+        # Centres move by shrinking amounts, some not at all: the bounds must follow.
+        step_size = 0.2 / (step + 1) / d**0.5
+        moved = centers + step_size * torch.randn(k, d, generator=g).to(dtype)
+        centers = torch.where(torch.rand(k, 1, generator=g) < 0.2, centers, moved)
+        before = state.computed
+        state.move(centers)
+        computed.append(state.computed - before)
+        _check_bounds(state, X, centers)
+    assert min(computed) < n * k  # some pass skipped distances
+
+
+def test_bounded_assignment_ties_go_to_the_lower_index():
+    from dsch_ext.cluster import BoundedAssignment
+
+    g = torch.Generator().manual_seed(5)
+    base = torch.rand(40, 6, generator=g, dtype=torch.float64)
+    # Every centre twice (indices i and i + 40), in different halves of the data's layout.
+    centers = torch.cat([base, base])
+    X = torch.cat([base, torch.rand(200, 6, generator=g, dtype=torch.float64)])
+    state = BoundedAssignment(X, centers, group_size=8)
+    assert (state.labels_original() < 40).all()
+    for step in range(4):
+        centers = centers + 0.01 * torch.cat([torch.ones(40, 6), torch.ones(40, 6)]).double()
+        state.move(centers)
+        assert (state.labels_original() < 40).all()
+    assert torch.equal(state.labels_original(), _brute_force(X, centers).argmin(1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_yinyang_and_lloyd_fit_the_same_model(dtype):
+    X = blobs(n=6000, k=60, d=16, seed=7, dtype=dtype)
+    init = X[np.random.default_rng(0).choice(6000, 60, replace=False)]
+    lloyd = dsch_ext.KMeans(60, init=init, max_iter=30, algorithm="lloyd").fit(X)
+    yinyang = dsch_ext.KMeans(60, init=init, max_iter=30, algorithm="yinyang").fit(X)
+    assert yinyang.n_iter_ == lloyd.n_iter_
+    assert (yinyang.labels_ == lloyd.labels_).float().mean() > 0.999
+    np.testing.assert_allclose(yinyang.inertia_, lloyd.inertia_, rtol=1e-5)
+    auto = dsch_ext.KMeans(60, init=init, max_iter=30).fit(X)  # 'auto' picks the bounds here
+    assert torch.equal(auto.labels_, yinyang.labels_)
+
+
+def test_yinyang_reseeds_empty_clusters():
+    X = blobs(n=2000, k=40, d=6, seed=8)
+    init = np.concatenate([X[:30], np.full((10, 6), 1e3)])
+    lloyd = dsch_ext.KMeans(40, init=init, max_iter=50, algorithm="lloyd").fit(X)
+    yinyang = dsch_ext.KMeans(40, init=init, max_iter=50, algorithm="yinyang").fit(X)
+    assert np.abs(yinyang.cluster_centers_.numpy()).max() < 100
+    assert len(np.unique(yinyang.labels_.numpy())) == 40
+    np.testing.assert_allclose(yinyang.inertia_, lloyd.inertia_, rtol=1e-6)
+    assert torch.equal(yinyang.labels_, lloyd.labels_)
+
+
+def test_algorithm_argument_is_checked(device):
+    X = torch.from_numpy(blobs(n=100, k=3, d=2)).to(device)
+    with pytest.raises(ValueError, match="algorithm must be 'auto', 'lloyd' or 'yinyang', got 'elkan'"):
+        dsch_ext.KMeans(3, algorithm="elkan").fit(X)
+    if device == "cuda":
+        with pytest.raises(ValueError, match="runs on the CPU only"):
+            dsch_ext.KMeans(3, algorithm="yinyang").fit(X)
+    else:
+        assert dsch_ext.KMeans(3, algorithm="yinyang", random_state=0).fit(X).inertia_ > 0
+
+
+def test_bounded_assign_op_rejects_bad_state():
+    X = torch.rand(10, 3)
+    c = X[:4].clone()
+    order = torch.arange(4)
+    offsets = torch.tensor([0, 2, 4])
+    labels, upper, lower = torch.zeros(10, dtype=torch.long), torch.zeros(10), torch.zeros(10, 2)
+    op = torch.ops.dsch_ext.kmeans_bounded_assign
+    xsq = (X * X).sum(1)
+    with pytest.raises(RuntimeError, match=r"lower must be Float \[N, T\] = \[10, 2\]"):
+        op(X, xsq, c, order, offsets, torch.zeros(4), torch.zeros(2), labels, upper, torch.zeros(10, 3), True)
+    with pytest.raises(RuntimeError, match="group_offsets must run from 0 to K = 4"):
+        op(X, xsq, c, order, torch.tensor([0, 2, 3]), torch.zeros(4), torch.zeros(2), labels, upper, lower, True)
+    with pytest.raises(RuntimeError, match="order must increase within each group"):
+        op(X, xsq, c, torch.tensor([1, 0, 2, 3]), offsets, torch.zeros(4), torch.zeros(2), labels, upper, lower, True)
+    labels[3] = 7
+    with pytest.raises(RuntimeError, match=r"labels\[3\] = 7 is not a centre row"):
+        op(X, xsq, c, order, offsets, torch.zeros(4), torch.zeros(2), labels, upper, lower, False)
+    with pytest.raises(RuntimeError, match="x contains NaN or Inf"):
+        op(X, xsq * float("nan"), c, order, offsets, torch.zeros(4), torch.zeros(2), labels, upper, lower, True)
