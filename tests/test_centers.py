@@ -90,6 +90,22 @@ def test_nearest_center_ties_go_to_lower_index(device):
     assert (dist[:5] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k,d", [(40, 6), (37, 5), (500, 64)])
+def test_nearest_center_duplicate_centres_tie_exactly(device, dtype, k, d):
+    # Equal centres at different GEMM columns can round differently: the lower index must
+    # still win every tie (regression: float64 gave ~5% of rows to the higher duplicate).
+    g = torch.Generator().manual_seed(k + d)
+    base = torch.rand(k, d, generator=g, dtype=torch.float64)
+    centers = torch.cat([base, base]).to(dtype).to(device)
+    x = torch.rand(3000, d, generator=g, dtype=torch.float64).to(dtype).to(device)
+    index, dist = dsch_ext.nearest_center(x, centers)
+    assert (index < k).all()
+    ref = torch.cdist(x.double(), base.to(device)).argmin(1)
+    ref_d = ((x.double() - base.to(device)[ref]) ** 2).sum(1)
+    torch.testing.assert_close(dist.double(), ref_d, rtol=1e-4 if dtype == torch.float32 else 1e-9, atol=1e-5)
+
+
 def test_nearest_center_many_points_bounded_memory():
     # More rows than one block of the kernel: the blocked path must stitch correctly.
     x, c = inputs(70_000, 300, 16, torch.float32, "cpu", seed=5)

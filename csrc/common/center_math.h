@@ -75,4 +75,28 @@ DSCH_HOST_DEVICE bool nearer_center(T value, int64_t index, T best_value, int64_
   return value < best_value || (value == best_value && index < best_index);
 }
 
+// Nearest centre with exact ties. A squared distance computed as
+// |x|^2 + |c|^2 - 2 <x, c> (a GEMM's inner product, any summation order) is
+// within expanded_sqdist_error of the exact value, so two equal centres can
+// come out of a GEMM unequal. The nearest-centre kernels therefore take every
+// centre whose expanded value is within twice that of the best, recompute
+// those few directly (direct_sqdist: the same arithmetic for every centre, so
+// equal centres give equal values) and keep the smallest, ties to the lower
+// index.
+template <typename T>
+DSCH_HOST_DEVICE T expanded_sqdist_error(int64_t dim, T x_sqnorm, T c_sqnorm_max, T eps) {
+  const T scale = sqrt(x_sqnorm) + sqrt(c_sqnorm_max);
+  return T(dim + 8) * eps * scale * scale;
+}
+
+template <typename T>
+DSCH_HOST_DEVICE T direct_sqdist(const T* x, const T* c, int64_t dim) {
+  T acc = 0;
+  for (int64_t d = 0; d < dim; ++d) {
+    const T diff = x[d] - c[d];
+    acc += diff * diff;
+  }
+  return acc;
+}
+
 }  // namespace dsch_ext

@@ -157,6 +157,7 @@ struct Candidate {
   T best_v;
   int64_t best_j;
   bool old_examined;
+  T best_direct;  // direct squared distance to best_j, NaN until needed
 };
 
 template <typename T>
@@ -223,7 +224,7 @@ DSCH_CPU_CLONES void bounded_rows(const T* x, const T* xsq, const Centres<T>& cs
         upper[i] = u;
         continue;
       }
-      cand[m] = {i, a, va, err, va, a, false};
+      cand[m] = {i, a, va, err, va, a, false, std::numeric_limits<T>::quiet_NaN()};
       for (int64_t g = 0; g < groups; ++g) {  // branch-free: the outcome is a coin toss
         list[g * kBlock + list_len[g]] = m;
         list_len[g] += !(u < li[g] * f_low - drift_margin[g]);
@@ -258,14 +259,27 @@ DSCH_CPU_CLONES void bounded_rows(const T* x, const T* xsq, const Centres<T>& cs
           const T m1 = min_of(v, width);  // padding columns are +inf
           res_min[g * kBlock + slot] = m1;
           c.old_examined |= cs.group_of[c.old_j] == g;
-          if (m1 <= c.best_v) {
+          if (m1 <= c.best_v + T(2) * c.err) {
             // Within a group the rows keep the original order: the first
             // row attaining the minimum has the lowest original index.
             int64_t t = 0;
             while (!(v[t] == m1)) ++t;
-            if (nearer(m1, cs.order[j0 + t], c.best_v, cs.order[c.best_j])) {
+            const int64_t j = j0 + t;
+            if (m1 < c.best_v - T(2) * c.err) {
               c.best_v = m1;
-              c.best_j = j0 + t;
+              c.best_j = j;
+              c.best_direct = std::numeric_limits<T>::quiet_NaN();
+            } else if (j != c.best_j) {
+              // Within rounding of each other: direct distances decide
+              // (center_math.h), ties to the lower original index.
+              const T* xi = x + c.row * dim;
+              if (std::isnan(c.best_direct)) c.best_direct = direct_sqdist(xi, cs.rows + c.best_j * dim, dim);
+              const T d = direct_sqdist(xi, cs.rows + j * dim, dim);
+              if (nearer(d, cs.order[j], c.best_direct, cs.order[c.best_j])) {
+                c.best_v = m1;
+                c.best_j = j;
+                c.best_direct = d;
+              }
             }
           }
         }
@@ -304,8 +318,8 @@ DSCH_CPU_CLONES void bounded_rows(const T* x, const T* xsq, const Centres<T>& cs
 // order): values v[j] = |c_j|^2 - 2 <x, c_j> into scratch v, then the label,
 // u and every group's bound.
 template <typename T>
-DSCH_CPU_CLONES void exact_row(const T* dots, T* v, T xsq, const Centres<T>& cs, const T* total_drift,
-                               int64_t* label, T* upper, T* lower) {
+DSCH_CPU_CLONES void exact_row(const T* x, const T* dots, T* v, T xsq, const Centres<T>& cs,
+                               const T* total_drift, int64_t* label, T* upper, T* lower) {
   const T inf = std::numeric_limits<T>::infinity();
   const Rounding<T> rounding(cs.dim);
   const int64_t k = cs.k, groups = cs.groups;
@@ -333,6 +347,23 @@ DSCH_CPU_CLONES void exact_row(const T* dots, T* v, T xsq, const Centres<T>& cs,
   if (best_j < 0) best_j = 0;  // cannot happen with finite inputs; keep a valid label
   const T scale = std::sqrt(xsq) + std::sqrt(cs.csq_max);
   const T err = rounding.value_error_scale * scale * scale;
+  int64_t near = 0;
+#if defined(_OPENMP)
+#pragma omp simd reduction(+ : near)
+#endif
+  for (int64_t j = 0; j < k; ++j) near += v[j] <= best + T(2) * err;
+  if (near > 1) {
+    // Within rounding of each other: direct distances decide (center_math.h).
+    T best_d = inf;
+    for (int64_t j = 0; j < k; ++j) {
+      if (!(v[j] <= best + T(2) * err)) continue;
+      const T d = direct_sqdist(x, cs.rows + j * cs.dim, cs.dim);
+      if (nearer(d, cs.order[j], best_d, cs.order[best_j]) || best_d == inf) {
+        best_d = d;
+        best_j = j;
+      }
+    }
+  }
   *label = best_j;
   *upper = rounding.upper(xsq + v[best_j], err);
   // The bound of the centre's own group is over its other centres.
@@ -426,7 +457,8 @@ at::Tensor kmeans_bounded_assign_cpu(const at::Tensor& x_in, const at::Tensor& x
           at::mm_out(dots, x.narrow(0, b0, rows), centers_t);
           const T* dp = dots.const_data_ptr<T>();
           for (int64_t r = 0; r < rows; ++r)
-            exact_row(dp + r * k, v.data(), xsq[b0 + r], cs, td, lab + b0 + r, up + b0 + r, lo + (b0 + r) * groups);
+            exact_row(xs + (b0 + r) * dim, dp + r * k, v.data(), xsq[b0 + r], cs, td, lab + b0 + r, up + b0 + r,
+                      lo + (b0 + r) * groups);
         }
       });
       computed = n * k;

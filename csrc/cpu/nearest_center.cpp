@@ -3,8 +3,11 @@
 //
 // Points are taken in blocks: one BLAS GEMM gives a block's inner products
 // with every centre in a small per-thread buffer, then a scan picks each
-// row's minimum of |c|^2 - 2 <x, c> (|x|^2 is constant along the row). Extra
-// memory is O(N + K) plus one block buffer per thread, never N x K.
+// row's minimum of |c|^2 - 2 <x, c> (|x|^2 is constant along the row); the
+// centres within rounding of it, if more than one, are compared on directly
+// computed distances (center_math.h: equal centres tie exactly, the lower
+// index wins). Extra memory is O(N + K) plus one block buffer per thread,
+// never N x K.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -49,6 +52,24 @@ DSCH_CPU_CLONES double nearest_in_row(const double* dots, const double* cs, int6
   return nearest_in_row_impl<double>(dots, cs, k, best_j);
 }
 
+// How many centres have |c_j|^2 - 2 dots[j] <= limit.
+template <typename T>
+int64_t count_within_impl(const T* dots, const T* c_sqnorm, int64_t k, T limit) {
+  int64_t count = 0;
+#if defined(_OPENMP)
+#pragma omp simd reduction(+ : count)
+#endif
+  for (int64_t j = 0; j < k; ++j) count += c_sqnorm[j] - T(2) * dots[j] <= limit;
+  return count;
+}
+
+DSCH_CPU_CLONES int64_t count_within(const float* dots, const float* cs, int64_t k, float limit) {
+  return count_within_impl<float>(dots, cs, k, limit);
+}
+DSCH_CPU_CLONES int64_t count_within(const double* dots, const double* cs, int64_t k, double limit) {
+  return count_within_impl<double>(dots, cs, k, limit);
+}
+
 std::tuple<at::Tensor, at::Tensor> nearest_center_cpu(const at::Tensor& x_in,
                                                       const at::Tensor& centers_in) {
   check_points_centers(x_in, centers_in);
@@ -62,6 +83,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_center_cpu(const at::Tensor& x_in,
   // Small blocks per task: each thread multiplies its own block of points by
   // all centres (single-threaded GEMM inside the parallel region) into an
   // L2-sized buffer and scans it while it is hot.
+  const int64_t dim = x.size(1);
   const int64_t block = std::clamp<int64_t>(kBufferElements / k, 16, 512);
   const int64_t nblocks = (n + block - 1) / block;
   const at::Tensor centers_t = centers.t();
@@ -70,6 +92,9 @@ std::tuple<at::Tensor, at::Tensor> nearest_center_cpu(const at::Tensor& x_in,
     const scalar_t* cs = c_stats.first.const_data_ptr<scalar_t>();
     int64_t* oi = index.data_ptr<int64_t>();
     scalar_t* od = distance.data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* cp = centers.const_data_ptr<scalar_t>();
+    const scalar_t cs_max = *std::max_element(cs, cs + k);
     at::parallel_for(0, nblocks, 1, [&](int64_t t0, int64_t t1) {
       at::Tensor buffer = at::empty({block, k}, x.options());
       for (int64_t t = t0; t < t1; ++t) {
@@ -78,11 +103,29 @@ std::tuple<at::Tensor, at::Tensor> nearest_center_cpu(const at::Tensor& x_in,
         at::mm_out(dots, x.narrow(0, b0, rows), centers_t);
         const scalar_t* dp = dots.const_data_ptr<scalar_t>();
         for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = b0 + r;
           int64_t best_j = 0;
           const scalar_t best = nearest_in_row(dp + r * k, cs, k, &best_j);
-          oi[b0 + r] = best_j;
-          const scalar_t d = xs[b0 + r] + best;
-          od[b0 + r] = d > scalar_t(0) ? d : scalar_t(0);
+          const scalar_t margin =
+              2 * expanded_sqdist_error(dim, xs[i], cs_max, std::numeric_limits<scalar_t>::epsilon());
+          if (count_within(dp + r * k, cs, k, best + margin) > 1) {
+            // Near or exact ties: settle them on directly computed distances.
+            scalar_t best_d = std::numeric_limits<scalar_t>::infinity();
+            for (int64_t j = 0; j < k; ++j) {
+              if (!(cs[j] - scalar_t(2) * dp[r * k + j] <= best + margin)) continue;
+              const scalar_t d = direct_sqdist(xp + i * dim, cp + j * dim, dim);
+              if (d < best_d) {
+                best_d = d;
+                best_j = j;
+              }
+            }
+            oi[i] = best_j;
+            od[i] = best_d;
+            continue;
+          }
+          oi[i] = best_j;
+          const scalar_t d = xs[i] + best;
+          od[i] = d > scalar_t(0) ? d : scalar_t(0);
         }
       }
     });
