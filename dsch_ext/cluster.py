@@ -1,7 +1,9 @@
 """KMeans with scikit-learn's API on any torch device.
 
-The assignment step is the ``nearest_center`` kernel (O(N + K) memory); everything else is a
-handful of torch ops. Same algorithm as scikit-learn's Lloyd KMeans: greedy k-means++
+The assignment step is the ``nearest_center`` kernel (O(N + K) memory) or, on the CPU from
+K = 32 on, the ``kmeans_bounded_assign`` kernel (Yinyang k-means: per-point distance bounds skip
+the centres that cannot be nearer, N x K/16 values of memory); everything else is a handful of
+torch ops. Same algorithm as scikit-learn's Lloyd KMeans: greedy k-means++
 initialisation (2 + log K local trials), tolerance relative to the mean feature variance,
 strict convergence when labels stop changing, empty clusters re-seeded with the points
 farthest from their centres. Random draws use a CPU generator, so a seed gives the same
