@@ -342,12 +342,10 @@ def lloyd(X: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float, ver
         labels_old = labels
         if shift <= tol:
             break
-    if not strict:
-        labels, dist = assign(centers)
-    elif not bounded:
-        dist = nearest_center(X, centers)[1]
+    if strict:
+        dist = None  # labels did not change: only their distances to the moved centres
     else:
-        dist = None  # labels did not change; distances to the moved centres below
+        labels, dist = assign(centers)
     if dist is None:
         dist = _sq_distances_to(X, centers, labels)
     return centers, labels, float(shard.sum(dist.double().sum().reshape(1))), n_iter

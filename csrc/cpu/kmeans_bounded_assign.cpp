@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "../common/center_checks.h"
+#include "center_stats.h"
 
 namespace dsch_ext {
 namespace {
@@ -55,15 +56,16 @@ struct Vec<double> {
   static constexpr int width = 4;
 };
 
-// The rounding of the computed squared distances and of the bounds.
+// The rounding of the bounds; that of a computed squared distance is
+// expanded_sqdist_error (center_math.h).
 template <typename T>
 struct Rounding {
-  T value_error_scale;  // |v - exact| <= value_error_scale * (|x| + max|c|)^2
-  T rel;                // relative margin of the comparisons
-  Rounding(int64_t dim) {
-    const T eps = std::numeric_limits<T>::epsilon();
-    value_error_scale = T(dim + 8) * eps;
-    rel = T(32) * eps;
+  int64_t dim;
+  T rel;  // relative margin of the comparisons
+  Rounding(int64_t dim) : dim(dim), rel(T(32) * std::numeric_limits<T>::epsilon()) {}
+  // Bound on the rounding error of a point's computed squared distances.
+  T error(T x_sqnorm, T c_sqnorm_max) const {
+    return expanded_sqdist_error(dim, x_sqnorm, c_sqnorm_max, std::numeric_limits<T>::epsilon());
   }
   // Bounds on the Euclidean distance from a computed squared distance v
   // whose error is at most err.
@@ -73,12 +75,6 @@ struct Rounding {
     return std::sqrt(std::max(v - err, T(0))) * (T(1) - rel);
   }
 };
-
-// Is candidate (v, order) nearer than (best_v, best_order)? Ties: lower order.
-template <typename T>
-inline bool nearer(T v, int64_t order, T best_v, int64_t best_order) {
-  return v < best_v || (v == best_v && order < best_order);
-}
 
 // vals[r][c] = csq[c] - 2 <x_r, c_c> for R points and NV vectors of columns
 // of one group stored transposed ([D][stride], columns padded with zeros and
@@ -215,8 +211,7 @@ DSCH_CPU_CLONES void bounded_rows(const T* x, const T* xsq, const Centres<T>& cs
         upper[i] = u;
         continue;
       }
-      const T scale = std::sqrt(xsq[i]) + std::sqrt(cs.csq_max);
-      const T err = rounding.value_error_scale * scale * scale;
+      const T err = rounding.error(xsq[i], cs.csq_max);
       const T va = cs.csq[a] - T(2) * dot(x + i * dim, cs.rows + a * dim, dim);
       ++count;
       u = rounding.upper(xsq[i] + va, err);
@@ -275,7 +270,7 @@ DSCH_CPU_CLONES void bounded_rows(const T* x, const T* xsq, const Centres<T>& cs
               const T* xi = x + c.row * dim;
               if (std::isnan(c.best_direct)) c.best_direct = direct_sqdist(xi, cs.rows + c.best_j * dim, dim);
               const T d = direct_sqdist(xi, cs.rows + j * dim, dim);
-              if (nearer(d, cs.order[j], c.best_direct, cs.order[c.best_j])) {
+              if (nearer_center(d, cs.order[j], c.best_direct, cs.order[c.best_j])) {
                 c.best_v = m1;
                 c.best_j = j;
                 c.best_direct = d;
@@ -345,8 +340,7 @@ DSCH_CPU_CLONES void exact_row(const T* x, const T* dots, T* v, T xsq, const Cen
     if (best_j < 0 || cs.order[j] < cs.order[best_j]) best_j = j;
   }
   if (best_j < 0) best_j = 0;  // cannot happen with finite inputs; keep a valid label
-  const T scale = std::sqrt(xsq) + std::sqrt(cs.csq_max);
-  const T err = rounding.value_error_scale * scale * scale;
+  const T err = rounding.error(xsq, cs.csq_max);
   int64_t near = 0;
 #if defined(_OPENMP)
 #pragma omp simd reduction(+ : near)
@@ -358,7 +352,7 @@ DSCH_CPU_CLONES void exact_row(const T* x, const T* dots, T* v, T xsq, const Cen
     for (int64_t j = 0; j < k; ++j) {
       if (!(v[j] <= best + T(2) * err)) continue;
       const T d = direct_sqdist(x, cs.rows + j * cs.dim, cs.dim);
-      if (nearer(d, cs.order[j], best_d, cs.order[best_j]) || best_d == inf) {
+      if (nearer_center(d, cs.order[j], best_d, cs.order[best_j]) || best_d == inf) {
         best_d = d;
         best_j = j;
       }
@@ -409,32 +403,27 @@ at::Tensor kmeans_bounded_assign_cpu(const at::Tensor& x_in, const at::Tensor& x
   for (int64_t g = 0; g < groups; ++g)
     TORCH_CHECK(off[g] <= off[g + 1], "group_offsets must be non-decreasing (shape ", offsets.sizes(), ")");
   const at::Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
-  const at::Tensor order_c = order_in.contiguous();
+  const at::Tensor x_sqnorm = x_sqnorm_in.contiguous(), order = order_in.contiguous();
+  const int64_t* ord = order.const_data_ptr<int64_t>();
   for (int64_t g = 0; g < groups; ++g)
     for (int64_t j = off[g] + 1; j < off[g + 1]; ++j)
-      TORCH_CHECK(order_c.const_data_ptr<int64_t>()[j - 1] < order_c.const_data_ptr<int64_t>()[j],
-                  "order must increase within each group (rows ", j - 1, " and ", j, " of group ", g, ")");
-  const at::Tensor x_sqnorm = x_sqnorm_in.contiguous(), order = order_in.contiguous();
+      TORCH_CHECK(ord[j - 1] < ord[j], "order must increase within each group (rows ", j - 1, " and ", j,
+                  " of group ", g, ")");
   const at::Tensor drift = drift_in.contiguous(), total_drift = total_drift_in.contiguous();
 
   std::vector<int64_t> group_of(k);
   for (int64_t g = 0; g < groups; ++g)
     for (int64_t j = off[g]; j < off[g + 1]; ++j) group_of[j] = g;
   std::atomic<int64_t> computed{0};
+  const at::Tensor c_sqnorm = center_row_stats_cpu(centers, kSqEuclidean, "centers").second;
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "kmeans_bounded_assign_cpu", [&] {
     using T = scalar_t;
     constexpr int W = Vec<T>::width;
     const T* cr = centers.const_data_ptr<T>();
-    std::vector<T> csq(k);
-    T csq_max = 0;
-    for (int64_t j = 0; j < k; ++j) {
-      csq[j] = dot(cr + j * dim, cr + j * dim, dim);
-      TORCH_CHECK(std::isfinite(csq[j]), "centers contains NaN or Inf (shape ", centers.sizes(), ")");
-      csq_max = std::max(csq_max, csq[j]);
-    }
-    Centres<T> cs{k, dim, groups, cr, order.const_data_ptr<int64_t>(), off, group_of.data(), csq.data(), csq_max,
-                  nullptr, nullptr, nullptr};
+    const T* csq = c_sqnorm.const_data_ptr<T>();
+    const T csq_max = *std::max_element(csq, csq + k);
+    Centres<T> cs{k, dim, groups, cr, ord, off, group_of.data(), csq, csq_max, nullptr, nullptr, nullptr};
     const T* xs = x.const_data_ptr<T>();
     const T* xsq = x_sqnorm.const_data_ptr<T>();
     const T* td = total_drift.const_data_ptr<T>();

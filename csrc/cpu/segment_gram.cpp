@@ -16,14 +16,20 @@ namespace {
 
 constexpr int64_t kGemmRows = 32;  // segments at least this long use a BLAS GEMM
 
+// Copy the upper triangle of a [d, d] matrix into its lower one.
+template <typename T>
+void mirror_upper(T* m, int64_t d) {
+  for (int64_t i = 0; i < d; ++i) {
+    for (int64_t j = 0; j < i; ++j) m[i * d + j] = m[j * d + i];
+  }
+}
+
 template <typename T>
 void segment_block(const T* rows, const int64_t* offsets, int64_t d, int64_t c0, int64_t c1, T* out) {
   for (int64_t c = c0; c < c1; ++c) {
     T* o = out + c * d * d;
     segment_gram_upper<T>(rows, d, offsets[c], offsets[c + 1], o);
-    for (int64_t i = 0; i < d; ++i) {
-      for (int64_t j = 0; j < i; ++j) o[i * d + j] = o[j * d + i];
-    }
+    mirror_upper(o, d);
   }
 }
 
@@ -66,10 +72,7 @@ at::Tensor segment_gram_cpu(const at::Tensor& rows_in, const at::Tensor& offsets
         const at::Tensor seg = rows.narrow(0, begin, len);
         at::Tensor oc = out.select(0, c);
         at::mm_out(oc, seg.t(), seg);
-        scalar_t* m = o + c * d * d;
-        for (int64_t i = 0; i < d; ++i) {
-          for (int64_t j = 0; j < i; ++j) m[i * d + j] = m[j * d + i];
-        }
+        mirror_upper(o + c * d * d, d);
       }
     });
   });
