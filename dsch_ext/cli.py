@@ -245,8 +245,9 @@ def _demo(args):
 
     dataset = _data(args.data)
     split = experiment.protocol_split(dataset, train_per_class=args.train_per_class)
+    cfg = _config(args, args.bits, baseline=False)
     print(f"dsch demo on {dataset.name}: train {split.train.numel()} images, query {split.query.numel()}, "
-          f"database {split.database.numel()}, {args.bits} bits, {args.rounds} rounds", flush=True)
+          f"database {split.database.numel()}, {args.bits} bits, {cfg.rounds} rounds", flush=True)
     records = []
     for name in ("lsh", "pcah", "itq"):
         records.append(experiment.run_baseline(name, dataset, split, args.bits))
