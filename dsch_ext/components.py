@@ -17,6 +17,11 @@ per fine component) and ``m2`` at ``m1 // 2``, so the mixture never has more com
 the data can support; the caps are reported in ``Components.m1`` / ``.m2``.
 The co-occurrence ``S = P1 P1^T`` is never formed here: the M-step takes its batch rows
 (``dsch_ext.losses.batch_cooccurrence``).
+
+The codes stay fixed for a round, so the M-step looks the batch rows of P1 up in a
+:class:`ResponsibilityTable` computed once per round (``Components.table``): P1's non-zero
+entries as sparse rows. Evaluating a full-covariance mixture of 900 components for every batch
+of 15 cost more than the network's own step at 64 bits (53 ms against 32 ms on one thread).
 """
 import warnings
 from dataclasses import dataclass
@@ -26,6 +31,32 @@ import torch
 from ._comm import get_communicator
 from .cluster import KMeans
 from .mixture import GaussianMixture
+
+
+@dataclass
+class ResponsibilityTable:
+    """P1 of a fixed set of codes as sparse rows (CSR: ``crow [N + 1]``, ``col`` and ``val``
+    ``[nnz]``), entries below ``threshold`` dropped. ``rows(idx)`` gives the dense ``(P1, P2)``
+    rows of items ``idx`` (``P2 = P1 @ P21``), the same values ``Components.assign`` gives."""
+
+    crow: torch.Tensor
+    col: torch.Tensor
+    val: torch.Tensor
+    p21: torch.Tensor
+
+    def rows(self, idx: torch.Tensor):
+        idx = torch.as_tensor(idx, dtype=torch.int64, device=self.crow.device)
+        if idx.dim() != 1 or (idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.crow.numel() - 1)):
+            raise ValueError(f"idx must be a 1-D tensor of row numbers in [0, {self.crow.numel() - 1}), got "
+                             f"shape {tuple(idx.shape)}")
+        starts = self.crow[idx]
+        lengths = self.crow[idx + 1] - starts
+        row_of = torch.repeat_interleave(torch.arange(idx.numel(), device=idx.device), lengths)
+        first = torch.cumsum(lengths, 0) - lengths  # where each row's entries start in the output
+        pos = starts[row_of] + torch.arange(row_of.numel(), device=idx.device) - first[row_of]
+        p1 = torch.zeros((idx.numel(), self.p21.shape[0]), dtype=self.val.dtype, device=self.val.device)
+        p1[row_of, self.col[pos]] = self.val[pos]
+        return p1, p1 @ self.p21.to(p1.dtype)
 
 
 @dataclass
@@ -45,12 +76,27 @@ class Components:
 
     def assign(self, codes: torch.Tensor):
         """``(P1, P2)`` rows for ``codes`` ``[n, nbits]``: the fine responsibilities (rows
-        L2-normalised if ``normalize_p1``) and ``P1 @ P21``. The M-step calls this per batch,
-        so no ``[N, m1]`` matrix is kept."""
+        L2-normalised if ``normalize_p1``) and ``P1 @ P21``. The trainer calls it through
+        :meth:`table`, once a round, in chunks."""
         p1 = self.gmm.predict_proba(codes)
         if self.normalize_p1:
             p1 = torch.nn.functional.normalize(p1, dim=1)
         return p1, p1 @ self.p21
+
+    def table(self, codes: torch.Tensor, threshold: float = 0.0, chunk: int = 4096) -> ResponsibilityTable:
+        """P1 of ``codes`` ``[N, nbits]`` computed once (in chunks of ``chunk`` rows) and kept as
+        sparse rows; entries below ``threshold`` are dropped (the trainer passes the mixture's
+        ``resp_threshold``, below which its M-step already ignores a responsibility)."""
+        crow, cols, vals = [torch.zeros(1, dtype=torch.int64, device=codes.device)], [], []
+        for start in range(0, codes.shape[0], chunk):
+            p1 = self.assign(codes[start : start + chunk])[0]
+            keep = p1 > threshold
+            r, c = keep.nonzero(as_tuple=True)
+            cols.append(c)
+            vals.append(p1[r, c])
+            crow.append(keep.sum(1))
+        crow = torch.cumsum(torch.cat(crow), 0)
+        return ResponsibilityTable(crow, torch.cat(cols), torch.cat(vals), self.p21)
 
     @property
     def p1(self) -> torch.Tensor:

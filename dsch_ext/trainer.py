@@ -122,8 +122,11 @@ class _NoComponents:
         self.mu1 = self.mu2 = torch.ones(1, nbits)
         self.log_pi1 = self.log_pi2 = torch.zeros(1)
 
-    def assign(self, codes):
-        zeros = torch.zeros(codes.shape[0], 1)
+    def table(self, codes, threshold=0.0):
+        return self
+
+    def rows(self, idx):
+        zeros = torch.zeros(idx.numel(), 1)
         return zeros, zeros
 
 
@@ -211,6 +214,8 @@ class DSCHTrainer:
                                       distributed=comm.distributed, process_group=self.process_group)
             else:  # the contrastive baseline needs no E-step: stand-ins that the loss ignores
                 comp = _NoComponents(codes.shape[1])
+            # P1 of the round's (fixed) codes, once: the batches look their rows up.
+            table = comp.table(codes, threshold=cfg.resp_threshold)
             mu1, mu2 = comp.mu1.float().to(self.device), comp.mu2.float().to(self.device)
             lp1, lp2 = comp.log_pi1.float().to(self.device), comp.log_pi2.float().to(self.device)
             t1 = time.perf_counter()
@@ -240,7 +245,7 @@ class DSCHTrainer:
                     # Every rank made the same views; each forwards its slice of the batch.
                     a, b = shard_range(local.numel(), comm)
                     h = gather_batch(comm, model(torch.cat([v1[a:b], v2[a:b]])), b - a)
-                    p1, p2 = comp.assign(codes[local])
+                    p1, p2 = table.rows(local)
                     p1, p2 = p1.float().to(self.device), p2.float().to(self.device)
                     loss, parts = dsch_loss(h, p1, p2, mu1, lp1, mu2, lp2, lam=cfg.lam, tau=cfg.tau,
                                             cooccurrence=cfg.cooccurrence, fine=cfg.fine, coarse=cfg.coarse)

@@ -39,3 +39,30 @@ def test_small_training_set_scales_components_down():
 def test_components_bad_input():
     with pytest.raises(ValueError, match=r"codes must be \[N, nbits\]"):
         components.fit_components(torch.zeros(5))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_responsibility_table_rows_equal_assign(normalize):
+    # Heavily overlapping groups so that rows hold several non-zero responsibilities.
+    H, _ = clustered_codes(n=301, nbits=8, groups=3, seed=5)
+    H = H * 0.3
+    comp = components.fit_components(H, m1=20, m2=5, covariance_type="diag", max_iter=20, normalize_p1=normalize)
+    table = comp.table(H, chunk=64)  # several chunks, the last one partial
+    dense = comp.assign(H)[0]
+    assert table.val.numel() == int((dense > 0).sum()) and int((dense > 0).sum(1).max()) > 1
+    g = torch.Generator().manual_seed(0)
+    for idx in (torch.randint(0, 301, (37,), generator=g), torch.tensor([300, 0, 0, 17]), torch.arange(301)):
+        p1, p2 = table.rows(idx)
+        ref1, ref2 = comp.assign(H[idx])
+        torch.testing.assert_close(p1, ref1, rtol=1e-12, atol=0)
+        torch.testing.assert_close(p2, ref2, rtol=1e-12, atol=0)
+    p1, p2 = table.rows(torch.tensor([], dtype=torch.int64))
+    assert p1.shape == (0, 20) and p2.shape == (0, 5)
+    # A threshold drops the small entries and keeps the rest exactly.
+    cut = float(dense[dense > 0].median())
+    p1 = comp.table(H, threshold=cut).rows(torch.arange(301))[0]
+    torch.testing.assert_close(p1, torch.where(dense > cut, dense, torch.zeros_like(dense)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"idx must be a 1-D tensor of row numbers in \[0, 301\)"):
+        table.rows(torch.tensor([301]))
+    with pytest.raises(ValueError, match=r"idx must be a 1-D tensor"):
+        table.rows(torch.zeros(2, 2, dtype=torch.int64))
