@@ -101,13 +101,20 @@ if cuda_home:
     Extension = cpp_extension.CUDAExtension
     define_macros.append(("DSCH_EXT_WITH_CUDA", "1"))
 write_build_info(cuda_home, arch_list)
+link_args = ["-fopenmp", "-g0"]
+if platform.system() == "Linux":
+    # Link the shared libstdc++ by its file name: a toolchain that finds only libstdc++.a
+    # for -lstdc++ (the GPU machines' image) otherwise puts a private copy into _C.so, whose
+    # stream code, bound to _C.so by -Bsymbolic-functions, then met the data of torch's
+    # libstdc++ and crashed at the first error message built with c10::str.
+    link_args.append("-l:libstdc++.so.6")
 
 ext = Extension(
     "dsch_ext._C",
     sources,
     define_macros=define_macros,
     extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-    extra_link_args=["-fopenmp", "-g0"],
+    extra_link_args=link_args,
 )
 
 torch_base = torch.__version__.split("+")[0]

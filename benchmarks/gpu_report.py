@@ -1,13 +1,22 @@
 """GPU benchmark report: dsch_ext's CUDA ops on the PERF.md workloads, timed with CUDA
 events (warm-up first, median of several runs), answers checked against the CPU kernels,
-and each time set against a roofline. Run by scripts/gpu_check.sh; prints one table.
+each time set against a roofline and, where PERF.md names one, against its anchor written
+in plain torch on the same GPU in the same run. Run by scripts/gpu_check.sh; prints one table.
 
 Hamming roofline: a distance between B-bit codes costs B/32 32-bit popcounts (and as many
 xors); an H100 retires 16 popcounts per clock per SM (CUDA C Programming Guide, arithmetic
 instruction throughput, compute capability 9.0). The top-k reads every distance once for
 its histogram, so "% popc roofline" = (nq * ndb * B/32) / (SMs * 16 * clock) / time.
+
+GMM roofline (PERF.md: the E-step at >= 40% of fp32): the stable full-covariance E-step
+transforms every point by every precision factor, 2 N K D^2 flops (one N x D by D x KD GEMM);
+fp32 peak = SMs * 128 lanes * 2 flops * clock (67 TFLOP/s on an H100 SXM). The anchor is
+scikit-learn's formula in torch: the same GEMM through torch.matmul, then the norms and a
+logsumexp, unfused. Centre distances and nearest centre are set against torch.cdist
+(+ autograd, + min) like the CPU benchmarks (C1, C2); their roofline column is left empty.
 """
 import argparse
+import math
 import subprocess
 
 import torch
@@ -67,13 +76,116 @@ def hamming_rows(check_cpu):
     return rows
 
 
+def fp32_peak():
+    props = torch.cuda.get_device_properties(0)
+    return props.multi_processor_count * 128 * 2 * sm_clock_hz()
+
+
+def torch_gmm_full(x, means, prec_chol, log_weights):
+    """scikit-learn's _estimate_log_gaussian_prob for full covariances, written in torch."""
+    k, d, _ = prec_chol.shape
+    y = (x @ prec_chol.permute(1, 0, 2).reshape(d, k * d)).view(-1, k, d)
+    y = y - torch.einsum("kd,kde->ke", means, prec_chol)
+    log_det = prec_chol.diagonal(dim1=1, dim2=2).log().sum(1)
+    lp = -0.5 * (d * math.log(2 * math.pi) + y.square().sum(2)) + log_det + log_weights
+    norm = torch.logsumexp(lp, 1)
+    return lp - norm[:, None], norm
+
+
+def gmm_model(n, k, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d, generator=g, dtype=torch.float64) * 2 - 1
+    means = x[torch.randperm(n, generator=g)[:k]].clone()
+    # precision factors of covariances ~ 0.05 I plus a random low-rank part: realistic spread
+    a = torch.randn(k, d, d, generator=g, dtype=torch.float64) * 0.05
+    cov = a @ a.transpose(1, 2) + 0.05 * torch.eye(d, dtype=torch.float64)
+    prec_chol = torch.linalg.cholesky(torch.linalg.inv(cov))
+    log_weights = torch.full((k,), -math.log(k), dtype=torch.float64)
+    return x, means, prec_chol, log_weights
+
+
+def gmm_rows(check_cpu):
+    rows = []
+    peak = fp32_peak()
+    for wid, (n, k, d) in [("G1", (10_000, 1000, 64)), ("G1 x5", (50_000, 1000, 64))]:
+        args64 = gmm_model(n, k, d)
+        args32 = [a.float().cuda() for a in args64]
+        got_lr, got_norm = dsch_ext.gmm_log_resp(*args32, "full")
+        ok = "-"
+        if check_cpu and n <= 10_000:
+            want_lr, want_norm = dsch_ext.gmm_log_resp(*args64, "full")
+            err_norm = ((got_norm.double().cpu() - want_norm).abs() / want_norm.abs().clamp_min(1)).max().item()
+            err_resp = (got_lr.double().cpu().exp() - want_lr.exp()).abs().max().item()
+            ok = f"{err_norm < 1e-4 and err_resp < 1e-4} (rel {err_norm:.1e}, resp {err_resp:.1e})"
+        flops = 2 * n * k * d * d
+        t = cuda_time(dsch_ext.gmm_log_resp, *args32, "full")
+        ta = cuda_time(torch_gmm_full, *args32)
+        a_lr, _ = torch_gmm_full(*args32)
+        anchor_ok = (a_lr.exp() - got_lr.exp()).abs().max().item() < 1e-3
+        rows.append((f"gmm_log_resp full f32 {wid}", f"N={n} K={k} D={d}", t * 1e3,
+                     f"{flops / t / 1e12:.1f} TFLOP/s; torch {ta * 1e3:.2f} ms = {ta / t:.2f}x"
+                     + ("" if anchor_ok else " (anchor differs!)"),
+                     f"{100 * flops / peak / t:.1f}%", ok))
+        args64c = [a.cuda() for a in args64]
+        t64 = cuda_time(dsch_ext.gmm_log_resp, *args64c, "full", repeats=3)
+        rows.append((f"gmm_log_resp full f64 {wid}", f"N={n} K={k} D={d}", t64 * 1e3,
+                     f"{flops / t64 / 1e12:.1f} TFLOP/s", "-", "-"))
+    n, k, d = 10_000, 1000, 64
+    x, means, _, lw = [a.float().cuda() for a in gmm_model(n, k, d)]
+    prec = torch.rand(k, d, device="cuda") + 0.5
+    t = cuda_time(dsch_ext.gmm_log_resp, x, means, prec, lw, "diag")
+    rows.append(("gmm_log_resp diag f32 G3", f"N={n} K={k} D={d}", t * 1e3,
+                 f"{n * k / t / 1e9:.1f} G entries/s", "-", "-"))
+    return rows
+
+
+def center_rows(check_cpu):
+    rows = []
+    g = torch.Generator().manual_seed(1)
+    n, k, d = 65_536, 1000, 64
+    x = torch.randn(n, d, generator=g)
+    c = torch.randn(k, d, generator=g)
+    xc, cc = x.cuda().requires_grad_(), c.cuda().requires_grad_()
+    w = torch.randn(n, k, device="cuda")
+
+    def ours():
+        gx, gc = torch.autograd.grad((dsch_ext.center_distances(xc, cc) * w).sum(), (xc, cc))
+        return gx, gc
+
+    def anchor():
+        gx, gc = torch.autograd.grad((torch.cdist(xc, cc).square() * w).sum(), (xc, cc))
+        return gx, gc
+
+    got, want = ours(), anchor()
+    ok = str(all(torch.allclose(a, b, rtol=1e-3, atol=1e-2) for a, b in zip(got, want)))
+    t, ta = cuda_time(ours), cuda_time(anchor)
+    rows.append(("center_distances fwd+bwd C1", f"N={n} K={k} D={d}", t * 1e3,
+                 f"torch.cdist {ta * 1e3:.2f} ms = {ta / t:.2f}x", "-", ok))
+
+    n = 1_000_000
+    x = torch.randn(n, d, generator=g).cuda()
+    c = torch.randn(k, d, generator=g).cuda()
+    idx, dist = dsch_ext.nearest_center(x, c)
+    aidx = torch.cdist(x, c).min(1).indices
+    ok = f"{(idx == aidx).float().mean().item() * 100:.3f}% same index"
+    if check_cpu:
+        cidx, _ = dsch_ext.nearest_center(x[:100_000].cpu(), c.cpu())
+        ok += f", CPU {torch.equal(cidx, idx[:100_000].cpu())}"
+    t = cuda_time(dsch_ext.nearest_center, x, c)
+    ta = cuda_time(lambda: torch.cdist(x, c).min(1))
+    rows.append(("nearest_center C2", f"N={n} K={k} D={d}", t * 1e3,
+                 f"cdist+min {ta * 1e3:.2f} ms = {ta / t:.2f}x", "-", ok))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-check", action="store_true", help="skip the CPU answer checks")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "gpu_report.py needs a CUDA device"
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, dsch_ext {dsch_ext.__version__}")
-    rows = hamming_rows(not args.no_check)
+    check = not args.no_check
+    rows = hamming_rows(check) + gmm_rows(check) + center_rows(check)
     header = ("op", "workload", "median ms", "rate", "% roofline", "equals CPU")
     widths = [max(len(str(r[i])) if not isinstance(r[i], float) else 10 for r in rows + [header]) for i in range(6)]
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
