@@ -106,8 +106,14 @@ def _comm(args):
         return LocalCommunicator()
     from . import distributed
 
+    # The process group's backend follows the training device: gloo for CPU training even
+    # where a GPU is visible (NCCL cannot reduce CPU tensors), NCCL for CUDA, each rank on
+    # GPU LOCAL_RANK.
+    on_cuda = torch.device(args.device).type == "cuda"
+    if on_cuda and torch.device(args.device).index is None:
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     try:
-        return distributed.init(timeout=args.timeout)
+        return distributed.init(backend="nccl" if on_cuda else "gloo", timeout=args.timeout)
     except distributed.DistributedError as exc:
         raise CliError(str(exc)) from exc
 
@@ -400,7 +406,8 @@ def build_parser():
     train.add_argument("--bits", type=int, default=64)
     train.add_argument("--out", required=True, help="run directory (model.pt, checkpoint.pt, record.json)")
     train.add_argument("--width", type=int, default=32, help="CNN width")
-    train.add_argument("--device", default="cpu")
+    train.add_argument("--device", default="cpu",
+                       help="cpu or cuda; with --distributed, cuda means GPU LOCAL_RANK for each rank (NCCL)")
     train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     train.add_argument("--no-eval", action="store_true", dest="no_eval", help="skip the final evaluation")
     train.add_argument("--distributed", action="store_true", help="one process per rank (launch with torchrun)")

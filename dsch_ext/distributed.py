@@ -65,7 +65,13 @@ def init(backend: str = "auto", timeout: float = 300.0, init_method: Optional[st
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl', got {backend!r}")
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if not torch.cuda.is_available() or local_rank >= torch.cuda.device_count():
+            raise DistributedError(
+                f"backend 'nccl' needs one GPU per local rank: LOCAL_RANK={local_rank} but "
+                f"{torch.cuda.device_count()} GPU(s) are visible; use backend 'gloo' (CPU tensors) "
+                "or fewer processes per node")
+        torch.cuda.set_device(local_rank)
     delta = datetime.timedelta(seconds=float(timeout))
     _comm._DEFAULT_TIMEOUT = delta
     kwargs = {"init_method": init_method, "timeout": delta}

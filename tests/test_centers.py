@@ -70,8 +70,9 @@ def test_center_distances_duplicate_and_zero_points(device):
 def test_nearest_center_matches_argmin(dtype, n, k, d, device):
     x, c = inputs(n, k, d, dtype, device, seed=3)
     index, dist = dsch_ext.nearest_center(x, c)
-    ref = reference(x, c, "sqeuclidean")
+    ref = reference(x.cpu(), c.cpu(), "sqeuclidean")
     assert index.dtype == torch.int64 and dist.dtype == dtype
+    assert index.device == x.device and dist.device == x.device
     # Chosen centres are at the minimum distance (float32 may pick a near-tie).
     chosen = ref.gather(1, index.cpu()[:, None]).squeeze(1)
     torch.testing.assert_close(chosen, ref.min(1).values, **TOL[dtype])
