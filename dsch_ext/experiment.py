@@ -158,7 +158,7 @@ def run_baseline(name: str, dataset: data.Dataset, split: data.RetrievalSplit, n
     q = model.encode(_flat(dataset.images[split.query]))
     db = model.encode(_flat(dataset.images[split.database]))
     result = evaluate_codes(q, db, dataset.labels[split.query], dataset.labels[split.database], curve)
-    result.update(method=name, nbits=nbits, train_seconds=t_train)
+    result.update(method=name, nbits=nbits, seed=seed, train_seconds=t_train)
     return result
 
 
@@ -182,7 +182,7 @@ def train_dsch(dataset: data.Dataset, split: data.RetrievalSplit, config: DSCHCo
     history = trainer.fit(dataset.images[split.train], dataset.labels[split.train], resume=resume)
     t_train = time.perf_counter() - t0
     record = {
-        "method": method or ("contrastive" if config.baseline else "dsch"), "nbits": config.nbits,
+        "method": method or ("contrastive" if config.baseline else "dsch"), "nbits": config.nbits, "seed": config.seed,
         "config": dataclasses.asdict(config), "data": {"name": dataset.name, "items": len(dataset),
                                                        "train": int(split.train.numel()),
                                                        "query": int(split.query.numel()),
@@ -206,6 +206,22 @@ def train_dsch(dataset: data.Dataset, split: data.RetrievalSplit, config: DSCHCo
     return record
 
 
+def _group(records: Sequence[Dict]) -> Dict[str, Dict[int, list]]:
+    """``{method: {nbits: [records, one per seed]}}``, methods in order of first appearance."""
+    groups: Dict[str, Dict[int, list]] = {}
+    for r in records:
+        groups.setdefault(r["method"], {}).setdefault(r["nbits"], []).append(r)
+    return groups
+
+
+def _mean_sd(values: Sequence[float]):
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return mean, sd
+
+
 def plot_results(records: Sequence[Dict], path: str, title: str = "") -> None:
     """One PNG: mAP@1000 against code length for every method (left) and the precision-recall
     curves of the longest codes (right)."""
@@ -215,15 +231,19 @@ def plot_results(records: Sequence[Dict], path: str, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    methods = sorted({r["method"] for r in records}, key=lambda m: [r["method"] for r in records].index(m))
-    for m in methods:
-        rs = sorted((r for r in records if r["method"] == m), key=lambda r: r["nbits"])
-        left.plot([r["nbits"] for r in rs], [r["metrics"]["mAP@1000"] for r in rs], marker="o", label=m)
-        longest = rs[-1]
+    for m, by_bits in _group(records).items():
+        nbits = sorted(by_bits)
+        stats = [_mean_sd([r["metrics"]["mAP@1000"] for r in by_bits[b]]) for b in nbits]
+        several = any(len(by_bits[b]) > 1 for b in nbits)
+        left.errorbar(nbits, [mean for mean, _ in stats], yerr=[sd for _, sd in stats] if several else None,
+                      marker="o", capsize=3, label=m)
+        longest = by_bits[nbits[-1]][0]  # the first seed's curve
         if "pr_curve" in longest:
             right.plot(longest["pr_curve"]["recall"], longest["pr_curve"]["precision"], label=f"{m} ({longest['nbits']} bits)")
     nbits = sorted({r["nbits"] for r in records})
-    left.set(xlabel="bits", ylabel="mAP@1000", xticks=nbits, title="mAP@1000 vs code length")
+    several = any(len(rs) > 1 for by_bits in _group(records).values() for rs in by_bits.values())
+    left.set(xlabel="bits", ylabel="mAP@1000", xticks=nbits,
+             title="mAP@1000 vs code length" + (" (mean ± sd over seeds)" if several else ""))
     right.set(xlabel="recall", ylabel="precision", title="precision-recall (Hamming radius)")
     for ax in (left, right):
         ax.grid(alpha=0.3)
@@ -320,61 +340,86 @@ RESULT_RUNS = {
 }
 
 
+def run_name(name: str, nbits: int, seed: int = 0) -> str:
+    """The run directory of one (method, code length, seed) under ``dsch results --out``:
+    ``dsch-64`` for seed 0, ``dsch-64-seed1`` for the others."""
+    return f"{name}-{nbits}" if seed == 0 else f"{name}-{nbits}-seed{seed}"
+
+
 def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[int] = (16, 32, 64),
                 ablation_bits: int = 32, base: Optional[DSCHConfig] = None, estep_iterations: int = 3,
-                verbose: int = 1) -> str:
-    """Everything RESULTS.md reports, one run directory per (method, code length) under
+                verbose: int = 1, seeds: Optional[Sequence[int]] = None) -> str:
+    """Everything RESULTS.md reports, one run directory per (method, code length, seed) under
     ``out_dir``; a run whose ``record.json`` exists is reused, so the command can be stopped
-    and started again. Returns the Markdown text (also written to ``out_dir/RESULTS.md``)."""
+    and started again. ``seeds`` (default: ``base.seed``) are training seeds (network
+    initialisation, augmentations, validation split, the baselines' random projections and
+    rotations); the retrieval split stays DATA.md's. With several seeds the main table gives
+    mean ± sd and a table of DSCH's paired differences seed by seed; the ablation and the
+    E-step comparison use the first seed. Returns the Markdown text (also written to
+    ``out_dir/RESULTS.md``)."""
     base = base or DSCHConfig()
+    seeds = list(seeds) if seeds else [base.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
     dataset = load_data(data_spec)
     split = protocol_split(dataset)
     os.makedirs(out_dir, exist_ok=True)
     records = []
 
-    def cached(name, nbits, make):
-        path = os.path.join(out_dir, f"{name}-{nbits}", "record.json")
+    def cached(name, nbits, seed, make):
+        path = os.path.join(out_dir, run_name(name, nbits, seed), "record.json")
         if os.path.exists(path):
             with open(path) as f:
-                return json.load(f)
-        if verbose:
-            print(f"=== {name}, {nbits} bits", flush=True)
-        record = make(os.path.dirname(path))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_json(path, record)
+                record = json.load(f)
+            trained_with = record.get("seed", record.get("config", {}).get("seed", seed))
+            if trained_with != seed:
+                raise ValueError(f"{path} holds a run with seed {trained_with}, not {seed}: move it away or use "
+                                 "another --out")
+        else:
+            if verbose:
+                print(f"=== {name}, {nbits} bits, seed {seed}", flush=True)
+            record = make(os.path.dirname(path))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_json(path, record)
+        record.setdefault("seed", seed)
         return record
 
-    for nbits in bits:
-        for name in ("lsh", "pcah", "itq"):
-            records.append(cached(name, nbits, lambda d, n=name, b=nbits: run_baseline(n, dataset, split, b)))
-        for name in ("contrastive", "dsch"):
-            cfg = dataclasses.replace(base, nbits=nbits, **RESULT_RUNS[name][0])
-            records.append(cached(name, nbits, lambda d, c=cfg, n=name: train_dsch(dataset, split, c, d, verbose=verbose,
-                                                                                   method=n)))
+    for seed in seeds:
+        for nbits in bits:
+            for name in ("lsh", "pcah", "itq"):
+                records.append(cached(name, nbits, seed, lambda d, n=name, b=nbits, s=seed: run_baseline(
+                    n, dataset, split, b, seed=s)))
+            for name in ("contrastive", "dsch"):
+                cfg = dataclasses.replace(base, nbits=nbits, seed=seed, **RESULT_RUNS[name][0])
+                records.append(cached(name, nbits, seed, lambda d, c=cfg, n=name: train_dsch(
+                    dataset, split, c, d, verbose=verbose, method=n)))
+    first = seeds[0]
     ablations = []
     for name in ("dsch", "no-cooccurrence", "no-fine", "no-coarse", "contrastive"):
-        cfg = dataclasses.replace(base, nbits=ablation_bits, **RESULT_RUNS[name][0])
-        ablations.append(cached(name, ablation_bits, lambda d, c=cfg, n=name: train_dsch(
+        cfg = dataclasses.replace(base, nbits=ablation_bits, seed=first, **RESULT_RUNS[name][0])
+        ablations.append(cached(name, ablation_bits, first, lambda d, c=cfg, n=name: train_dsch(
             dataset, split, c, d, verbose=verbose, method=n)))
     e1_bits = max(bits)
 
     def e1(directory):
-        net, _, _ = load_model(os.path.join(out_dir, f"dsch-{e1_bits}", "model.pt"))
+        net, _, _ = load_model(os.path.join(out_dir, run_name("dsch", e1_bits, first), "model.pt"))
         codes = net.codes(dataset.images[split.train])
         return {"method": "estep", "nbits": e1_bits,
-                **estep_comparison(codes, base.m1, base.m2, iterations=estep_iterations, seed=base.seed)}
+                **estep_comparison(codes, base.m1, base.m2, iterations=estep_iterations, seed=first)}
 
-    estep = cached("estep", e1_bits, e1)
+    estep = cached("estep", e1_bits, first, e1)
     plot_results(records, os.path.join(out_dir, "results.png"), f"{dataset.name}: {len(split.train)} training images")
-    text = results_markdown(dataset, split, records, ablations, estep, base)
+    text = results_markdown(dataset, split, records, ablations, estep, dataclasses.replace(base, seed=first), seeds)
     atomic_write(os.path.join(out_dir, "RESULTS.md"), lambda f: f.write(text.encode()))
     return text
 
 
-def results_markdown(dataset, split, records, ablations, estep, base: DSCHConfig) -> str:
+def results_markdown(dataset, split, records, ablations, estep, base: DSCHConfig,
+                     seeds: Sequence[int] = (0,)) -> str:
     import platform
 
     bits = sorted({r["nbits"] for r in records})
+    several = len(seeds) > 1
     n_classes = int(torch.unique(dataset.labels).numel()) if dataset.labels.dim() == 1 else dataset.labels.shape[1]
     lines = [
         "# Results",
@@ -382,34 +427,59 @@ def results_markdown(dataset, split, records, ablations, estep, base: DSCHConfig
         f"Data: {dataset.name}, {len(dataset):,} images; the protocol of DATA.md: {split.query.numel():,} queries "
         f"({split.query.numel() // n_classes} a class), database the other {split.database.numel():,}, "
         f"{split.train.numel():,} training images ({split.train.numel() // n_classes} a class, from the database), "
-        "seed 0. Relevant = same class; ranking by `hamming_topk` (ties: lower database index). Machine: "
+        "split seed 0. Relevant = same class; ranking by `hamming_topk` (ties: lower database index). Machine: "
         f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Produced by "
         "`dsch results` (see README).",
         "",
         "Training settings (all DSCH runs): " + ", ".join(
-            f"{k}={v}" for k, v in dataclasses.asdict(base).items() if k not in ("nbits", "baseline")) + ".",
+            f"{k}={v}" for k, v in dataclasses.asdict(base).items()
+            if k not in ("nbits", "baseline") and not (several and k == "seed")) + ".",
         "",
+    ]
+    if several:
+        lines += [f"Training seeds {', '.join(map(str, seeds))} (network initialisation, augmentations, validation "
+                  "split, the baselines' projections and rotations; the retrieval split is the same): every cell is "
+                  "mean ± sample standard deviation over them, times are means.", ""]
+    lines += [
         "## mAP@1000 / mAP@5000 and training time",
         "",
         "| method | " + " | ".join(f"{b} bits" for b in bits) + " | train time (s) | of which E-steps (s) |",
         "|" + " --- |" * (len(bits) + 3),
     ]
-    methods = []
-    for r in records:
-        if r["method"] not in methods:
-            methods.append(r["method"])
-    for m in methods:
+    groups = _group(records)
+
+    def cell(rs, key):
+        mean, sd = _mean_sd([r["metrics"][key] for r in rs])
+        return f"{mean:.4f} ± {sd:.4f}" if several else f"{mean:.4f}"
+
+    for m, by_bits in groups.items():
         cells, times, esteps = [], [], []
         for b in bits:
-            r = next((r for r in records if r["method"] == m and r["nbits"] == b), None)
-            cells.append(f"{r['metrics']['mAP@1000']:.4f} / {r['metrics']['mAP@5000']:.4f}" if r else "")
-            if r:
-                times.append(f"{r['train_seconds']:.0f}" if r["train_seconds"] >= 1 else f"{r['train_seconds']:.2f}")
-                if "estep_seconds" in r:
-                    esteps.append(f"{r['estep_seconds']:.0f}")
+            rs = by_bits.get(b)
+            cells.append(f"{cell(rs, 'mAP@1000')} / {cell(rs, 'mAP@5000')}" if rs else "")
+            if rs:
+                t = _mean_sd([r["train_seconds"] for r in rs])[0]
+                times.append(f"{t:.0f}" if t >= 1 else f"{t:.2f}")
+                if all("estep_seconds" in r for r in rs):
+                    esteps.append(f"{_mean_sd([r['estep_seconds'] for r in rs])[0]:.0f}")
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {' / '.join(times)} | {' / '.join(esteps) or '—'} |")
+    if several and "dsch" in groups:
+        lines += ["", "## DSCH against the others, seed by seed", "",
+                  "mAP@1000 of DSCH minus that of the other method trained with the same seed, in points (×100):", "",
+                  "| bits | against | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+                  "|" + " --- |" * (len(seeds) + 3)]
+        for b in bits:
+            ours = {r["seed"]: r["metrics"]["mAP@1000"] for r in groups["dsch"].get(b, [])}
+            for other in ("contrastive", "itq", "pcah", "lsh"):
+                theirs = {r["seed"]: r["metrics"]["mAP@1000"] for r in groups.get(other, {}).get(b, [])}
+                diffs = [100 * (ours[s] - theirs[s]) if s in ours and s in theirs else None for s in seeds]
+                known = [d for d in diffs if d is not None]
+                if known:
+                    lines.append(f"| {b} | {other} | " + " | ".join("" if d is None else f"{d:+.1f}" for d in diffs)
+                                 + f" | **{sum(known) / len(known):+.1f}** |")
     lines += ["", "![mAP@1000 vs code length and precision-recall curves](results.png)", "",
-              f"## Ablation ({ablations[0]['nbits']} bits)", "", "| run | mAP@1000 | mAP@5000 | train time (s) |",
+              f"## Ablation ({ablations[0]['nbits']} bits" + (f", seed {seeds[0]})" if several else ")"), "",
+              "| run | mAP@1000 | mAP@5000 | train time (s) |",
               "| --- | --- | --- | --- |"]
     for r in ablations:
         lines.append(f"| {RESULT_RUNS[r['method']][1]} | {r['metrics']['mAP@1000']:.4f} | "

@@ -102,6 +102,29 @@ def test_results_command_writes_the_report(tmp_path):
                 *args)
     assert again.returncode == 0 and "===" not in again.stdout
     assert (tmp_path / "res" / "RESULTS.md").read_text() == text
+    # More seeds: only the new seed's runs train; cells become mean ± sd with paired differences.
+    seeds = run(tmp_path, "results", "--data", data, "--ablation-bits", "8", "--estep-iterations", "1", "--out", "res",
+                "--seeds", "0", "1", *args)
+    assert seeds.returncode == 0, seeds.stderr[-3000:]
+    trained = [line for line in seeds.stdout.splitlines() if line.startswith("===")]
+    assert "=== dsch, 8 bits, seed 1" in trained and all(line.endswith("seed 1") for line in trained)
+    assert (tmp_path / "res" / "dsch-8-seed1" / "record.json").exists()
+    text = (tmp_path / "res" / "RESULTS.md").read_text()
+    ours = [json.loads((tmp_path / "res" / d / "record.json").read_text())["metrics"]["mAP@1000"]
+            for d in ("dsch-8", "dsch-8-seed1")]
+    mean = sum(ours) / 2
+    sd = abs(ours[0] - ours[1]) / 2 ** 0.5
+    assert f"{mean:.4f} ± {sd:.4f}" in text
+    theirs = [json.loads((tmp_path / "res" / d / "record.json").read_text())["metrics"]["mAP@1000"]
+              for d in ("itq-8", "itq-8-seed1")]
+    diffs = [100 * (a - b) for a, b in zip(ours, theirs)]
+    assert f"| 8 | itq | {diffs[0]:+.1f} | {diffs[1]:+.1f} | **{sum(diffs) / 2:+.1f}** |" in text
+    # A run directory holding another seed's run is an error, not silently mixed in.
+    path = tmp_path / "res" / "lsh-8" / "record.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "seed": 5}))
+    wrong = run(tmp_path, "results", "--data", data, "--ablation-bits", "8", "--estep-iterations", "1", "--out", "res",
+                *args)
+    assert wrong.returncode != 0 and "seed 5, not 0" in wrong.stderr
 
 
 def test_demo_prints_the_table(tmp_path):
