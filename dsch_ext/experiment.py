@@ -14,6 +14,7 @@ and are written atomically.
 import dataclasses
 import json
 import os
+import statistics
 import time
 from typing import Dict, Optional, Sequence
 
@@ -216,10 +217,7 @@ def _group(records: Sequence[Dict]) -> Dict[str, Dict[int, list]]:
 
 def _mean_sd(values: Sequence[float]):
     """Mean and sample standard deviation (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    return mean, sd
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def plot_results(records: Sequence[Dict], path: str, title: str = "") -> None:
@@ -231,17 +229,17 @@ def plot_results(records: Sequence[Dict], path: str, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for m, by_bits in _group(records).items():
+    groups = _group(records)
+    several = any(len(rs) > 1 for by_bits in groups.values() for rs in by_bits.values())
+    for m, by_bits in groups.items():
         nbits = sorted(by_bits)
         stats = [_mean_sd([r["metrics"]["mAP@1000"] for r in by_bits[b]]) for b in nbits]
-        several = any(len(by_bits[b]) > 1 for b in nbits)
         left.errorbar(nbits, [mean for mean, _ in stats], yerr=[sd for _, sd in stats] if several else None,
                       marker="o", capsize=3, label=m)
         longest = by_bits[nbits[-1]][0]  # the first seed's curve
         if "pr_curve" in longest:
             right.plot(longest["pr_curve"]["recall"], longest["pr_curve"]["precision"], label=f"{m} ({longest['nbits']} bits)")
     nbits = sorted({r["nbits"] for r in records})
-    several = any(len(rs) > 1 for by_bits in _group(records).values() for rs in by_bits.values())
     left.set(xlabel="bits", ylabel="mAP@1000", xticks=nbits,
              title="mAP@1000 vs code length" + (" (mean ± sd over seeds)" if several else ""))
     right.set(xlabel="recall", ylabel="precision", title="precision-recall (Hamming radius)")
