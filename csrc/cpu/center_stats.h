@@ -6,7 +6,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 
@@ -40,6 +42,32 @@ inline std::pair<at::Tensor, at::Tensor> center_row_stats_cpu(const at::Tensor& 
   });
   TORCH_CHECK(!bad.load(), name, " contains NaN or Inf (shape ", t.sizes(), ")");
   return {stat, sqnorm};
+}
+
+// Inner products of every point with every centre, a block of points at a
+// time: each task multiplies its own block of rows of x [N, D] by all of
+// centers [K, D] (single-threaded GEMM inside the parallel region) into a
+// per-thread buffer of about 1 MB of float32, so it is still in L2 when
+// block_fn(first_row, rows, dots) scans it; dots is [rows, K] row-major.
+// Extra memory: one buffer per thread, never N x K. Used by nearest_center
+// and by the exact pass of kmeans_bounded_assign.
+template <typename T, typename BlockFn>
+void for_each_dot_block(const at::Tensor& x, const at::Tensor& centers, const BlockFn& block_fn) {
+  constexpr int64_t kBufferElements = 256 << 10;
+  const int64_t n = x.size(0), k = centers.size(0);
+  if (n == 0 || k == 0) return;
+  const int64_t block = std::clamp<int64_t>(kBufferElements / k, 16, 512);
+  const int64_t nblocks = (n + block - 1) / block;
+  const at::Tensor centers_t = centers.t();
+  at::parallel_for(0, nblocks, 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor buffer = at::empty({block, k}, x.options());
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b0 = t * block, rows = std::min(block, n - b0);
+      at::Tensor dots = buffer.narrow(0, 0, rows);
+      at::mm_out(dots, x.narrow(0, b0, rows), centers_t);
+      block_fn(b0, rows, static_cast<const T*>(dots.const_data_ptr<T>()));
+    }
+  });
 }
 
 }  // namespace dsch_ext

@@ -23,7 +23,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
@@ -40,7 +39,6 @@
 namespace dsch_ext {
 namespace {
 
-constexpr int64_t kBufferElements = 256 << 10;  // exact pass: GEMM block buffer per thread
 constexpr int kMaxVectors = 8;                  // accumulators of one group chunk (registers)
 
 template <typename T>
@@ -434,21 +432,11 @@ at::Tensor kmeans_bounded_assign_cpu(const at::Tensor& x_in, const at::Tensor& x
       TORCH_CHECK(std::isfinite(xsq[i]), "x_sqnorm[", i, "] is not finite: x contains NaN or Inf (shape ",
                   x.sizes(), ")");
     if (exact) {
-      const int64_t block = std::clamp<int64_t>(kBufferElements / k, 16, 512);
-      const int64_t nblocks = (n + block - 1) / block;
-      const at::Tensor centers_t = centers.t();
-      at::parallel_for(0, nblocks, 1, [&](int64_t t0, int64_t t1) {
-        at::Tensor buffer = at::empty({block, k}, x.options());
+      for_each_dot_block<T>(x, centers, [&](int64_t b0, int64_t rows, const T* dp) {
         std::vector<T> v(k);
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t b0 = t * block, rows = std::min(block, n - b0);
-          at::Tensor dots = buffer.narrow(0, 0, rows);
-          at::mm_out(dots, x.narrow(0, b0, rows), centers_t);
-          const T* dp = dots.const_data_ptr<T>();
-          for (int64_t r = 0; r < rows; ++r)
-            exact_row(xs + (b0 + r) * dim, dp + r * k, v.data(), xsq[b0 + r], cs, td, lab + b0 + r, up + b0 + r,
-                      lo + (b0 + r) * groups);
-        }
+        for (int64_t r = 0; r < rows; ++r)
+          exact_row(xs + (b0 + r) * dim, dp + r * k, v.data(), xsq[b0 + r], cs, td, lab + b0 + r, up + b0 + r,
+                    lo + (b0 + r) * groups);
       });
       computed = n * k;
       return;

@@ -1,18 +1,17 @@
 // CPU kernel of dsch_ext::nearest_center: index and squared Euclidean
 // distance of each point's nearest centre, ties to the lower index.
 //
-// Points are taken in blocks: one BLAS GEMM gives a block's inner products
-// with every centre in a small per-thread buffer, then a scan picks each
-// row's minimum of |c|^2 - 2 <x, c> (|x|^2 is constant along the row); the
-// centres within rounding of it, if more than one, are compared on directly
-// computed distances (center_math.h: equal centres tie exactly, the lower
-// index wins). Extra memory is O(N + K) plus one block buffer per thread,
+// Points are taken in blocks (for_each_dot_block, center_stats.h): one BLAS
+// GEMM gives a block's inner products with every centre in a small per-thread
+// buffer, then a scan picks each row's minimum of |c|^2 - 2 <x, c> (|x|^2 is
+// constant along the row); the centres within rounding of it, if more than
+// one, are compared on directly computed distances (center_math.h: equal
+// centres tie exactly, the lower index wins). Extra memory is O(N + K) plus one block buffer per thread,
 // never N x K.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -24,8 +23,6 @@
 
 namespace dsch_ext {
 namespace {
-
-constexpr int64_t kBufferElements = 256 << 10;  // 1 MB of float32 per block: stays in L2
 
 // min_j |c_j|^2 - 2 dots[j] and its lowest index: a vectorised min, then the
 // first index that attains it (the same answer as nearer_center's scan).
@@ -80,13 +77,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_center_cpu(const at::Tensor& x_in,
   const auto x_stats = center_row_stats_cpu(x, kSqEuclidean, "x");
   const auto c_stats = center_row_stats_cpu(centers, kSqEuclidean, "centers");
   if (n == 0) return {index, distance};
-  // Small blocks per task: each thread multiplies its own block of points by
-  // all centres (single-threaded GEMM inside the parallel region) into an
-  // L2-sized buffer and scans it while it is hot.
   const int64_t dim = x.size(1);
-  const int64_t block = std::clamp<int64_t>(kBufferElements / k, 16, 512);
-  const int64_t nblocks = (n + block - 1) / block;
-  const at::Tensor centers_t = centers.t();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nearest_center_cpu", [&] {
     const scalar_t* xs = x_stats.first.const_data_ptr<scalar_t>();
     const scalar_t* cs = c_stats.first.const_data_ptr<scalar_t>();
@@ -95,38 +86,31 @@ std::tuple<at::Tensor, at::Tensor> nearest_center_cpu(const at::Tensor& x_in,
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* cp = centers.const_data_ptr<scalar_t>();
     const scalar_t cs_max = *std::max_element(cs, cs + k);
-    at::parallel_for(0, nblocks, 1, [&](int64_t t0, int64_t t1) {
-      at::Tensor buffer = at::empty({block, k}, x.options());
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b0 = t * block, rows = std::min(block, n - b0);
-        at::Tensor dots = buffer.narrow(0, 0, rows);
-        at::mm_out(dots, x.narrow(0, b0, rows), centers_t);
-        const scalar_t* dp = dots.const_data_ptr<scalar_t>();
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = b0 + r;
-          int64_t best_j = 0;
-          const scalar_t best = nearest_in_row(dp + r * k, cs, k, &best_j);
-          const scalar_t margin =
-              2 * expanded_sqdist_error(dim, xs[i], cs_max, std::numeric_limits<scalar_t>::epsilon());
-          if (count_within(dp + r * k, cs, k, best + margin) > 1) {
-            // Near or exact ties: settle them on directly computed distances.
-            scalar_t best_d = std::numeric_limits<scalar_t>::infinity();
-            for (int64_t j = 0; j < k; ++j) {
-              if (!(cs[j] - scalar_t(2) * dp[r * k + j] <= best + margin)) continue;
-              const scalar_t d = direct_sqdist(xp + i * dim, cp + j * dim, dim);
-              if (d < best_d) {
-                best_d = d;
-                best_j = j;
-              }
+    for_each_dot_block<scalar_t>(x, centers, [&](int64_t b0, int64_t rows, const scalar_t* dp) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = b0 + r;
+        int64_t best_j = 0;
+        const scalar_t best = nearest_in_row(dp + r * k, cs, k, &best_j);
+        const scalar_t margin =
+            2 * expanded_sqdist_error(dim, xs[i], cs_max, std::numeric_limits<scalar_t>::epsilon());
+        if (count_within(dp + r * k, cs, k, best + margin) > 1) {
+          // Near or exact ties: settle them on directly computed distances.
+          scalar_t best_d = std::numeric_limits<scalar_t>::infinity();
+          for (int64_t j = 0; j < k; ++j) {
+            if (!(cs[j] - scalar_t(2) * dp[r * k + j] <= best + margin)) continue;
+            const scalar_t d = direct_sqdist(xp + i * dim, cp + j * dim, dim);
+            if (d < best_d) {
+              best_d = d;
+              best_j = j;
             }
-            oi[i] = best_j;
-            od[i] = best_d;
-            continue;
           }
           oi[i] = best_j;
-          const scalar_t d = xs[i] + best;
-          od[i] = d > scalar_t(0) ? d : scalar_t(0);
+          od[i] = best_d;
+          continue;
         }
+        oi[i] = best_j;
+        const scalar_t d = xs[i] + best;
+        od[i] = d > scalar_t(0) ? d : scalar_t(0);
       }
     });
   });
