@@ -258,22 +258,17 @@ def plot_results(records: Sequence[Dict], path: str, title: str = "") -> None:
 def results_table(records: Sequence[Dict], keys: Sequence[str] = ("mAP@1000", "mAP@5000")) -> str:
     """A Markdown table: one row per method, one column per (code length, metric)."""
     nbits = sorted({r["nbits"] for r in records})
-    methods = []
-    for r in records:
-        if r["method"] not in methods:
-            methods.append(r["method"])
     head = "| method | " + " | ".join(f"{b} bits {k}" for b in nbits for k in keys) + " | train s |"
     lines = [head, "|" + " --- |" * (len(nbits) * len(keys) + 2)]
-    for m in methods:
+    for m, by_bits in _group(records).items():
         cells, seconds = [], []
         for b in nbits:
-            r = next((r for r in records if r["method"] == m and r["nbits"] == b), None)
+            r = by_bits[b][0] if b in by_bits else None  # the first record of a cell
             cells += [f"{r['metrics'][k]:.4f}" if r else "" for k in keys]
             if r:
                 seconds.append(f"{r['train_seconds']:.0f}")
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {' / '.join(seconds)} |")
     return "\n".join(lines)
-
 
 
 def estep_comparison(codes: torch.Tensor, m1: int = 1000, m2: int = 100, iterations: int = 3, seed: int = 0,
