@@ -377,7 +377,8 @@ def build_parser():
         p.add_argument("--epochs-per-round", type=int, dest="epochs_per_round")
         p.add_argument("--m1", type=int, help="fine components (default 1000, capped at N/5)")
         p.add_argument("--m2", type=int, help="coarse components (default 100)")
-        p.add_argument("--covariance-type", dest="covariance_type", choices=("full", "diag", "spherical", "tied"))
+        p.add_argument("--covariance-type", dest="covariance_type", choices=("full", "diag", "spherical", "tied"),
+                       help="covariance of the fine GMM (default full, the reference)")
         p.add_argument("--gmm-max-iter", type=int, dest="gmm_max_iter")
         p.add_argument("--lam", type=float, help="weight of the component losses (default 1.0; the reference 0.1 is for a pretrained VGG)")
         p.add_argument("--tau", type=float)
