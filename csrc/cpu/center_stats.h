@@ -1,5 +1,6 @@
-// Per-row statistics for the CPU centre-distance kernels (see center_math.h),
-// with the non-finite input check folded into the same pass.
+// Shared pieces of the CPU centre-distance kernels: per-row statistics (see
+// center_math.h) with the non-finite input check folded into the same pass,
+// and the blocked GEMM walk over points x centres (for_each_dot_block).
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -65,7 +66,7 @@ void for_each_dot_block(const at::Tensor& x, const at::Tensor& centers, const Bl
       const int64_t b0 = t * block, rows = std::min(block, n - b0);
       at::Tensor dots = buffer.narrow(0, 0, rows);
       at::mm_out(dots, x.narrow(0, b0, rows), centers_t);
-      block_fn(b0, rows, static_cast<const T*>(dots.const_data_ptr<T>()));
+      block_fn(b0, rows, dots.const_data_ptr<T>());
     }
   });
 }

@@ -6,10 +6,9 @@
 // buffer, then a scan picks each row's minimum of |c|^2 - 2 <x, c> (|x|^2 is
 // constant along the row); the centres within rounding of it, if more than
 // one, are compared on directly computed distances (center_math.h: equal
-// centres tie exactly, the lower index wins). Extra memory is O(N + K) plus one block buffer per thread,
-// never N x K.
+// centres tie exactly, the lower index wins). Extra memory is O(N + K) plus
+// one block buffer per thread, never N x K.
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
