@@ -1,47 +1,13 @@
-// The operator schemas of the dsch_ext library, all in one place.
+// Defines the dsch_ext operators (torch.ops.dsch_ext.*) from the schema list
+// in op_schemas.h.
 //
-// Kernels live in cpu/<op>.cpp and cuda/<op>.cu (TORCH_LIBRARY_IMPL per
-// dispatch key); fake (meta) kernels and autograd are registered from
-// Python in dsch_ext/_ops.py.
+// Kernels live in cpu/<op>.cpp and cuda/<op>.cu (one TORCH_LIBRARY_IMPL per
+// dispatch key); fake (meta) kernels and autograd are registered from Python
+// in dsch_ext/ops.py.
 #include <torch/library.h>
 
-TORCH_LIBRARY(dsch_ext, m) {
-  // Binary codes, faiss's packed layout: bit i of byte j is dimension 8j+i.
-  m.def("pack_bits(Tensor codes) -> Tensor");
-  m.def("unpack_bits(Tensor packed, int nbits) -> Tensor");
-  // Hamming search over packed codes.
-  m.def("hamming_distance(Tensor queries, Tensor database) -> Tensor");
-  m.def("hamming_topk(Tensor queries, Tensor database, int k) -> (Tensor, Tensor)");
-  // Distances between points x [N, D] and centres [K, D]; metric is
-  // 'sqeuclidean', 'cosine' (1 - cos) or 'dot' (-<x, c>): smaller is closer.
-  m.def("center_distances(Tensor x, Tensor centers, str metric) -> Tensor");
-  m.def(
-      "center_distances_backward(Tensor grad, Tensor x, Tensor centers, Tensor distances, "
-      "str metric) -> (Tensor, Tensor)");
-  // Index (int64 [N]) and squared Euclidean distance [N] of the nearest centre.
-  m.def("nearest_center(Tensor x, Tensor centers) -> (Tensor, Tensor)");
-  // One k-means assignment pass that skips the centres its bounds rule out
-  // (Yinyang; KMeans' CPU path). Centres [K, D] sorted into groups
-  // (group_offsets [T + 1]); order [K] their original indices (ties to the
-  // lower); labels [N] (sorted rows), upper [N] (bound on the distance to the
-  // point's centre) and lower [N, T] (per group, bound on the distance to its
-  // other centres, stored + total_drift[g]) are updated in place; drift [K]:
-  // how far each centre moved since the last pass. exact=True computes every
-  // distance and (re)starts the bounds. Returns the number of point-centre
-  // distances computed (int64 scalar).
-  m.def(
-      "kmeans_bounded_assign(Tensor x, Tensor x_sqnorm, Tensor centers, Tensor order, Tensor group_offsets, "
-      "Tensor drift, Tensor total_drift, Tensor(a!) labels, Tensor(b!) upper, Tensor(c!) lower, bool exact) "
-      "-> Tensor");
-  // GMM E-step: log responsibilities [N, K] and per-point log likelihood [N]
-  // from means [K, D], precision Cholesky factors (full [K, D, D], tied
-  // [D, D], diag [K, D], spherical [K]) and log weights [K]. resp_floor > 0:
-  // entries more than -log(resp_floor) below the row's best are -inf and left
-  // out of the log-sum-exp.
-  m.def(
-      "gmm_log_resp(Tensor x, Tensor means, Tensor precisions_chol, Tensor log_weights, "
-      "str covariance_type, float resp_floor=0.0) -> (Tensor, Tensor)");
-  // Per-segment Gram matrices [K, D, D] of rows [M, D] grouped by offsets
-  // [K + 1] (CSR): the sparse full-covariance M-step's second moments.
-  m.def("segment_gram(Tensor rows, Tensor offsets) -> Tensor");
-}
+#include "op_schemas.h"
+
+#define DSCH_EXT_DEFINE(schema) m.def(schema);
+
+TORCH_LIBRARY(dsch_ext, m) { DSCH_EXT_OP_SCHEMAS(DSCH_EXT_DEFINE) }

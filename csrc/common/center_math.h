@@ -34,7 +34,7 @@ template <typename T>
 DSCH_HOST_DEVICE T center_distance_from_dot(int metric, T dot, T x_stat, T c_stat) {
   if (metric == kSqEuclidean) {
     const T d = x_stat + c_stat - T(2) * dot;
-    return d > T(0) ? d : T(0);
+    return d < T(0) ? T(0) : d;  // NaN (a non-finite row on CUDA) stays NaN
   }
   if (metric == kCosine) return T(1) - dot * x_stat * c_stat;
   return -dot;

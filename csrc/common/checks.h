@@ -34,6 +34,20 @@ inline void check_query_database(const at::Tensor& queries, const at::Tensor& da
               database.sizes(), " (", database.size(1) * 8, " bits)");
 }
 
+// codes [N, nbits] for pack_bits: 2-D, nbits >= 1, real or bool.
+inline void check_pack_codes(const at::Tensor& codes) {
+  TORCH_CHECK(codes.dim() == 2, "codes must be 2-D [N, nbits], got shape ", codes.sizes());
+  TORCH_CHECK(codes.size(1) > 0, "codes has zero bits per code (shape ", codes.sizes(), ")");
+  TORCH_CHECK(!codes.is_complex(), "codes must be real or bool, got dtype ", codes.scalar_type());
+}
+
+// packed [N, W] and the nbits unpack_bits restores: W == ceil(nbits / 8).
+inline void check_unpack_width(const at::Tensor& packed, int64_t nbits) {
+  check_packed_codes(packed, "packed", /*allow_empty_rows=*/true);
+  TORCH_CHECK(nbits >= 1 && (nbits + 7) / 8 == packed.size(1), "nbits = ", nbits, " does not fit packed of shape ",
+              packed.sizes(), ": it needs ", (packed.size(1) - 1) * 8 + 1, "..", packed.size(1) * 8);
+}
+
 inline void check_topk_k(int64_t k, const at::Tensor& database) {
   TORCH_CHECK(k >= 1 && k <= database.size(0), "k must be in [1, ndb] = [1, ",
               database.size(0), "] for database of shape ", database.sizes(), ", got k = ", k);

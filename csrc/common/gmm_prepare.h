@@ -1,6 +1,8 @@
 // Host-side preparation of the GMM E-step, shared by both backends: checks,
 // and the per-component tensors (b_k = mu_k L_k, log constants) computed with
 // torch ops on the data's device. O(K D^2), negligible next to the E-step.
+// Only the CPU backend scans x for NaN / Inf (check_finite): on CUDA that scan
+// would stop the stream, so non-finite points there get NaN log-likelihoods.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,6 +12,7 @@
 #include <ATen/ops/log.h>
 #include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
 
 #include <string_view>
 
@@ -36,8 +39,8 @@ struct GmmPrepared {
 };
 
 inline GmmPrepared prepare_gmm(const at::Tensor& x, const at::Tensor& means, const at::Tensor& prec_chol,
-                               const at::Tensor& log_weights, std::string_view cov_name) {
-  const int cov = parse_gmm_covariance(cov_name);
+                               const at::Tensor& log_weights, c10::string_view cov_name, bool check_finite) {
+  const int cov = parse_gmm_covariance(std::string_view(cov_name.data(), cov_name.size()));
   TORCH_CHECK(x.dim() == 2 && x.size(0) >= 0 && x.size(1) > 0, "x must be 2-D [N, D] with D >= 1, got shape ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "x must be float32 or float64, got ", x.scalar_type(), " with shape ", x.sizes());
@@ -71,7 +74,9 @@ inline GmmPrepared prepare_gmm(const at::Tensor& x, const at::Tensor& means, con
                 t->sizes(), " on ", t->device());
   }
 
-  TORCH_CHECK(at::isfinite(x).all().item<bool>(), "x contains NaN or Inf (shape ", x.sizes(), ")");
+  if (check_finite) {
+    TORCH_CHECK(at::isfinite(x).all().item<bool>(), "x contains NaN or Inf (shape ", x.sizes(), ")");
+  }
 
   GmmPrepared g;
   g.cov = cov;

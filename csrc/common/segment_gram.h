@@ -19,6 +19,7 @@
 
 namespace dsch_ext {
 
+// Shapes, dtypes and devices; no look at the values (nothing here syncs).
 inline void check_segment_gram(const at::Tensor& rows, const at::Tensor& offsets) {
   TORCH_CHECK(rows.dim() == 2 && rows.size(1) > 0, "rows must be 2-D [M, D] with D >= 1, got shape ", rows.sizes());
   TORCH_CHECK(rows.scalar_type() == at::kFloat || rows.scalar_type() == at::kDouble,
@@ -27,6 +28,12 @@ inline void check_segment_gram(const at::Tensor& rows, const at::Tensor& offsets
               "offsets must be int64 [K + 1] with K >= 1, got ", offsets.scalar_type(), " with shape ", offsets.sizes());
   TORCH_CHECK(offsets.device() == rows.device(), "offsets must be on rows' device ", rows.device(), ", got ",
               offsets.device());
+}
+
+// The offsets' values: from 0 to M, nondecreasing. The CPU kernel checks them;
+// on CUDA that would stop the stream, so the CUDA kernel clamps every offset
+// into [0, M] instead (bad offsets give wrong sums there, never a bad read).
+inline void check_segment_offsets(const at::Tensor& rows, const at::Tensor& offsets) {
   const int64_t first = offsets[0].item<int64_t>(), last = offsets[-1].item<int64_t>();
   TORCH_CHECK(first == 0 && last == rows.size(0), "offsets must start at 0 and end at M = ", rows.size(0),
               " (rows shape ", rows.sizes(), "), got ", first, " and ", last);
@@ -34,7 +41,8 @@ inline void check_segment_gram(const at::Tensor& rows, const at::Tensor& offsets
               "offsets must be nondecreasing (shape ", offsets.sizes(), ")");
 }
 
-// Entry (i, j) of one segment's Gram matrix: rows in order (the CUDA kernel).
+// Entry (i, j) of the Gram matrix of rows [begin, end): rows in order (the
+// CUDA kernel, per piece of a segment).
 template <typename T>
 DSCH_HOST_DEVICE T segment_gram_entry(const T* __restrict__ rows, int64_t d, int64_t begin, int64_t end, int64_t i,
                                       int64_t j) {

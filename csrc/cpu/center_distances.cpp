@@ -18,7 +18,7 @@ namespace {
 at::Tensor center_distances_cpu(const at::Tensor& x_in, const at::Tensor& centers_in,
                                 c10::string_view metric_name) {
   check_points_centers(x_in, centers_in);
-  const int metric = parse_center_metric(std::string_view(metric_name.data(), metric_name.size()));
+  const int metric = parse_center_metric(metric_name);
   const at::Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
   const int64_t n = x.size(0), k = centers.size(0);
   const auto x_stats = center_row_stats_cpu(x, metric, "x");

@@ -41,12 +41,9 @@ std::tuple<at::Tensor, at::Tensor> center_distances_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& centers_in,
     const at::Tensor& distances_in, c10::string_view metric_name) {
   check_points_centers(x_in, centers_in);
-  const int metric = parse_center_metric(std::string_view(metric_name.data(), metric_name.size()));
+  const int metric = parse_center_metric(metric_name);
+  check_center_backward(grad_in, x_in, centers_in, distances_in);
   const int64_t n = x_in.size(0), k = centers_in.size(0);
-  TORCH_CHECK(grad_in.sizes() == distances_in.sizes() && grad_in.dim() == 2 && grad_in.size(0) == n &&
-                  grad_in.size(1) == k,
-              "grad and distances must be [N, K] = [", n, ", ", k, "], got grad shape ",
-              grad_in.sizes(), " and distances shape ", distances_in.sizes());
   const at::Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
   const at::Tensor grad = grad_in.contiguous().to(x.scalar_type());
   const at::Tensor dist = distances_in.contiguous().to(x.scalar_type());

@@ -561,8 +561,7 @@ bool flush_hard_rows(const GmmPrepared& g, const ExpandedFull* e, Workspace<scal
 std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, const at::Tensor& means,
                                                     const at::Tensor& prec_chol, const at::Tensor& log_weights,
                                                     c10::string_view covariance_type, double resp_floor) {
-  const GmmPrepared g = prepare_gmm(x_in, means, prec_chol, log_weights,
-                                    std::string_view(covariance_type.data(), covariance_type.size()));
+  const GmmPrepared g = prepare_gmm(x_in, means, prec_chol, log_weights, covariance_type, /*check_finite=*/true);
   TORCH_CHECK(resp_floor >= 0.0 && resp_floor < 1.0, "resp_floor must be in [0, 1), got ", resp_floor);
   const double log_floor = resp_floor > 0 ? std::log(resp_floor) : -std::numeric_limits<double>::infinity();
   const int64_t n = g.x.size(0), dim = g.x.size(1), k = g.b.size(0);

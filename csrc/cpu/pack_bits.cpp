@@ -9,16 +9,14 @@
 
 #include <atomic>
 
+#include "../common/checks.h"
 #include "../common/pack_math.h"
 
 namespace dsch_ext {
 namespace {
 
 at::Tensor pack_bits_cpu(const at::Tensor& codes_in) {
-  TORCH_CHECK(codes_in.dim() == 2, "codes must be 2-D [N, nbits], got shape ", codes_in.sizes());
-  TORCH_CHECK(codes_in.size(1) > 0, "codes has zero bits per code (shape ", codes_in.sizes(), ")");
-  TORCH_CHECK(!codes_in.is_complex(), "codes must be real or bool, got dtype ",
-              codes_in.scalar_type());
+  check_pack_codes(codes_in);
   const at::Tensor codes = codes_in.contiguous();
   const int64_t n = codes.size(0), nbits = codes.size(1), nbytes = (nbits + 7) / 8;
   at::Tensor out = at::empty({n, nbytes}, codes.options().dtype(at::kByte));

@@ -50,6 +50,7 @@ void segment_block_dispatch(const double* r, const int64_t* o, int64_t d, int64_
 
 at::Tensor segment_gram_cpu(const at::Tensor& rows_in, const at::Tensor& offsets_in) {
   check_segment_gram(rows_in, offsets_in);
+  check_segment_offsets(rows_in, offsets_in);
   const at::Tensor rows = rows_in.contiguous();
   const at::Tensor offsets = offsets_in.contiguous();
   const int64_t k = offsets.size(0) - 1, d = rows.size(1);

@@ -12,10 +12,7 @@ namespace dsch_ext {
 namespace {
 
 at::Tensor unpack_bits_cpu(const at::Tensor& packed_in, int64_t nbits) {
-  check_packed_codes(packed_in, "packed", /*allow_empty_rows=*/true);
-  TORCH_CHECK(nbits >= 1 && (nbits + 7) / 8 == packed_in.size(1), "nbits = ", nbits,
-              " does not fit packed of shape ", packed_in.sizes(), ": it needs ",
-              (packed_in.size(1) - 1) * 8 + 1, "..", packed_in.size(1) * 8);
+  check_unpack_width(packed_in, nbits);
   const at::Tensor packed = packed_in.contiguous();
   const int64_t n = packed.size(0), nbytes = packed.size(1);
   at::Tensor out = at::empty({n, nbits}, packed.options().dtype(at::kFloat));

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "device_runtime.cuh"
+
 namespace dsch_ext {
 
 constexpr unsigned kFullWarpMask = 0xffffffffu;

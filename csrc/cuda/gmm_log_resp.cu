@@ -5,14 +5,12 @@
 // reduces max and sum-exp across the block, and writes the normalised row
 // once. resp_floor > 0 cuts entries more than -log(resp_floor) below the
 // row's best to -inf, as on the CPU (which also prunes the work; here every
-// entry is computed).
+// entry is computed). The GEMMs run in full fp32 whatever torch's TF32 switch
+// says; points with NaN or Inf get NaN rows (no host sync to raise).
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -21,18 +19,19 @@
 
 #include "../common/gmm_prepare.h"
 #include "block_scan.cuh"
+#include "device_runtime.cuh"
 
 namespace dsch_ext {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kFullBufferElements = 32 << 20;  // 128 MB of float32 per block of points
+constexpr int64_t kFullBufferElements = gpu::tuned(32 << 20, 1000);  // 128 MB of float32 per block of points
 
 template <typename T>
 __global__ void gmm_rows_kernel(int cov, const T* __restrict__ a, int64_t a_stride, const T* __restrict__ p,
                                 const T* __restrict__ b, const T* __restrict__ log_const, int64_t rows,
                                 int64_t k, int64_t dim, T log_floor, T* __restrict__ out, T* __restrict__ out_norm) {
-  __shared__ T scratch[33];
+  DSCH_SHARED_ARRAY(T, scratch, 33);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* ar = a + r * a_stride;
     T* o = out + r * k;
@@ -62,30 +61,27 @@ __global__ void gmm_rows_kernel(int cov, const T* __restrict__ a, int64_t a_stri
 std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cuda(const at::Tensor& x_in, const at::Tensor& means,
                                                      const at::Tensor& prec_chol, const at::Tensor& log_weights,
                                                      c10::string_view covariance_type, double resp_floor) {
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const GmmPrepared g = prepare_gmm(x_in, means, prec_chol, log_weights,
-                                    std::string_view(covariance_type.data(), covariance_type.size()));
+  const gpu::DeviceGuard guard(x_in.device());
+  const GmmPrepared g = prepare_gmm(x_in, means, prec_chol, log_weights, covariance_type, /*check_finite=*/false);
   TORCH_CHECK(resp_floor >= 0.0 && resp_floor < 1.0, "resp_floor must be in [0, 1), got ", resp_floor);
   const double log_floor = resp_floor > 0 ? std::log(resp_floor) : -INFINITY;
   const int64_t n = g.x.size(0), dim = g.x.size(1), k = g.b.size(0);
   at::Tensor out = at::empty({n, k}, g.x.options());
   at::Tensor out_norm = at::empty({n}, g.x.options());
   if (n == 0) return {out, out_norm};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const gpu::Stream stream = gpu::current_stream();
+  const at::NoTF32Guard full_fp32;
   AT_DISPATCH_FLOATING_TYPES(g.x.scalar_type(), "gmm_log_resp_cuda", [&] {
     const scalar_t* p = g.p.const_data_ptr<scalar_t>();
     const scalar_t* b = g.b.const_data_ptr<scalar_t>();
     const scalar_t* lc = g.log_const.const_data_ptr<scalar_t>();
     auto launch = [&](const scalar_t* a, int64_t a_stride, int64_t r0, int64_t rows) {
-      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(rows, 1 << 20));
-      gmm_rows_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(g.cov, a, a_stride, p, b, lc, rows, k, dim,
-                                                                  static_cast<scalar_t>(log_floor),
-                                                                  out.data_ptr<scalar_t>() + r0 * k,
-                                                                  out_norm.data_ptr<scalar_t>() + r0);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      gpu::launch("gmm_rows", &gmm_rows_kernel<scalar_t>, gpu::grid_for(rows, 1), kThreads, 0, stream, g.cov, a,
+                  a_stride, p, b, lc, rows, k, dim, static_cast<scalar_t>(log_floor),
+                  out.data_ptr<scalar_t>() + r0 * k, out_norm.data_ptr<scalar_t>() + r0);
     };
     if (g.cov == kGmmFull) {
-      const int64_t block = std::clamp<int64_t>(kFullBufferElements / (k * dim), 1, n);
+      const int64_t block = std::max<int64_t>(1, std::min<int64_t>(n, kFullBufferElements / (k * dim)));
       at::Tensor buffer = at::empty({block, k * dim}, g.x.options());
       for (int64_t r0 = 0; r0 < n; r0 += block) {
         const int64_t rows = std::min(block, n - r0);
@@ -103,6 +99,6 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cuda(const at::Tensor& x_in, con
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dsch_ext, CUDA, m) { m.impl("gmm_log_resp", &gmm_log_resp_cuda); }
+DSCH_EXT_GPU_IMPL(m) { m.impl("gmm_log_resp", &gmm_log_resp_cuda); }
 
 }  // namespace dsch_ext

@@ -12,16 +12,13 @@
 //      first n_below slots, and its codes at t whose global rank among the
 //      ties is < k - n_below after them (lowest indices win the ties).
 // A stable sort of each row by distance then yields (distance, index) order.
-#include <ATen/core/Tensor.h>
+// Counts are 64-bit end to end: a database may hold 2^31 codes or more.
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/gather.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -30,44 +27,48 @@
 #include "../common/checks.h"
 #include "../common/code_width.h"
 #include "block_scan.cuh"
+#include "device_runtime.cuh"
 
 namespace dsch_ext {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMinChunkRows = 4096;
+constexpr int64_t kMinChunkRows = gpu::tuned(4096, 7);
 constexpr int64_t kMaxCudaCodeBytes = 1024;  // 8192 bits: histogram fits shared memory
 
-// Loads query row q of a fixed width into registers (or points at it).
+// Query row q: for the fixed code widths its words live in registers (indexed
+// only by unrolled constants, so they never go to local memory); otherwise
+// it is read from global memory word by word.
 template <typename CW>
 struct QueryRow {
   using Word = typename CW::word_t;
-  Word reg[CW::kFixedWords > 0 ? CW::kFixedWords : 1];
-  const Word* ptr;
+  static constexpr int kRegWords = CW::kFixedWords > 0 ? CW::kFixedWords : 1;
+  Word reg[kRegWords];
+  const Word* global;
   __device__ QueryRow(const uint8_t* queries, int64_t q, int64_t nwords) {
-    ptr = reinterpret_cast<const Word*>(queries) + q * nwords;
+    global = reinterpret_cast<const Word*>(queries) + q * nwords;
     if constexpr (CW::kFixedWords > 0) {
-#pragma unroll
-      for (int w = 0; w < CW::kFixedWords; ++w) reg[w] = ptr[w];
-      ptr = reg;
+DSCH_UNROLL
+      for (int w = 0; w < CW::kFixedWords; ++w) reg[w] = global[w];
+    }
+  }
+  __device__ int distance(const uint8_t* database, int64_t j, int64_t nwords) const {
+    const Word* row = reinterpret_cast<const Word*>(database) + j * nwords;
+    if constexpr (CW::kFixedWords > 0) {
+      return hamming_fixed<Word, CW::kFixedWords>(reg, row);
+    } else {
+      return hamming_words<Word>(global, row, nwords);
     }
   }
 };
-
-template <typename CW>
-__device__ __forceinline__ int row_distance(const QueryRow<CW>& q, const uint8_t* database,
-                                            int64_t j, int64_t nwords) {
-  using Word = typename CW::word_t;
-  return CW::distance(q.ptr, reinterpret_cast<const Word*>(database) + j * nwords, nwords);
-}
 
 // Scan 1: hist[q, d] += number of codes of this chunk at distance d.
 template <typename CW>
 __global__ void topk_histogram_kernel(const uint8_t* __restrict__ queries,
                                       const uint8_t* __restrict__ database, int64_t nq,
                                       int64_t ndb, int64_t nbytes, int64_t chunk_rows,
-                                      int32_t* __restrict__ hist) {
-  extern __shared__ int shared_hist[];
+                                      unsigned long long* __restrict__ hist) {
+  DSCH_DYNAMIC_SHARED(int, shared_hist);
   const int nbins = hamming_num_bins(nbytes);
   const int64_t nwords = words_per_row<CW>(nbytes);
   const int64_t begin = blockIdx.x * chunk_rows;
@@ -82,7 +83,7 @@ __global__ void topk_histogram_kernel(const uint8_t* __restrict__ queries,
       const bool valid = j < end;
       const unsigned active = __ballot_sync(kFullWarpMask, valid);
       if (valid) {
-        const int d = row_distance<CW>(query, database, j, nwords);
+        const int d = query.distance(database, j, nwords);
         // Random codes crowd a few bins: one atomic per distinct distance
         // in the warp instead of one per lane.
         const unsigned peers = __match_any_sync(active, d);
@@ -92,7 +93,7 @@ __global__ void topk_histogram_kernel(const uint8_t* __restrict__ queries,
     __syncthreads();
     for (int b = threadIdx.x; b < nbins; b += blockDim.x) {
       const int c = shared_hist[b];
-      if (c) atomicAdd(&hist[q * nbins + b], c);
+      if (c) atomicAdd(&hist[q * nbins + b], static_cast<unsigned long long>(c));
     }
     __syncthreads();
   }
@@ -104,8 +105,8 @@ __global__ void topk_count_kernel(const uint8_t* __restrict__ queries,
                                   const uint8_t* __restrict__ database, int64_t nq, int64_t ndb,
                                   int64_t nbytes, int64_t chunk_rows,
                                   const int64_t* __restrict__ threshold,
-                                  int32_t* __restrict__ counts) {
-  __shared__ int block_counts[2];
+                                  int64_t* __restrict__ counts) {
+  DSCH_SHARED_ARRAY(int, block_counts, 2);
   const int64_t nwords = words_per_row<CW>(nbytes);
   const int64_t nchunks = gridDim.x;
   const int64_t begin = blockIdx.x * chunk_rows;
@@ -117,7 +118,7 @@ __global__ void topk_count_kernel(const uint8_t* __restrict__ queries,
     const int t = static_cast<int>(threshold[q]);
     int below = 0, at = 0;
     for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-      const int d = row_distance<CW>(query, database, j, nwords);
+      const int d = query.distance(database, j, nwords);
       below += d < t;
       at += d == t;
     }
@@ -139,9 +140,9 @@ __global__ void topk_collect_kernel(const uint8_t* __restrict__ queries,
                                     const int64_t* __restrict__ threshold,
                                     const int64_t* __restrict__ n_below,
                                     const int64_t* __restrict__ offsets,
-                                    const int32_t* __restrict__ counts,
+                                    const int64_t* __restrict__ counts,
                                     int32_t* __restrict__ out_dist, int64_t* __restrict__ out_index) {
-  __shared__ int warp_totals[33];
+  DSCH_SHARED_ARRAY(int, warp_totals, 33);
   const int64_t nwords = words_per_row<CW>(nbytes);
   const int64_t nchunks = gridDim.x;
   const int64_t begin = blockIdx.x * chunk_rows;
@@ -163,7 +164,7 @@ __global__ void topk_collect_kernel(const uint8_t* __restrict__ queries,
       if (below_pos >= below_end && tie_rank >= ties_wanted) break;
       const int64_t j = base + threadIdx.x;
       const bool valid = j < end;
-      const int d = valid ? row_distance<CW>(query, database, j, nwords) : -1;
+      const int d = valid ? query.distance(database, j, nwords) : -1;
       const bool is_below = valid && d < t;
       const bool is_tie = valid && d == t;
       int n_b = 0, n_t = 0;
@@ -189,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
   check_topk_k(k, database_in);
   TORCH_CHECK(queries_in.size(1) <= kMaxCudaCodeBytes, "hamming_topk on CUDA supports codes of up to ",
               kMaxCudaCodeBytes * 8, " bits, got queries of shape ", queries_in.sizes());
-  const c10::cuda::CUDAGuard guard(queries_in.device());
+  const gpu::DeviceGuard guard(queries_in.device());
   const at::Tensor queries = contiguous_aligned(queries_in);
   const at::Tensor database = contiguous_aligned(database_in);
   const int64_t nq = queries.size(0), ndb = database.size(0), nbytes = queries.size(1);
@@ -200,48 +201,44 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
   const int nbins = hamming_num_bins(nbytes);
 
   // Enough (chunk, query) blocks to fill every SM a few times over.
-  int device_sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_sms, cudaDevAttrMultiProcessorCount,
-                                        queries.device().index()));
-  const int64_t want_blocks = 4 * static_cast<int64_t>(device_sms);
+  const int64_t want_blocks = 4 * static_cast<int64_t>(gpu::multiprocessor_count(queries.device()));
   int64_t nchunks = std::max<int64_t>(1, (want_blocks + nq - 1) / nq);
   nchunks = std::min(nchunks, std::max<int64_t>(1, (ndb + kMinChunkRows - 1) / kMinChunkRows));
+  nchunks = std::min(nchunks, gpu::max_grid_x());
   const int64_t chunk_rows = (ndb + nchunks - 1) / nchunks;
   nchunks = (ndb + chunk_rows - 1) / chunk_rows;
-  const dim3 grid(static_cast<unsigned>(nchunks), static_cast<unsigned>(std::min<int64_t>(nq, 65535)));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(nchunks), static_cast<unsigned>(std::min<int64_t>(nq, gpu::max_grid_yz())));
+  const gpu::Stream stream = gpu::current_stream();
   const uint8_t* q = queries.const_data_ptr<uint8_t>();
   const uint8_t* db = database.const_data_ptr<uint8_t>();
 
-  at::Tensor hist = at::zeros({nq, nbins}, int_opts);
-  at::Tensor counts = at::empty({nq, nchunks, 2}, int_opts);
+  const auto long_opts = queries.options().dtype(at::kLong);
+  at::Tensor hist = at::zeros({nq, nbins}, long_opts);
+  at::Tensor counts = at::empty({nq, nchunks, 2}, long_opts);
   at::Tensor out_dist = at::empty({nq, k}, int_opts);
   at::Tensor out_index = at::empty({nq, k}, queries.options().dtype(at::kLong));
 
   dispatch_code_width(nbytes, [&](auto cw) {
     using CW = decltype(cw);
-    topk_histogram_kernel<CW><<<grid, kThreads, nbins * sizeof(int), stream>>>(
-        q, db, nq, ndb, nbytes, chunk_rows, hist.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gpu::launch("hamming_topk_histogram", &topk_histogram_kernel<CW>, grid, kThreads, nbins * sizeof(int), stream,
+                q, db, nq, ndb, nbytes, chunk_rows,
+                reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>()));
 
     // topk_threshold on the device: t = first d with cum[d] >= k.
-    const at::Tensor cum = at::cumsum(hist, 1, at::kLong);
+    const at::Tensor cum = at::cumsum(hist, 1);
     const at::Tensor threshold = cum.lt(k).sum(1);  // int64 [nq]
     const at::Tensor cum_padded = at::cat({at::zeros({nq, 1}, cum.options()), cum}, 1);
     const at::Tensor n_below = at::gather(cum_padded, 1, threshold.unsqueeze(1)).squeeze(1).contiguous();
 
-    topk_count_kernel<CW><<<grid, kThreads, 0, stream>>>(q, db, nq, ndb, nbytes, chunk_rows,
-                                                         threshold.const_data_ptr<int64_t>(),
-                                                         counts.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const at::Tensor inclusive = at::cumsum(counts, 1, at::kLong);
+    gpu::launch("hamming_topk_count", &topk_count_kernel<CW>, grid, kThreads, 0, stream, q, db, nq, ndb, nbytes,
+                chunk_rows, threshold.const_data_ptr<int64_t>(), counts.data_ptr<int64_t>());
+    const at::Tensor inclusive = at::cumsum(counts, 1);
     const at::Tensor offsets = inclusive.sub(counts).contiguous();
 
-    topk_collect_kernel<CW><<<grid, kThreads, 0, stream>>>(
-        q, db, nq, ndb, nbytes, chunk_rows, k, threshold.const_data_ptr<int64_t>(),
-        n_below.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(),
-        counts.const_data_ptr<int32_t>(), out_dist.data_ptr<int32_t>(), out_index.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gpu::launch("hamming_topk_collect", &topk_collect_kernel<CW>, grid, kThreads, 0, stream, q, db, nq, ndb, nbytes,
+                chunk_rows, k, threshold.const_data_ptr<int64_t>(), n_below.const_data_ptr<int64_t>(),
+                offsets.const_data_ptr<int64_t>(), counts.const_data_ptr<int64_t>(), out_dist.data_ptr<int32_t>(),
+                out_index.data_ptr<int64_t>());
   });
 
   // Rows hold the codes below t in index order, then the ties at t: a
@@ -252,6 +249,6 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dsch_ext, CUDA, m) { m.impl("hamming_topk", &hamming_topk_cuda); }
+DSCH_EXT_GPU_IMPL(m) { m.impl("hamming_topk", &hamming_topk_cuda); }
 
 }  // namespace dsch_ext

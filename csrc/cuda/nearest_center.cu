@@ -2,15 +2,16 @@
 // per block into a fixed buffer, then one warp per point scans the centres
 // and a shuffle reduction keeps the minimum (ties to the lower index, the
 // rule of nearer_center in center_math.h); centres within rounding of it are
-// compared on direct distances, as on the CPU. O(N + K) memory plus the buffer.
+// compared on direct distances, as on the CPU. O(N + K) memory plus the
+// buffer (at most kBufferElements, at least one row). The GEMM runs in full
+// fp32 whatever torch's TF32 switch says: the tie rule's rounding bound
+// assumes fp32 products. A point with NaN or Inf gets index -1 and a NaN
+// distance (the op does not stop the stream to raise).
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/max.h>
 #include <ATen/ops/mm.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -19,11 +20,12 @@
 
 #include "../common/center_checks.h"
 #include "center_stats.cuh"
+#include "device_runtime.cuh"
 
 namespace dsch_ext {
 namespace {
 
-constexpr int64_t kBufferElements = 32 << 20;  // 128 MB of float32 per block
+constexpr int64_t kBufferElements = gpu::tuned(32 << 20, 96);  // 128 MB of float32 per block of points
 constexpr int kThreads = 256;
 
 template <typename T>
@@ -50,10 +52,18 @@ __global__ void nearest_center_scan_kernel(const T* __restrict__ dots, int64_t r
   for (int64_t r = blockIdx.x * warps + threadIdx.x / 32; r < rows;
        r += static_cast<int64_t>(gridDim.x) * warps) {
     const T* row = dots + r * k;
+    if (!(x_stat[r] == x_stat[r])) {  // NaN statistic: the point is not finite
+      if (lane == 0) {
+        out_index[r] = -1;
+        out_dist[r] = x_stat[r];
+      }
+      continue;
+    }
     T best = 0;
     int64_t best_j = -1;
     for (int64_t j = lane; j < k; j += 32) {
-      const T v = c_stat[j] - T(2) * row[j];
+      T v = c_stat[j] - T(2) * row[j];
+      v = v == v ? v : std::numeric_limits<T>::infinity();  // a centre with NaN or Inf is never nearest
       if (best_j < 0 || nearer_center(v, j, best, best_j)) {
         best = v;
         best_j = j;
@@ -96,18 +106,19 @@ __global__ void nearest_center_scan_kernel(const T* __restrict__ dots, int64_t r
 std::tuple<at::Tensor, at::Tensor> nearest_center_cuda(const at::Tensor& x_in,
                                                        const at::Tensor& centers_in) {
   check_points_centers(x_in, centers_in);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const gpu::DeviceGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
   const int64_t n = x.size(0), k = centers.size(0);
   at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));
   at::Tensor distance = at::empty({n}, x.options());
-  const auto x_stats = center_row_stats_cuda(x, kSqEuclidean, "x");
-  const auto c_stats = center_row_stats_cuda(centers, kSqEuclidean, "centers");
+  const auto x_stats = center_row_stats_cuda(x, kSqEuclidean);
+  const auto c_stats = center_row_stats_cuda(centers, kSqEuclidean);
   if (n == 0) return {index, distance};
-  const int64_t block = std::clamp<int64_t>(kBufferElements / k, 256, n);
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(n, kBufferElements / k));
   at::Tensor buffer = at::empty({block, k}, x.options());
   const at::Tensor centers_t = centers.t();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const gpu::Stream stream = gpu::current_stream();
+  const at::NoTF32Guard full_fp32;
   const at::Tensor c_sqnorm_max = c_stats.first.max();
   const int64_t dim = x.size(1);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nearest_center_cuda", [&] {
@@ -115,14 +126,12 @@ std::tuple<at::Tensor, at::Tensor> nearest_center_cuda(const at::Tensor& x_in,
       const int64_t rows = std::min(block, n - b0);
       at::Tensor dots = buffer.narrow(0, 0, rows);
       at::mm_out(dots, x.narrow(0, b0, rows), centers_t);
-      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1 << 20));
-      nearest_center_scan_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-          dots.const_data_ptr<scalar_t>(), rows, k, x_stats.first.const_data_ptr<scalar_t>() + b0,
-          c_stats.first.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>() + b0 * dim,
-          centers.const_data_ptr<scalar_t>(), dim, c_sqnorm_max.const_data_ptr<scalar_t>(),
-          index.data_ptr<int64_t>() + b0,
-          distance.data_ptr<scalar_t>() + b0);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      gpu::launch("nearest_center_scan", &nearest_center_scan_kernel<scalar_t>, gpu::grid_for(rows, kThreads / 32),
+                  kThreads, 0, stream, dots.const_data_ptr<scalar_t>(), rows, k,
+                  x_stats.first.const_data_ptr<scalar_t>() + b0, c_stats.first.const_data_ptr<scalar_t>(),
+                  x.const_data_ptr<scalar_t>() + b0 * dim, centers.const_data_ptr<scalar_t>(), dim,
+                  c_sqnorm_max.const_data_ptr<scalar_t>(), index.data_ptr<int64_t>() + b0,
+                  distance.data_ptr<scalar_t>() + b0);
     }
   });
   return {index, distance};
@@ -130,6 +139,6 @@ std::tuple<at::Tensor, at::Tensor> nearest_center_cuda(const at::Tensor& x_in,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dsch_ext, CUDA, m) { m.impl("nearest_center", &nearest_center_cuda); }
+DSCH_EXT_GPU_IMPL(m) { m.impl("nearest_center", &nearest_center_cuda); }
 
 }  // namespace dsch_ext

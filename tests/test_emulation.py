@@ -1,0 +1,268 @@
+"""The CUDA kernels, run on the CPU under emulation, against the CPU ops.
+
+``torch.ops.dsch_ext_emulated.*`` are the ``csrc/cuda/*.cu`` sources compiled by the host
+compiler (``tests/emulation_build.py``): the same kernel bodies and launch arithmetic as on
+a GPU, with small device limits (3 SMs, gridDim.y <= 3, small buffers) so that test-sized
+inputs take the grid-stride, multi-chunk and ragged-last-chunk paths. Integer results must
+equal the CPU op's bit for bit; floating-point results agree within ``TOL`` (the GEMMs and
+reductions sum in another order). ``DSCH_EMULATION_LIBRARY`` points these tests at a
+sanitizer build (``scripts/test.sh`` runs them under ThreadSanitizer and under
+AddressSanitizer + UndefinedBehaviorSanitizer).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import dsch_ext  # noqa: F401  (the CPU ops to compare with)
+import emulation_build
+import hamming_reference as ref
+
+pytestmark = pytest.mark.emulation
+
+# Relative tolerance of emulated (GPU) floating-point results against the CPU op.
+TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+@pytest.fixture(scope="module")
+def emu():
+    path = os.environ.get("DSCH_EMULATION_LIBRARY") or emulation_build.build("plain")
+    if not hasattr(torch.ops, "dsch_ext_emulated") or not hasattr(torch.ops.dsch_ext_emulated, "pack_bits"):
+        torch.ops.load_library(path)
+    return torch.ops.dsch_ext_emulated
+
+
+cpu = torch.ops.dsch_ext
+
+
+def rng_for(*key):
+    return np.random.default_rng([torch.initial_seed() % (2**31), 7, *key])
+
+
+def assert_close(got, want, dtype):
+    torch.testing.assert_close(got, want, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+# ---------------------------------------------------------------- codes and Hamming search
+
+
+@pytest.mark.parametrize("nbits", [1, 13, 64, 257])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64, torch.bool])
+def test_pack_unpack(emu, nbits, dtype):
+    rng = rng_for(nbits)
+    values = torch.from_numpy(rng.standard_normal((37, nbits)))
+    codes = values > 0 if dtype == torch.bool else (values * 3).round().to(dtype)
+    packed = emu.pack_bits(codes)
+    assert torch.equal(packed, cpu.pack_bits(codes))
+    assert torch.equal(emu.unpack_bits(packed, nbits), cpu.unpack_bits(packed, nbits))
+
+
+def test_pack_bits_nan_packs_as_zero(emu):
+    codes = torch.ones(3, 9)
+    codes[1, 4] = float("nan")
+    assert emu.pack_bits(codes)[1].tolist() == [0xEF, 1]  # bit 4 of byte 0 is 0; no host sync to raise
+
+
+@pytest.mark.parametrize("nbytes", [1, 2, 3, 4, 8, 12, 16, 32, 136])
+def test_hamming_distance(emu, nbytes):
+    rng = rng_for(nbytes)
+    q = torch.from_numpy(ref.random_codes(rng, 11, nbytes))  # 4 query blocks over gridDim.y = 3
+    db = torch.from_numpy(ref.random_codes(rng, 301, nbytes))
+    assert torch.equal(emu.hamming_distance(q, db), cpu.hamming_distance(q, db))
+
+
+def test_hamming_distance_grid_stride_over_rows(emu):
+    rng = rng_for(0)
+    q = torch.from_numpy(ref.random_codes(rng, 2, 8))
+    db = torch.from_numpy(ref.random_codes(rng, 64 * 256 + 5, 8))  # more rows than 64 blocks x 256 threads
+    assert torch.equal(emu.hamming_distance(q, db), cpu.hamming_distance(q, db))
+
+
+@pytest.mark.parametrize("nbytes", [2, 4, 5, 8, 16, 32, 136])
+@pytest.mark.parametrize("ndb,k", [(1, 1), (7, 7), (101, 1), (101, 13), (101, 101), (250, 37)])
+def test_hamming_topk(emu, nbytes, ndb, k):
+    rng = rng_for(nbytes, ndb, k)
+    q = torch.from_numpy(ref.random_codes(rng, 5, nbytes))  # 5 queries over gridDim.y = 3
+    db = torch.from_numpy(ref.random_codes(rng, ndb, nbytes, alphabet=23 if ndb > 50 else None))  # ties
+    got, want = emu.hamming_topk(q, db, k), cpu.hamming_topk(q, db, k)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_hamming_topk_ties_go_to_lower_index(emu):
+    rng = rng_for(1)
+    db = torch.from_numpy(ref.random_codes(rng, 6, 8)).repeat(40, 1)  # every code 40 times
+    q = torch.cat([db[:3], torch.zeros(1, 8, dtype=torch.uint8)])
+    for k in (1, 9, 40, 41, 239, 240):
+        got, want = emu.hamming_topk(q, db, k), cpu.hamming_topk(q, db, k)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_hamming_topk_no_queries(emu):
+    dist, idx = emu.hamming_topk(torch.zeros(0, 8, dtype=torch.uint8), torch.zeros(5, 8, dtype=torch.uint8), 3)
+    assert dist.shape == (0, 3) and idx.shape == (0, 3)
+
+
+# ---------------------------------------------------------------- centre distances
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine", "dot"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (37, 11, 13), (70, 3, 64)])
+def test_center_distances_forward_backward(emu, metric, dtype, n, k, d, generator):
+    x = torch.randn(n, d, generator=generator, dtype=dtype)
+    c = torch.randn(k, d, generator=generator, dtype=dtype)
+    out = emu.center_distances(x, c, metric)
+    assert_close(out, cpu.center_distances(x, c, metric), dtype)
+    grad = torch.randn(n, k, generator=generator, dtype=dtype)
+    got = emu.center_distances_backward(grad, x, c, out, metric)
+    want = cpu.center_distances_backward(grad, x, c, out, metric)
+    assert_close(got[0], want[0], dtype)
+    assert_close(got[1], want[1], dtype)
+
+
+def test_center_distances_non_finite_rows_give_nan(emu):
+    x = torch.randn(5, 4)
+    x[2, 1] = float("inf")
+    out = emu.center_distances(x, torch.randn(3, 4), "sqeuclidean")
+    assert torch.isnan(out[2]).all() and torch.isfinite(out[[0, 1, 3, 4]]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,k,d", [(1, 1, 3), (5, 200, 7), (203, 7, 13), (97, 40, 64)])
+def test_nearest_center(emu, dtype, n, k, d, generator):
+    # k = 200 leaves no room for one row in the 96-element emulated buffer: one row a block.
+    x = torch.randn(n, d, generator=generator, dtype=dtype)
+    c = torch.randn(k, d, generator=generator, dtype=dtype)
+    got, want = emu.nearest_center(x, c), cpu.nearest_center(x, c)
+    assert torch.equal(got[0], want[0])
+    assert_close(got[1], want[1], dtype)
+
+
+def test_nearest_center_equal_centres_tie_to_lower_index(emu, generator):
+    c = torch.randn(5, 6, generator=generator).repeat(3, 1)  # centre j equals j + 5 and j + 10
+    x = torch.cat([c[:5] + 1e-3 * torch.randn(5, 6, generator=generator), c[:5]])
+    got, want = emu.nearest_center(x, c), cpu.nearest_center(x, c)
+    assert torch.equal(got[0], want[0]) and (got[0] < 5).all()
+
+
+def test_nearest_center_non_finite_points(emu):
+    x = torch.randn(4, 3)
+    x[1, 0] = float("nan")
+    c = torch.randn(3, 3)
+    c_bad = torch.cat([torch.full((1, 3), float("nan")), c])
+    idx, dist = emu.nearest_center(x, c_bad)
+    assert idx[1] == -1 and torch.isnan(dist[1])
+    want = cpu.nearest_center(x[[0, 2, 3]], c)[0] + 1  # a NaN centre is never the nearest
+    assert torch.equal(idx[[0, 2, 3]], want)
+
+
+# ---------------------------------------------------------------- GMM E-step and segment_gram
+
+
+def gmm_params(cov, k, d, dtype, generator):
+    means = torch.randn(k, d, generator=generator, dtype=dtype)
+    if cov == "full":
+        a = torch.randn(k, d, d, generator=generator, dtype=dtype) * 0.3
+        prec = torch.linalg.cholesky(a @ a.transpose(1, 2) + torch.eye(d, dtype=dtype))
+    elif cov == "tied":
+        a = torch.randn(d, d, generator=generator, dtype=dtype) * 0.3
+        prec = torch.linalg.cholesky(a @ a.T + torch.eye(d, dtype=dtype))
+    elif cov == "diag":
+        prec = torch.rand(k, d, generator=generator, dtype=dtype) + 0.5
+    else:
+        prec = torch.rand(k, generator=generator, dtype=dtype) + 0.5
+    log_w = torch.log_softmax(torch.randn(k, generator=generator, dtype=dtype), 0)
+    return means, prec, log_w
+
+
+@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,k,d,floor", [(1, 1, 1, 0.0), (40, 6, 5, 0.0), (29, 9, 8, 1e-6)])  # 33 rows a chunk
+def test_gmm_log_resp(emu, cov, dtype, n, k, d, floor, generator):
+    means, prec, log_w = gmm_params(cov, k, d, dtype, generator)
+    x = means[torch.randint(k, (n,), generator=generator)] + torch.randn(n, d, generator=generator, dtype=dtype)
+    got = emu.gmm_log_resp(x, means, prec, log_w, cov, floor)
+    want = cpu.gmm_log_resp(x, means, prec, log_w, cov, floor)
+    assert torch.equal(torch.isinf(got[0]), torch.isinf(want[0]))
+    finite = torch.isfinite(want[0])
+    assert_close(got[0][finite], want[0][finite], dtype)
+    assert_close(got[1], want[1], dtype)
+
+
+@pytest.mark.parametrize("sizes", [[0], [5], [0, 3, 0, 40, 1], [1] * 9, [60, 0, 0, 2]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_segment_gram(emu, sizes, dtype, generator):
+    # d = 9: 4096-element emulated budget leaves a few chunks; one 40-row segment spans several.
+    rows = torch.randn(sum(sizes), 9, generator=generator, dtype=dtype)
+    offsets = torch.tensor([0] + np.cumsum(sizes).tolist(), dtype=torch.int64)
+    assert_close(emu.segment_gram(rows, offsets), cpu.segment_gram(rows, offsets), dtype)
+
+
+def test_segment_gram_bad_offsets_stay_in_bounds(emu, generator):
+    rows = torch.randn(6, 3, generator=generator)
+    for offsets in ([0, 9, 2], [-4, 3, 6], [5, 1, 100]):  # unchecked on a GPU: clamped, never read outside
+        out = emu.segment_gram(rows, torch.tensor(offsets))
+        assert out.shape == (2, 3, 3)
+
+
+# ---------------------------------------------------------------- precision switch
+
+
+def test_results_ignore_the_tf32_switch(emu, generator):
+    x, c = torch.randn(50, 16, generator=generator), torch.randn(9, 16, generator=generator)
+    before = (emu.center_distances(x, c, "sqeuclidean"), emu.nearest_center(x, c)[0])
+    old = torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        after = (emu.center_distances(x, c, "sqeuclidean"), emu.nearest_center(x, c)[0])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old[0]
+        torch.set_float32_matmul_precision(old[1])
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+
+
+# ---------------------------------------------------------------- the emulator's own checks
+
+
+def test_selftest_correct_kernel_passes(emu):
+    x = torch.arange(100, dtype=torch.float32)
+    assert emu._emulation_selftest("ok", x).item() == x.sum().item()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("divergent_syncthreads", "__syncthreads"),
+    ("shfl_missing_lane", r"__shfl_xor_sync\(mask 0xffffffff\)"),
+    ("shfl_foreign_lane", "mask leaves out"),
+])
+def test_emulator_reports_divergence(emu, case, message):
+    with pytest.raises(RuntimeError, match=message):
+        emu._emulation_selftest(case, torch.ones(64))
+
+
+SANITIZER_CASES = [
+    ("tsan", "missing_syncthreads", "ThreadSanitizer: data race"),
+    ("asan", "shared_out_of_bounds", "heap-buffer-overflow"),
+    ("asan", "global_out_of_bounds", "heap-buffer-overflow"),
+]
+
+
+@pytest.mark.parametrize("variant,case,report", SANITIZER_CASES)
+def test_sanitizers_catch_defects(variant, case, report):
+    """A missing barrier and an out-of-bounds index fail the sanitizer builds (CI runs them)."""
+    if not os.path.exists(emulation_build.library_path(variant)):
+        if os.environ.get("DSCH_REQUIRE_SANITIZERS"):
+            pytest.fail(f"the {variant} emulation library is not built (tests/emulation_build.py --variant {variant})")
+        pytest.skip(f"the {variant} emulation library is not built")
+    code = ("import torch, os; torch.ops.load_library(os.environ['DSCH_EMULATION_LIBRARY']); "
+            f"torch.ops.dsch_ext_emulated._emulation_selftest('{case}', torch.arange(64.0))")
+    env = emulation_build.sanitizer_env(variant)
+    for ok_case in ("ok",):  # the same kernel without the defect runs clean under the same sanitizer
+        clean = subprocess.run([sys.executable, "-c", code.replace(f"'{case}'", f"'{ok_case}'")], env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert clean.returncode == 0, clean.stderr[-3000:]
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and report in run.stderr, run.stderr[-3000:]
