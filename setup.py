@@ -93,7 +93,9 @@ sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.jo
 cxx_flags = ["-O3", "-g0", "-fopenmp"]  # torch sets the C++ standard
 if platform.machine() in ("x86_64", "AMD64"):
     cxx_flags.append("-mpopcnt")  # x86-64-v2 baseline; makes popcount one instruction
-nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+# ptxas warns when a kernel uses local memory or spills registers (tests/test_cuda_sources.py
+# turns those warnings into failures for the hot kernels).
+nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas=-warn-lmem-usage,-warn-spills"]
 define_macros = []
 Extension = cpp_extension.CppExtension
 if cuda_home:
