@@ -2,7 +2,10 @@
 # The test command (README "Quick start", and what .ci/run runs). On a fresh machine it:
 #  1. builds dsch_ext in .venv against the CUDA torch build (the CUDA kernels compile even
 #     with no GPU; they are tested when one is visible), the fast --no-build-isolation way,
-#     and runs tests/ (the CMake build included) and benchmarks/ in quick mode;
+#     builds the CUDA kernels for the CPU emulation (plain, ThreadSanitizer, AddressSanitizer +
+#     UBSan: tests/emulation_build.py), runs tests/ (the CMake build, the emulated kernels and
+#     the ptxas checks included) and benchmarks/ in quick mode, then the emulated kernels under
+#     both sanitizers (scripts/test_emulation_sanitizers.sh);
 #  2. builds it in .venv-cpu against the CPU-only torch with plain `pip install .` (the
 #     isolated PEP 517 path) and runs the suite there too.
 # DSCH_TEST_STAGES="cuda cpu" picks stages; extra arguments go to pytest.
@@ -25,12 +28,16 @@ for stage in $STAGES; do
     cuda)
       echo "=== stage cuda: CUDA torch, --no-build-isolation build, full suite"
       DSCH_VENV="$ROOT/.venv" DSCH_TORCH=cuda DSCH_EXTRAS=test bash scripts/install.sh
-      run_suite "$ROOT/.venv" "$@"
+      echo "=== building the emulated CUDA kernels (plain, tsan, asan) at $((SECONDS - start)) s"
+      "$ROOT/.venv/bin/python" tests/emulation_build.py --variant plain tsan asan
+      DSCH_REQUIRE_SANITIZERS=1 run_suite "$ROOT/.venv" "$@"
+      echo "=== emulated CUDA kernels under the sanitizers at $((SECONDS - start)) s"
+      VENV="$ROOT/.venv" bash scripts/test_emulation_sanitizers.sh
       ;;
     cpu)
-      echo "=== stage cpu: CPU-only torch, plain 'pip install .', suite without the slow CMake test"
+      echo "=== stage cpu: CPU-only torch, plain 'pip install .', suite without the slow tests and the emulation (run above)"
       DSCH_VENV="$ROOT/.venv-cpu" DSCH_TORCH=cpu DSCH_BUILD=isolated DSCH_EXTRAS=test bash scripts/install.sh
-      run_suite "$ROOT/.venv-cpu" -m "not slow" "$@"
+      run_suite "$ROOT/.venv-cpu" -m "not slow and not emulation" "$@"
       ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac

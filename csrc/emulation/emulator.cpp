@@ -13,6 +13,41 @@
 #include <thread>
 #include <vector>
 
+// ThreadSanitizer must see exactly the orderings CUDA guarantees: a barrier
+// orders every thread of the block, a warp collective orders its lanes, and
+// consecutive blocks on one set of threads are ordered. The mutexes that run
+// the emulation would order far more (any two threads that touch the block's
+// bookkeeping one after the other), hiding races, so under TSan
+// (DSCH_EMULATION_TSAN; this file itself is not instrumented) every lock is
+// taken with TSan's synchronisation ignored and the guaranteed orderings are
+// announced explicitly with release / acquire on tokens.
+#if defined(DSCH_EMULATION_TSAN)
+extern "C" void AnnotateIgnoreSyncBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreSyncEnd(const char* file, int line);
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+namespace {
+struct QuietSync {
+  QuietSync() { AnnotateIgnoreSyncBegin(__FILE__, __LINE__); }
+  ~QuietSync() { AnnotateIgnoreSyncEnd(__FILE__, __LINE__); }
+};
+// Inside a quiet region: lifts the quiet for an announcement (ignores nest).
+struct AnnounceOutsideQuiet {
+  AnnounceOutsideQuiet() { AnnotateIgnoreSyncEnd(__FILE__, __LINE__); }
+  ~AnnounceOutsideQuiet() { AnnotateIgnoreSyncBegin(__FILE__, __LINE__); }
+};
+void order_release(void* token) { __tsan_release(token); }
+void order_acquire(void* token) { __tsan_acquire(token); }
+}  // namespace
+#else
+namespace {
+struct QuietSync {};
+struct AnnounceOutsideQuiet {};
+void order_release(void*) {}
+void order_acquire(void*) {}
+}  // namespace
+#endif
+
 namespace dsch_ext::emu {
 
 int env_int(const char* name, int fallback) {
@@ -79,6 +114,7 @@ class BlockState {
 
   // A new block on this state: fresh barrier and warps, poisoned shared memory.
   void reset(Dim3 block_idx) {
+    const QuietSync quiet;
     std::lock_guard<std::mutex> lk(mu_);
     block_idx_ = block_idx;
     running_ = nthreads_;
@@ -94,8 +130,35 @@ class BlockState {
   const std::string& error() const { return error_; }
   Dim3 block_idx() const { return block_idx_; }
 
-  void syncthreads(int tid) {
-    std::unique_lock<std::mutex> lk(mu_);
+  // `passed`: how many barriers this thread passed in this block. Two tokens,
+  // so that a fast thread's arrival at the next barrier cannot reach a slow
+  // thread still leaving this one. (TSan skips release / acquire while it
+  // ignores synchronisation, so they stay outside the quiet lock.)
+  void syncthreads(int tid, uint64_t passed) {
+    char* token = &barrier_token_[passed & 1];
+    order_release(token);
+    {
+      const QuietSync quiet;
+      std::unique_lock<std::mutex> lk(mu_);
+      arrive_at_barrier(lk, tid);
+    }
+    order_acquire(token);
+  }
+
+  uint64_t collective(int tid, Collective kind, unsigned mask, uint64_t value, int param, int width) {
+    std::shared_ptr<PendingCollective> c;
+    uint64_t result;
+    {
+      const QuietSync quiet;
+      std::unique_lock<std::mutex> lk(mu_);
+      result = join_collective(lk, tid, kind, mask, value, param, width, c);
+    }
+    order_acquire(c.get());  // every lane's release came before the collective completed
+    return result;
+  }
+
+ private:
+  void arrive_at_barrier(std::unique_lock<std::mutex>& lk, int tid) {
     throw_if_failed();
     if (nexited_ > 0) {
       fail(tid, "__syncthreads reached after " + thread_name(first_exited()) +
@@ -112,8 +175,8 @@ class BlockState {
     wait_blocked(lk, tid, cv_, [&] { return barrier_generation_ != generation; });
   }
 
-  uint64_t collective(int tid, Collective kind, unsigned mask, uint64_t value, int param, int width) {
-    std::unique_lock<std::mutex> lk(mu_);
+  uint64_t join_collective(std::unique_lock<std::mutex>& lk, int tid, Collective kind, unsigned mask,
+                           uint64_t value, int param, int width, std::shared_ptr<PendingCollective>& c) {
     throw_if_failed();
     const int warp = tid / 32, lane = tid % 32;
     const int lanes_in_warp = std::min(32, nthreads_ - warp * 32);
@@ -127,7 +190,6 @@ class BlockState {
         fail(tid, what + ": lane " + std::to_string(l) + " of the mask already exited");
       }
     }
-    std::shared_ptr<PendingCollective> c;
     for (auto& p : pending_[warp]) {
       if ((p->mask & mask) == 0) continue;
       if (p->mask != mask) {
@@ -151,6 +213,10 @@ class BlockState {
     c->values[lane] = value;
     c->params[lane] = param;
     c->arrived |= 1u << lane;
+    {
+      AnnounceOutsideQuiet announce;  // the release must be seen by TSan
+      order_release(c.get());
+    }
     if (c->arrived == mask) {
       complete(tid, *c);
       auto& list = pending_[warp];
@@ -163,25 +229,36 @@ class BlockState {
     return c->results[lane];
   }
 
+ public:
+
   void* shared_array(int tid, const void* site, size_t bytes) {
-    std::lock_guard<std::mutex> lk(mu_);
-    throw_if_failed();
-    auto it = shared_.find(site);
-    if (it == shared_.end()) {
-      Slot slot{static_cast<unsigned char*>(std::malloc(bytes > 0 ? bytes : 1)), bytes};
-      std::memset(slot.data, 0xFF, bytes > 0 ? bytes : 1);
-      it = shared_.emplace(site, slot).first;
-    } else if (it->second.bytes != bytes) {
-      fail(tid, "one __shared__ declaration asked for " + std::to_string(it->second.bytes) + " and " +
-                    std::to_string(bytes) + " bytes");
+    unsigned char* data;
+    {
+      const QuietSync quiet;
+      std::lock_guard<std::mutex> lk(mu_);
+      throw_if_failed();
+      auto it = shared_.find(site);
+      if (it == shared_.end()) {
+        Slot slot{static_cast<unsigned char*>(std::malloc(bytes > 0 ? bytes : 1)), bytes};
+        std::memset(slot.data, 0xFF, bytes > 0 ? bytes : 1);
+        it = shared_.emplace(site, slot).first;
+        AnnounceOutsideQuiet announce;
+        order_release(slot.data);  // its allocation and poisoning come before every use
+      } else if (it->second.bytes != bytes) {
+        fail(tid, "one __shared__ declaration asked for " + std::to_string(it->second.bytes) + " and " +
+                      std::to_string(bytes) + " bytes");
+      }
+      data = it->second.data;
     }
-    return it->second.data;
+    order_acquire(data);
+    return data;
   }
 
   void* dynamic_shared() { return dynamic_; }
 
   // The thread finished the kernel (normally or by an error).
   void thread_exit(int tid, const char* error) {
+    const QuietSync quiet;
     std::lock_guard<std::mutex> lk(mu_);
     if (error != nullptr && error_.empty()) error_ = error;
     exited_[tid] = 1;
@@ -333,6 +410,7 @@ class BlockState {
   std::vector<char> exited_;
   int barrier_arrived_ = 0;
   uint64_t barrier_generation_ = 0;
+  char barrier_token_[2] = {0, 0};
   std::vector<std::vector<std::shared_ptr<PendingCollective>>> pending_;
   std::unique_ptr<std::condition_variable[]> warp_cv_;
   std::map<const void*, Slot> shared_;
@@ -385,12 +463,19 @@ class BlockRunner {
       const Dim3 bidx(static_cast<unsigned>(b % grid_.x), static_cast<unsigned>((b / grid_.x) % grid_.y),
                       static_cast<unsigned>(b / (static_cast<size_t>(grid_.x) * grid_.y)));
       state_.reset(bidx);
-      std::unique_lock<std::mutex> lk(mu_);
-      block_idx_ = bidx;
-      remaining_ = nthreads_;
-      ++generation_;
-      cv_.notify_all();
-      done_cv_.wait(lk, [&] { return remaining_ == 0; });
+      {
+        std::lock_guard<std::mutex> lk(mu_);  // not quiet: the block's threads start after this
+        block_idx_ = bidx;
+        remaining_ = nthreads_;
+        ++generation_;
+        cv_.notify_all();
+      }
+      {
+        const QuietSync quiet;
+        std::unique_lock<std::mutex> lk(mu_);
+        done_cv_.wait(lk, [&] { return remaining_ == 0; });
+      }
+      order_acquire(&done_token_);  // everything the block did comes before the next block
       if (!state_.error().empty()) {
         error = state_.error();
         break;
@@ -420,6 +505,7 @@ class BlockRunner {
         if (stop_) break;
         seen = generation_;
         blockIdx = block_idx_;
+        current.barriers = 0;
       }
       const char* error = nullptr;
       std::string message;
@@ -431,6 +517,8 @@ class BlockRunner {
         error = message.c_str();
       }
       state_.thread_exit(t, error);
+      order_release(&done_token_);
+      const QuietSync quiet;
       std::lock_guard<std::mutex> lk(mu_);
       if (--remaining_ == 0) done_cv_.notify_one();
     }
@@ -448,6 +536,7 @@ class BlockRunner {
   Dim3 block_idx_;
   int remaining_ = 0;
   bool stop_ = false;
+  char done_token_ = 0;
 };
 
 std::mutex launch_mutex;  // launches on the emulated device run one at a time, in order
@@ -477,7 +566,7 @@ void run_grid(const char* name, Dim3 grid, Dim3 block, size_t dynamic_smem, void
   }
 }
 
-void syncthreads() { current_block("__syncthreads").syncthreads(current.linear); }
+void syncthreads() { current_block("__syncthreads").syncthreads(current.linear, current.barriers++); }
 
 uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int param, int width) {
   return current_block(collective_name(kind)).collective(current.linear, kind, mask, value, param, width);

@@ -47,7 +47,8 @@ class BlockState;
 // The calling CUDA thread's place in the launch.
 struct ThreadContext {
   BlockState* block = nullptr;
-  int linear = 0;  // thread index within the block (x fastest)
+  int linear = 0;        // thread index within the block (x fastest)
+  uint64_t barriers = 0;  // __syncthreads passed in this block
 };
 
 inline thread_local ThreadContext current;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs tests/test_emulation.py (the CUDA kernels on the CPU emulation) under ThreadSanitizer
+# and under AddressSanitizer + UndefinedBehaviorSanitizer. Each run is a Python started with
+# the sanitizer runtime preloaded that loads the matching build of the emulation library
+# (tests/emulation_build.py --variant tsan asan builds them; this script does too). A data
+# race, an out-of-bounds access or undefined behaviour ends the run with a report and a
+# non-zero status.
+#   VENV=.venv bash scripts/test_emulation_sanitizers.sh [pytest args...]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+cd "$ROOT"
+"$VENV/bin/python" tests/emulation_build.py --variant tsan asan >/dev/null
+for variant in tsan asan; do
+  start=$SECONDS
+  echo "=== emulated CUDA kernels under $variant"
+  # Loading the library is all a sanitizer needs; the environment comes from emulation_build.
+  env_cmd=$("$VENV/bin/python" - "$variant" <<'PY'
+import shlex, sys
+sys.path.insert(0, "tests")
+import emulation_build
+env = emulation_build.sanitizer_env(sys.argv[1], env={})
+print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
+PY
+)
+  # The sanitizer-detection tests start their own sanitizer subprocesses; skip them here.
+  eval "env $env_cmd $VENV/bin/pytest tests/test_emulation.py -q -p no:cacheprovider -k 'not sanitizers_catch' $*"
+  echo "=== $variant done in $((SECONDS - start)) s"
+done
