@@ -11,7 +11,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 cd "$ROOT"
 "$VENV/bin/python" tests/emulation_build.py --variant tsan asan >/dev/null
-for variant in tsan asan; do
+for variant in ${DSCH_SANITIZERS:-tsan asan}; do
   start=$SECONDS
   echo "=== emulated CUDA kernels under $variant"
   # Loading the library is all a sanitizer needs; the environment comes from emulation_build.
@@ -24,6 +24,6 @@ print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
 PY
 )
   # The sanitizer-detection tests start their own sanitizer subprocesses; skip them here.
-  eval "env $env_cmd $VENV/bin/pytest tests/test_emulation.py -q -p no:cacheprovider -k 'not sanitizers_catch' $*"
+  eval "env $env_cmd $VENV/bin/pytest tests/test_emulation.py -q -p no:cacheprovider -k 'not sanitizers_catch' --capture=sys $*"
   echo "=== $variant done in $((SECONDS - start)) s"
 done

@@ -122,7 +122,14 @@ def sanitizer_env(variant, env=None):
         cxx = env.get("CXX", "g++")
         runtime = subprocess.run([cxx, f"-print-file-name={RUNTIME[variant]}"], capture_output=True,
                                  text=True, check=True).stdout.strip()
-        env["LD_PRELOAD"] = runtime
+        # libstdc++ right after the runtime: ASan resolves its __cxa_throw interceptor when it
+        # starts, and Python loads libstdc++ only later (exceptions then abort the process).
+        stdcxx = subprocess.run([cxx, "-print-file-name=libstdc++.so.6"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        env["LD_PRELOAD"] = f"{runtime}:{stdcxx}"
+        # One OpenMP thread: libgomp's own barriers are invisible to TSan, so the CPU reference
+        # ops run threaded would show races that are not there.
+        env["OMP_NUM_THREADS"] = "1"
         env["TSAN_OPTIONS"] = "halt_on_error=1 second_deadlock_stack=1 report_signal_unsafe=0"
         env["ASAN_OPTIONS"] = "detect_leaks=0 halt_on_error=1 abort_on_error=0"
         env["UBSAN_OPTIONS"] = "halt_on_error=1 print_stacktrace=1"
