@@ -457,14 +457,16 @@ class BlockRunner {
     for (int t = 0; t < nthreads_; ++t) threads.emplace_back([this, t] { thread_main(t); });
     std::string error;
     for (;;) {
-      const size_t i = next.fetch_add(1);
+      const size_t i = next.fetch_add(1, std::memory_order_relaxed);  // relaxed: no ordering between runners
       if (i >= order.size()) break;
       const size_t b = order[i];
       const Dim3 bidx(static_cast<unsigned>(b % grid_.x), static_cast<unsigned>((b / grid_.x) % grid_.y),
                       static_cast<unsigned>(b / (static_cast<size_t>(grid_.x) * grid_.y)));
       state_.reset(bidx);
+      order_release(&start_token_);  // the block's threads start after this (and the last block)
       {
-        std::lock_guard<std::mutex> lk(mu_);  // not quiet: the block's threads start after this
+        const QuietSync quiet;
+        std::lock_guard<std::mutex> lk(mu_);
         block_idx_ = bidx;
         remaining_ = nthreads_;
         ++generation_;
@@ -482,6 +484,7 @@ class BlockRunner {
       }
     }
     {
+      const QuietSync quiet;
       std::lock_guard<std::mutex> lk(mu_);
       stop_ = true;
       cv_.notify_all();
@@ -500,6 +503,9 @@ class BlockRunner {
     uint64_t seen = 0;
     for (;;) {
       {
+        // Quiet: this lock is also taken by threads that finished this block, and
+        // must not order their work before this thread's.
+        const QuietSync quiet;
         std::unique_lock<std::mutex> lk(mu_);
         cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
         if (stop_) break;
@@ -507,6 +513,7 @@ class BlockRunner {
         blockIdx = block_idx_;
         current.barriers = 0;
       }
+      order_acquire(&start_token_);
       const char* error = nullptr;
       std::string message;
       try {
@@ -537,6 +544,7 @@ class BlockRunner {
   int remaining_ = 0;
   bool stop_ = false;
   char done_token_ = 0;
+  char start_token_ = 0;
 };
 
 std::mutex launch_mutex;  // launches on the emulated device run one at a time, in order
