@@ -16,7 +16,7 @@
   /* Distances between points x [N, D] and centres [K, D]; metric is 'sqeuclidean',                   \
      'cosine' (1 - cos) or 'dot' (-<x, c>): smaller is closer. */                                     \
   X("center_distances(Tensor x, Tensor centers, str metric) -> Tensor")                               \
-  X("center_distances_backward(Tensor grad, Tensor x, Tensor centers, Tensor distances, "             \
+  X("_center_distances_backward(Tensor grad, Tensor x, Tensor centers, Tensor distances, "             \
     "str metric) -> (Tensor, Tensor)")                                                                \
   /* Index (int64 [N]) and squared Euclidean distance [N] of the nearest centre. */                   \
   X("nearest_center(Tensor x, Tensor centers) -> (Tensor, Tensor)")                                   \
@@ -27,7 +27,7 @@
      distance to its other centres, stored + total_drift[g]) are updated in place; drift [K]:         \
      how far each centre moved since the last pass. exact=True computes every distance and            \
      (re)starts the bounds. Returns the number of point-centre distances computed (int64). */        \
-  X("kmeans_bounded_assign(Tensor x, Tensor x_sqnorm, Tensor centers, Tensor order, "                 \
+  X("_kmeans_bounded_assign(Tensor x, Tensor x_sqnorm, Tensor centers, Tensor order, "                 \
     "Tensor group_offsets, Tensor drift, Tensor total_drift, Tensor(a!) labels, Tensor(b!) upper, "   \
     "Tensor(c!) lower, bool exact) -> Tensor")                                                        \
   /* GMM E-step: log responsibilities [N, K] and per-point log likelihood [N] from means              \

@@ -1,7 +1,7 @@
 """KMeans with scikit-learn's API on any torch device.
 
 The assignment step is the ``nearest_center`` kernel (O(N + K) memory) or, on the CPU from
-K = 32 on, the ``kmeans_bounded_assign`` kernel (Yinyang k-means: per-point distance bounds skip
+K = 32 on, the ``_kmeans_bounded_assign`` kernel (Yinyang k-means: per-point distance bounds skip
 the centres that cannot be nearer, N x K/16 values of memory); everything else is a handful of
 torch ops. Same algorithm as scikit-learn's Lloyd KMeans: greedy k-means++
 initialisation (2 + log K local trials), tolerance relative to the mean feature variance,
@@ -178,7 +178,7 @@ def _principal_direction(rows: torch.Tensor, steps: int = 20) -> torch.Tensor:
 
 class BoundedAssignment:
     """k-means assignment passes that skip the centres their bounds rule out (Yinyang k-means,
-    Ding et al., ICML 2015): the ``kmeans_bounded_assign`` kernel plus its state across Lloyd
+    Ding et al., ICML 2015): the ``_kmeans_bounded_assign`` kernel plus its state across Lloyd
     iterations. The centres are split once into groups of ``group_size`` neighbours (recursive
     halving of the initial centres); each point keeps an upper bound on the distance to its centre and a lower bound
     per group. After the first pass, which computes every distance, a pass computes only the
@@ -232,7 +232,7 @@ class BoundedAssignment:
 
     def _pass(self, drift_sorted: torch.Tensor, exact: bool) -> None:
         dtype = self.X.dtype
-        computed = torch.ops.dsch_ext.kmeans_bounded_assign.default(
+        computed = torch.ops.dsch_ext._kmeans_bounded_assign.default(
             self.X, self.x_sqnorm, self.centers[self.order].contiguous(), self.order, self.group_offsets,
             drift_sorted, _round_up(self.total_drift, dtype), self.labels, self.upper, self.lower, exact)
         self.computed += int(computed)

@@ -163,7 +163,7 @@ def _center_distances_setup_context(ctx, inputs, output):
 
 def _center_distances_backward(ctx, grad):
     x, centers, output = ctx.saved_tensors
-    grad_x, grad_c = torch.ops.dsch_ext.center_distances_backward.default(grad, x, centers, output, ctx.metric)
+    grad_x, grad_c = torch.ops.dsch_ext._center_distances_backward.default(grad, x, centers, output, ctx.metric)
     return (
         grad_x if ctx.needs_input_grad[0] else None,
         grad_c if ctx.needs_input_grad[1] else None,
@@ -185,7 +185,7 @@ def _center_distances_fake(x, centers, metric):
     return x.new_empty((x.shape[0], centers.shape[0]))
 
 
-@torch.library.register_fake("dsch_ext::center_distances_backward")
+@torch.library.register_fake("dsch_ext::_center_distances_backward")
 def _center_distances_backward_fake(grad, x, centers, distances, metric):
     return torch.empty_like(x), torch.empty_like(centers)
 
@@ -207,7 +207,7 @@ def _nearest_center_fake(x, centers):
     return x.new_empty((x.shape[0],), dtype=torch.int64), x.new_empty((x.shape[0],))
 
 
-@torch.library.register_fake("dsch_ext::kmeans_bounded_assign")
+@torch.library.register_fake("dsch_ext::_kmeans_bounded_assign")
 def _kmeans_bounded_assign_fake(x, x_sqnorm, centers, order, group_offsets, drift, total_drift, labels, upper,
                                 lower, exact):
     return x.new_empty((), dtype=torch.int64)

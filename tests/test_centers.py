@@ -146,7 +146,7 @@ def test_center_distances_bad_metric():
     x, c = inputs(4, 3, 5, torch.float32, "cpu")
     with pytest.raises(ValueError, match="metric must be one of"):
         dsch_ext.center_distances(x, c, "manhattan")
-    with pytest.raises(RuntimeError, match="metric must be 'sqeuclidean', 'cosine' or 'dot', got 'l1'"):
+    with pytest.raises(RuntimeError, match="metric must be one of 'sqeuclidean', 'cosine', 'dot', got 'l1'"):
         torch.ops.dsch_ext.center_distances(x, c, "l1")
 
 

@@ -21,9 +21,9 @@ def test_center_backward_rejects_grad_on_another_device(generator):
     d = torch.ops.dsch_ext.center_distances(x, c, "sqeuclidean")
     other = "cpu"
     with pytest.raises(RuntimeError, match=r"grad and distances must be on x's device"):
-        torch.ops.dsch_ext.center_distances_backward(torch.ones(6, 3, device=other), x, c, d, "sqeuclidean")
+        torch.ops.dsch_ext._center_distances_backward(torch.ones(6, 3, device=other), x, c, d, "sqeuclidean")
     with pytest.raises(RuntimeError, match=r"grad and distances must be on x's device"):
-        torch.ops.dsch_ext.center_distances_backward(torch.ones_like(d), x, c, d.to(other), "sqeuclidean")
+        torch.ops.dsch_ext._center_distances_backward(torch.ones_like(d), x, c, d.to(other), "sqeuclidean")
 
 
 def every_cuda_op(generator):
@@ -48,7 +48,7 @@ def every_cuda_op(generator):
         ("hamming_distance", lambda: dsch_ext.hamming_distance(packed[:5], packed)),
         ("hamming_topk", lambda: dsch_ext.hamming_topk(packed[:5], packed, 17)),
         ("center_distances", lambda: dsch_ext.center_distances(x, c, "sqeuclidean")),
-        ("center_distances_backward", backward),
+        ("_center_distances_backward", backward),
         ("nearest_center", lambda: dsch_ext.nearest_center(x, c)),
         ("gmm_log_resp", lambda: dsch_ext.gmm_log_resp(x, c, prec, logw, "full")),
         ("gmm_log_resp diag", lambda: dsch_ext.gmm_log_resp(x, c, prec[:, 0] + 1, logw, "diag")),
@@ -76,7 +76,7 @@ def test_no_op_synchronises_the_host(generator):
 @cuda_only
 def test_ops_capture_into_a_cuda_graph(generator):
     for name, op in every_cuda_op(generator):
-        if name == "center_distances_backward":
+        if name == "_center_distances_backward":
             continue  # autograd's accumulation into .grad is not graph-safe by itself
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

@@ -221,7 +221,7 @@ def test_bounded_assign_op_rejects_bad_state():
     order = torch.arange(4)
     offsets = torch.tensor([0, 2, 4])
     labels, upper, lower = torch.zeros(10, dtype=torch.long), torch.zeros(10), torch.zeros(10, 2)
-    op = torch.ops.dsch_ext.kmeans_bounded_assign
+    op = torch.ops.dsch_ext._kmeans_bounded_assign
     xsq = (X * X).sum(1)
     with pytest.raises(RuntimeError, match=r"lower must be Float \[N, T\] = \[10, 2\]"):
         op(X, xsq, c, order, offsets, torch.zeros(4), torch.zeros(2), labels, upper, torch.zeros(10, 3), True)

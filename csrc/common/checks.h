@@ -1,4 +1,4 @@
-// Input validation shared by every backend of the Hamming ops.
+// Input validation shared by every backend of every op.
 //
 // User errors are TORCH_CHECKs whose message names the argument and its
 // shape; nothing here launches work. Non-contiguous inputs are not errors:
@@ -7,8 +7,36 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <initializer_list>
+#include <string>
+#include <string_view>
+#include <utility>
 
 namespace dsch_ext {
+
+// The enum value of a string argument (metric, covariance type), or one error
+// that names the argument and lists what it accepts.
+inline int parse_choice(c10::string_view given, const char* arg_name,
+                        std::initializer_list<std::pair<const char*, int>> choices) {
+  const std::string_view value(given.data(), given.size());
+  std::string accepted;
+  for (const auto& choice : choices) {
+    if (value == choice.first) return choice.second;
+    accepted += (accepted.empty() ? "'" : ", '") + std::string(choice.first) + "'";
+  }
+  TORCH_CHECK(false, arg_name, " must be one of ", accepted, ", got '", value, "'");
+  return -1;
+}
+
+// A float32 / float64 matrix [rows, D] with D >= 1 (rows may be 0).
+inline void check_float_matrix(const at::Tensor& t, const char* name, const char* shape) {
+  TORCH_CHECK(t.dim() == 2, name, " must be 2-D ", shape, ", got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+              " must be float32 or float64, got ", t.scalar_type(), " with shape ", t.sizes());
+  TORCH_CHECK(t.size(1) > 0, name, " has zero dimensions (shape ", t.sizes(), ")");
+}
 
 // A packed code matrix: uint8 [rows, nbytes] with nbytes >= 1.
 inline void check_packed_codes(const at::Tensor& t, const char* name, bool allow_empty_rows) {

@@ -14,19 +14,14 @@
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
-#include <string_view>
-
+#include "checks.h"
 #include "gmm_math.h"
 
 namespace dsch_ext {
 
-inline int parse_gmm_covariance(std::string_view name) {
-  if (name == "full") return kGmmFull;
-  if (name == "tied") return kGmmTied;
-  if (name == "diag") return kGmmDiag;
-  if (name == "spherical") return kGmmSpherical;
-  TORCH_CHECK(false, "covariance_type must be 'full', 'tied', 'diag' or 'spherical', got '", name, "'");
-  return -1;
+inline int parse_gmm_covariance(c10::string_view name) {
+  return parse_choice(name, "covariance_type",
+                      {{"full", kGmmFull}, {"tied", kGmmTied}, {"diag", kGmmDiag}, {"spherical", kGmmSpherical}});
 }
 
 struct GmmPrepared {
@@ -40,10 +35,8 @@ struct GmmPrepared {
 
 inline GmmPrepared prepare_gmm(const at::Tensor& x, const at::Tensor& means, const at::Tensor& prec_chol,
                                const at::Tensor& log_weights, c10::string_view cov_name, bool check_finite) {
-  const int cov = parse_gmm_covariance(std::string_view(cov_name.data(), cov_name.size()));
-  TORCH_CHECK(x.dim() == 2 && x.size(0) >= 0 && x.size(1) > 0, "x must be 2-D [N, D] with D >= 1, got shape ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "x must be float32 or float64, got ", x.scalar_type(), " with shape ", x.sizes());
+  const int cov = parse_gmm_covariance(cov_name);
+  check_float_matrix(x, "x", "[N, D]");
   const int64_t d = x.size(1);
   TORCH_CHECK(means.dim() == 2 && means.size(1) == d && means.size(0) > 0,
               "means must be [K, D] = [K, ", d, "] with K >= 1, got shape ", means.sizes());

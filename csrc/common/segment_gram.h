@@ -15,15 +15,14 @@
 
 #include <cstdint>
 
+#include "checks.h"
 #include "macros.h"
 
 namespace dsch_ext {
 
 // Shapes, dtypes and devices; no look at the values (nothing here syncs).
 inline void check_segment_gram(const at::Tensor& rows, const at::Tensor& offsets) {
-  TORCH_CHECK(rows.dim() == 2 && rows.size(1) > 0, "rows must be 2-D [M, D] with D >= 1, got shape ", rows.sizes());
-  TORCH_CHECK(rows.scalar_type() == at::kFloat || rows.scalar_type() == at::kDouble,
-              "rows must be float32 or float64, got ", rows.scalar_type(), " with shape ", rows.sizes());
+  check_float_matrix(rows, "rows", "[M, D]");
   TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) >= 2 && offsets.scalar_type() == at::kLong,
               "offsets must be int64 [K + 1] with K >= 1, got ", offsets.scalar_type(), " with shape ", offsets.sizes());
   TORCH_CHECK(offsets.device() == rows.device(), "offsets must be on rows' device ", rows.device(), ", got ",

@@ -1,4 +1,4 @@
-// CPU kernel of dsch_ext::center_distances_backward: gradients of
+// CPU kernel of dsch_ext::_center_distances_backward: gradients of
 // center_distances for x and centres (formulas in center_math.h). One pass
 // over the [N, K] gradient gives its weighted row and column sums, two GEMMs
 // give the cross terms, and O((N + K) D) epilogues combine them.
@@ -87,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor> center_distances_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dsch_ext, CPU, m) {
-  m.impl("center_distances_backward", &center_distances_backward_cpu);
+  m.impl("_center_distances_backward", &center_distances_backward_cpu);
 }
 
 }  // namespace dsch_ext

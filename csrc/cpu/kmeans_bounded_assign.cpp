@@ -1,4 +1,4 @@
-// CPU kernel of dsch_ext::kmeans_bounded_assign: one k-means assignment pass
+// CPU kernel of dsch_ext::_kmeans_bounded_assign: one k-means assignment pass
 // that skips the centres the triangle inequality rules out (Yinyang k-means,
 // Ding et al., ICML 2015), with the answers of the plain pass.
 //
@@ -474,6 +474,6 @@ at::Tensor kmeans_bounded_assign_cpu(const at::Tensor& x_in, const at::Tensor& x
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dsch_ext, CPU, m) { m.impl("kmeans_bounded_assign", &kmeans_bounded_assign_cpu); }
+TORCH_LIBRARY_IMPL(dsch_ext, CPU, m) { m.impl("_kmeans_bounded_assign", &kmeans_bounded_assign_cpu); }
 
 }  // namespace dsch_ext

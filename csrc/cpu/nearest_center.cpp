@@ -10,7 +10,6 @@
 // one block buffer per thread, never N x K.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -68,11 +67,9 @@ DSCH_CPU_CLONES int64_t count_within(const double* dots, const double* cs, int64
 
 std::tuple<at::Tensor, at::Tensor> nearest_center_cpu(const at::Tensor& x_in,
                                                       const at::Tensor& centers_in) {
-  check_points_centers(x_in, centers_in);
-  const at::Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
+  const NearestCenterCall call = start_nearest_center(x_in, centers_in);
+  const at::Tensor &x = call.x, &centers = call.centers, &index = call.index, &distance = call.distance;
   const int64_t n = x.size(0), k = centers.size(0);
-  at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));
-  at::Tensor distance = at::empty({n}, x.options());
   const auto x_stats = center_row_stats_cpu(x, kSqEuclidean, "x");
   const auto c_stats = center_row_stats_cpu(centers, kSqEuclidean, "centers");
   if (n == 0) return {index, distance};

@@ -1,4 +1,4 @@
-// CUDA kernel of dsch_ext::center_distances_backward (formulas in
+// CUDA kernel of dsch_ext::_center_distances_backward (formulas in
 // center_math.h): weighted row / column sums of the gradient (torch
 // reductions), the two cross-term GEMMs (full fp32 whatever torch's TF32
 // switch says), and one combine kernel per side.
@@ -97,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor> center_distances_backward_cuda(
 }  // namespace
 
 DSCH_EXT_GPU_IMPL(m) {
-  m.impl("center_distances_backward", &center_distances_backward_cuda);
+  m.impl("_center_distances_backward", &center_distances_backward_cuda);
 }
 
 }  // namespace dsch_ext

@@ -105,12 +105,10 @@ __global__ void nearest_center_scan_kernel(const T* __restrict__ dots, int64_t r
 
 std::tuple<at::Tensor, at::Tensor> nearest_center_cuda(const at::Tensor& x_in,
                                                        const at::Tensor& centers_in) {
-  check_points_centers(x_in, centers_in);
   const gpu::DeviceGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
+  const NearestCenterCall call = start_nearest_center(x_in, centers_in);
+  const at::Tensor &x = call.x, &centers = call.centers, &index = call.index, &distance = call.distance;
   const int64_t n = x.size(0), k = centers.size(0);
-  at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));
-  at::Tensor distance = at::empty({n}, x.options());
   const auto x_stats = center_row_stats_cuda(x, kSqEuclidean);
   const auto c_stats = center_row_stats_cuda(centers, kSqEuclidean);
   if (n == 0) return {index, distance};
