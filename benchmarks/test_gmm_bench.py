@@ -12,7 +12,7 @@ G2: GaussianMixture.fit, same data, same initial parameters, equal iterations (t
 G3: G1 with diagonal covariance.
 M2: the sparse M-step's second moments: the segment_gram kernel vs the torch route (packed
     products + index_add_), same pairs, same answer.
-E1: DSCH's E-step at equal EM iterations (experiment.estep_comparison's two sides): GMM with
+E1: DSCH's E-step at equal EM iterations (dsch_ext.experiments.estep.estep_comparison's two sides): GMM with
     1000 full components (k-means init) + k-means(100) on its means, 5,000 codes of 64 bits.
     The codes here are synthetic (tanh of 50 Gaussian clusters); RESULTS.md has E1 on a
     trained network's codes.
@@ -118,7 +118,7 @@ def dsch_codes(quick):
 
 
 def _dsch_estep_ours(codes, m1, m2, iterations):
-    from dsch_ext.components import fit_components
+    from dsch_ext.dsch.components import fit_components
 
     comp = fit_components(codes, m1, m2, "full", iterations, min_points_per_component=1, random_state=0, tol=0.0)
     assert comp.gmm_iterations == iterations
@@ -177,8 +177,8 @@ def _moments_torch(X, point, comp, weight, k):
 
 
 def _moments_ours(X, point, comp, weight, k):
-    from dsch_ext._comm import LocalCommunicator
-    from dsch_ext.cluster import Shard
+    from dsch_ext.distributed.comm import LocalCommunicator
+    from dsch_ext.distributed import Shard
     from dsch_ext.mixture import SparseResp, _full_second_moments
 
     ones = torch.ones(k, dtype=X.dtype)

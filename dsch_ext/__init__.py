@@ -14,19 +14,25 @@
 - :class:`BinaryIndex`: a Hamming index with ids, range search, atomic save / checked load.
 
 Submodules: :mod:`dsch_ext.evaluation` (mAP@k, PR curves), :mod:`dsch_ext.baselines` (LSH,
-PCAH, ITQ), :mod:`dsch_ext.data` (Fashion-MNIST, CIFAR-10, arrays, the retrieval protocol).
+PCAH, ITQ). Subpackages, each for its own audience and imported only when asked for:
+:mod:`dsch_ext.dsch` (the DSCH method: trainer, losses, E-step, networks, augmentation),
+:mod:`dsch_ext.experiments` (data sets, the retrieval protocol, model files, reports, the
+``dsch`` command; ``dsch_ext.data`` is its data module) and :mod:`dsch_ext.distributed`
+(torch.distributed: communicators, the sharded index, synchronised batch norm).
 """
+import importlib
+
 from ._library import build_info
-from . import baselines, data, evaluation
+from . import baselines, evaluation
+from ._version import __version__
 from .cluster import KMeans
 from .index import BinaryIndex, IndexFormatError
 from .mixture import GaussianMixture
 from .ops import (center_distances, gmm_log_resp, hamming_distance, hamming_topk, nearest_center, pack_bits,
                   segment_gram, unpack_bits)
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "BinaryIndex",
     "GaussianMixture",
     "IndexFormatError",
@@ -44,3 +50,16 @@ __all__ = [
     "data",
     "evaluation",
 ]
+
+_LAZY_SUBMODULES = {"data": ".experiments.data", "dsch": ".dsch", "experiments": ".experiments",
+                    "distributed": ".distributed"}
+
+
+def __getattr__(name):
+    """``dsch_ext.data`` and the subpackages load on first use, so ``import dsch_ext`` stays the
+    library alone."""
+    if name in _LAZY_SUBMODULES:
+        module = importlib.import_module(_LAZY_SUBMODULES[name], __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'dsch_ext' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """``python -m dsch_ext`` is the ``dsch`` command."""
 import sys
 
-from .cli import main
+from .experiments.cli import main
 
 sys.exit(main())

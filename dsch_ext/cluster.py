@@ -15,38 +15,10 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ._comm import LocalCommunicator, gather_rows_by_id, get_communicator
+from .distributed.comm import LocalCommunicator
+from .distributed.shard import Shard
 from ._validation import SeedLike, as_float_tensor, check_features, check_fitted, make_generator
 from .ops import center_distances, nearest_center
-
-
-class Shard:
-    """Where this process's rows sit in data sharded across ranks: rows
-    ``[offset, offset + n_local)`` of ``n_total``. One process: offset 0, everything local."""
-
-    def __init__(self, comm: LocalCommunicator, n_local: int):
-        counts = comm.sizes(n_local)
-        self.comm = comm
-        self.counts = counts
-        self.n_total = sum(counts)
-        self.offset = sum(counts[: comm.rank])
-
-    @classmethod
-    def of(cls, X: torch.Tensor, distributed: bool = False, process_group=None) -> "Shard":
-        return cls(get_communicator(distributed, process_group), X.shape[0])
-
-    def rows(self, X: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Global rows ``ids`` of the sharded X, on every rank."""
-        return gather_rows_by_id(self.comm, X, ids, self.offset)
-
-    def sum(self, t: torch.Tensor) -> torch.Tensor:
-        return self.comm.sum_(t)
-
-    def mean_variance(self, X: torch.Tensor) -> float:
-        """Mean over features of the (biased) variance of the whole data set, in two passes."""
-        X64 = X.double()
-        mean = self.sum(X64.sum(0)) / self.n_total
-        return float(self.sum(((X64 - mean) ** 2).sum(0)).sum()) / (self.n_total * X.shape[1])
 
 
 def kmeans_plusplus(X: torch.Tensor, n_clusters: int, generator: torch.Generator,

@@ -14,15 +14,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from ._packed import packed_codes
 from ._validation import ArrayLike, as_tensor
-from .ops import hamming_distance, hamming_topk, pack_bits
-
-
-def _packed(codes: ArrayLike, name: str) -> torch.Tensor:
-    t = codes if isinstance(codes, torch.Tensor) else as_tensor(np.asarray(codes), name)
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
-    return t if t.dtype == torch.uint8 else pack_bits(t)
+from .ops import hamming_distance, hamming_topk
 
 
 def _labels(labels: ArrayLike, n: int, name: str) -> torch.Tensor:
@@ -55,8 +49,8 @@ def retrieval_metrics(query_codes: ArrayLike, db_codes: ArrayLike, query_labels:
     as ``{"mAP@1000": ..., "mAP@all": ..., "P@100": ...}``; every k is clamped to the
     database size.
     """
-    q = _packed(query_codes, "query_codes")
-    db = _packed(db_codes, "db_codes").to(q.device)
+    q = packed_codes(query_codes, "query_codes")
+    db = packed_codes(db_codes, "db_codes").to(q.device)
     ql = _labels(query_labels, q.shape[0], "query_labels").to(q.device)
     dl = _labels(db_labels, db.shape[0], "db_labels").to(q.device)
     ndb = db.shape[0]
@@ -98,8 +92,8 @@ def precision_recall_curve(query_codes: ArrayLike, db_codes: ArrayLike, query_la
     """Precision and recall of Hamming-ball retrieval at every radius 0..nbits, averaged over
     queries (the usual hashing PR curve). Returns ``(radius, precision, recall)`` numpy arrays;
     a radius that retrieves nothing for a query counts that query's precision as 0."""
-    q = _packed(query_codes, "query_codes")
-    db = _packed(db_codes, "db_codes").to(q.device)
+    q = packed_codes(query_codes, "query_codes")
+    db = packed_codes(db_codes, "db_codes").to(q.device)
     ql = _labels(query_labels, q.shape[0], "query_labels").to(q.device)
     dl = _labels(db_labels, db.shape[0], "db_labels").to(q.device)
     nbins = q.shape[1] * 8 + 1

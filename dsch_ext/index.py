@@ -36,15 +36,16 @@ import struct
 import threading
 import warnings
 import zlib
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from ._atomic import atomic_write
+from ._packed import packed_codes
 from ._validation import ArrayLike
 from ._validation import as_tensor as _as_tensor
-from .ops import hamming_distance, hamming_topk, pack_bits
+from .ops import hamming_distance, hamming_topk
 
 MAGIC = b"DSCHBIX\x00"
 FORMAT_VERSION = 1
@@ -105,18 +106,7 @@ class BinaryIndex:
         return self._ids
 
     def _packed(self, codes: ArrayLike, name: str) -> torch.Tensor:
-        t = _as_tensor(codes, name)
-        if t.dim() != 2:
-            raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
-        if t.dtype == torch.uint8 and t.shape[1] == self.code_bytes and t.shape[1] != self.nbits:
-            packed = t
-        elif t.shape[1] == self.nbits:
-            packed = pack_bits(t)
-        else:
-            raise ValueError(
-                f"{name} of shape {tuple(t.shape)} and dtype {t.dtype} does not fit a {self.nbits}-bit index: "
-                f"give [n, {self.nbits}] codes (float/bool/int, > 0 is bit 1) or uint8 [n, {self.code_bytes}] packed codes"
-            )
+        packed = packed_codes(codes, name, self.nbits)
         packed = packed.to(self._device).contiguous()
         if self._tail_mask != 0xFF:
             packed = packed.clone()
@@ -262,52 +252,14 @@ class BinaryIndex:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no index file at {path!r}")
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            header = f.read(HEADER_SIZE)
-        if len(header) < len(MAGIC) or header[: len(MAGIC)] != MAGIC:
-            raise IndexFormatError(f"{path!r} is not a dsch_ext binary index (wrong magic bytes)")
-        if len(header) < HEADER_SIZE:
-            raise IndexFormatError(f"{path!r} is truncated: {size} bytes, the header alone needs {HEADER_SIZE}")
-        (magic, version, header_size, nbits, code_bytes, count, codes_offset, ids_offset, codes_crc, ids_crc,
-         _reserved) = _HEADER.unpack(header[:60])
-        (header_crc,) = struct.unpack("<I", header[60:64])
-        if _crc(header[:60]) != header_crc:
-            raise IndexFormatError(f"{path!r} has a corrupted header (checksum mismatch)")
-        if version != FORMAT_VERSION:
-            raise IndexFormatError(
-                f"{path!r} is format version {version}; this dsch_ext reads version {FORMAT_VERSION}")
-        if (header_size != HEADER_SIZE or nbits < 1 or code_bytes != (nbits + 7) // 8 or codes_offset != HEADER_SIZE
-                or ids_offset != HEADER_SIZE + count * code_bytes + (-(HEADER_SIZE + count * code_bytes)) % 8):
-            raise IndexFormatError(f"{path!r} has an inconsistent header (nbits={nbits}, code bytes={code_bytes}, "
-                                   f"count={count})")
-        expected = ids_offset + 8 * count
-        if size != expected:
-            kind = "truncated" if size < expected else "longer than its header says"
-            raise IndexFormatError(f"{path!r} is {kind}: {size} bytes, expected {expected} for {count} codes")
-        pad = ids_offset - codes_offset - count * code_bytes
-        if pad:
-            with open(path, "rb") as f:
-                f.seek(codes_offset + count * code_bytes)
-                if f.read(pad) != b"\x00" * pad:
-                    raise IndexFormatError(f"{path!r} is corrupted (non-zero padding before the ids)")
-        if mmap:
-            codes_np = np.memmap(path, dtype=np.uint8, mode="r", offset=codes_offset, shape=(count, code_bytes)) \
-                if count else np.empty((0, code_bytes), np.uint8)
-            ids_np = np.memmap(path, dtype="<i8", mode="r", offset=ids_offset, shape=(count,)) \
-                if count else np.empty((0,), "<i8")
-        else:
-            with open(path, "rb") as f:
-                f.seek(codes_offset)
-                codes_np = np.frombuffer(f.read(count * code_bytes), dtype=np.uint8).reshape(count, code_bytes)
-                f.seek(ids_offset)
-                ids_np = np.frombuffer(f.read(8 * count), dtype="<i8")
+        header = _read_header(path)
+        codes_np, ids_np = _read_arrays(path, header, mmap)
         if verify:
-            if _crc(np.ascontiguousarray(codes_np)) != codes_crc:
+            if _crc(np.ascontiguousarray(codes_np)) != header.codes_crc:
                 raise IndexFormatError(f"{path!r} has corrupted codes (checksum mismatch)")
-            if _crc(np.ascontiguousarray(ids_np)) != ids_crc:
+            if _crc(np.ascontiguousarray(ids_np)) != header.ids_crc:
                 raise IndexFormatError(f"{path!r} has corrupted ids (checksum mismatch)")
-        index = cls(nbits, device=device)
+        index = cls(header.nbits, device=device)
         if mmap:
             with warnings.catch_warnings():  # read-only map: torch warns that it is not writable
                 warnings.simplefilter("ignore", UserWarning)
@@ -317,5 +269,63 @@ class BinaryIndex:
         ids_t = torch.from_numpy(np.asarray(ids_np).astype(np.int64))
         index._codes = codes_t.to(index._device)
         index._ids = ids_t.to(index._device)
-        index._next_id = int(ids_t.max()) + 1 if count else 0
+        index._next_id = int(ids_t.max()) + 1 if header.count else 0
         return index
+
+
+class _Header(NamedTuple):
+    nbits: int
+    code_bytes: int
+    count: int
+    codes_offset: int
+    ids_offset: int
+    codes_crc: int
+    ids_crc: int
+
+
+def _read_header(path: str) -> _Header:
+    """The header of an index file, checked against itself and the file's size and padding."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(HEADER_SIZE)
+    if len(raw) < len(MAGIC) or raw[: len(MAGIC)] != MAGIC:
+        raise IndexFormatError(f"{path!r} is not a dsch_ext binary index (wrong magic bytes)")
+    if len(raw) < HEADER_SIZE:
+        raise IndexFormatError(f"{path!r} is truncated: {size} bytes, the header alone needs {HEADER_SIZE}")
+    (_magic, version, header_size, nbits, code_bytes, count, codes_offset, ids_offset, codes_crc, ids_crc,
+     _reserved) = _HEADER.unpack(raw[:60])
+    (header_crc,) = struct.unpack("<I", raw[60:64])
+    if _crc(raw[:60]) != header_crc:
+        raise IndexFormatError(f"{path!r} has a corrupted header (checksum mismatch)")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(f"{path!r} is format version {version}; this dsch_ext reads version {FORMAT_VERSION}")
+    if (header_size != HEADER_SIZE or nbits < 1 or code_bytes != (nbits + 7) // 8 or codes_offset != HEADER_SIZE
+            or ids_offset != HEADER_SIZE + count * code_bytes + (-(HEADER_SIZE + count * code_bytes)) % 8):
+        raise IndexFormatError(f"{path!r} has an inconsistent header (nbits={nbits}, code bytes={code_bytes}, "
+                               f"count={count})")
+    expected = ids_offset + 8 * count
+    if size != expected:
+        kind = "truncated" if size < expected else "longer than its header says"
+        raise IndexFormatError(f"{path!r} is {kind}: {size} bytes, expected {expected} for {count} codes")
+    pad = ids_offset - codes_offset - count * code_bytes
+    if pad:
+        with open(path, "rb") as f:
+            f.seek(codes_offset + count * code_bytes)
+            if f.read(pad) != b"\x00" * pad:
+                raise IndexFormatError(f"{path!r} is corrupted (non-zero padding before the ids)")
+    return _Header(nbits, code_bytes, count, codes_offset, ids_offset, codes_crc, ids_crc)
+
+
+def _read_arrays(path: str, header: _Header, mmap: bool):
+    """The codes ``[count, code_bytes]`` and ids ``[count]`` as numpy arrays: read, or mapped."""
+    count, code_bytes = header.count, header.code_bytes
+    if mmap:
+        if not count:
+            return np.empty((0, code_bytes), np.uint8), np.empty((0,), "<i8")
+        codes = np.memmap(path, dtype=np.uint8, mode="r", offset=header.codes_offset, shape=(count, code_bytes))
+        return codes, np.memmap(path, dtype="<i8", mode="r", offset=header.ids_offset, shape=(count,))
+    with open(path, "rb") as f:
+        f.seek(header.codes_offset)
+        codes = np.frombuffer(f.read(count * code_bytes), dtype=np.uint8).reshape(count, code_bytes)
+        f.seek(header.ids_offset)
+        return codes, np.frombuffer(f.read(8 * count), dtype="<i8")

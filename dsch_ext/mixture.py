@@ -20,9 +20,10 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from ._comm import LocalCommunicator
+from .distributed.comm import LocalCommunicator
 from ._validation import SeedLike, as_float_tensor, check_features, check_fitted, make_generator
-from .cluster import KMeans, Shard, kmeans_plusplus_ids
+from .cluster import KMeans, kmeans_plusplus_ids
+from .distributed.shard import Shard
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")

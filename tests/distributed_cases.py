@@ -129,8 +129,8 @@ def rank_dies(comm, how):
 def train_dsch(comm, X, labels, config, checkpoint=None, resume=False, rounds_first=None):
     import dataclasses
 
-    from dsch_ext.networks import HashNet, MLPBackbone
-    from dsch_ext.trainer import DSCHConfig, DSCHTrainer
+    from dsch_ext.dsch.networks import HashNet, MLPBackbone
+    from dsch_ext.dsch.trainer import DSCHConfig, DSCHTrainer
 
     torch.manual_seed(0)
     net = HashNet(MLPBackbone(X.shape[1], 32), 32, config["nbits"])

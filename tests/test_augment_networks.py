@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dsch_ext
-from dsch_ext import augment, networks
+from dsch_ext.dsch import augment, networks
 
 
 def test_two_views_shapes_ranges_and_reproducibility():

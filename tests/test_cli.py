@@ -93,7 +93,7 @@ def test_results_command_writes_the_report(tmp_path):
     result = run(tmp_path, "results", "--data", data, "--ablation-bits", "8", "--estep-iterations", "1", "--out", "res",
                  *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    text = (tmp_path / "res" / "RESULTS.md").read_text()
+    text = (tmp_path / "res" / "tables.md").read_text()
     for needle in ("| itq |", "| dsch |", "| contrastive |", "without fine components", "E1", "speed-up"):
         assert needle in text, needle
     assert (tmp_path / "res" / "results.png").stat().st_size > 1000
@@ -101,7 +101,7 @@ def test_results_command_writes_the_report(tmp_path):
     again = run(tmp_path, "results", "--data", data, "--ablation-bits", "8", "--estep-iterations", "1", "--out", "res",
                 *args)
     assert again.returncode == 0 and "===" not in again.stdout
-    assert (tmp_path / "res" / "RESULTS.md").read_text() == text
+    assert (tmp_path / "res" / "tables.md").read_text() == text
     # More seeds: only the new seed's runs train; cells become mean ± sd with paired differences.
     seeds = run(tmp_path, "results", "--data", data, "--ablation-bits", "8", "--estep-iterations", "1", "--out", "res",
                 "--seeds", "0", "1", *args)
@@ -109,7 +109,7 @@ def test_results_command_writes_the_report(tmp_path):
     trained = [line for line in seeds.stdout.splitlines() if line.startswith("===")]
     assert "=== dsch, 8 bits, seed 1" in trained and all(line.endswith("seed 1") for line in trained)
     assert (tmp_path / "res" / "dsch-8-seed1" / "record.json").exists()
-    text = (tmp_path / "res" / "RESULTS.md").read_text()
+    text = (tmp_path / "res" / "tables.md").read_text()
     ours = [json.loads((tmp_path / "res" / d / "record.json").read_text())["metrics"]["mAP@1000"]
             for d in ("dsch-8", "dsch-8-seed1")]
     mean = sum(ours) / 2
@@ -125,6 +125,20 @@ def test_results_command_writes_the_report(tmp_path):
     wrong = run(tmp_path, "results", "--data", data, "--ablation-bits", "8", "--estep-iterations", "1", "--out", "res",
                 *args)
     assert wrong.returncode != 0 and "seed 5, not 0" in wrong.stderr
+
+
+def test_results_checks_its_optional_dependencies_before_training(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from dsch_ext.experiments import cli
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else
+                        real_find_spec(name, *a))
+    code = cli.main(["results", "--data", str(tmp_path / "not-read"), "--out", str(tmp_path / "res")])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs matplotlib" in err and "dsch_ext[results]" in err
+    assert not (tmp_path / "res").exists()
 
 
 def test_demo_prints_the_table(tmp_path):

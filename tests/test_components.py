@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dsch_ext import components
+from dsch_ext.dsch import components
 
 
 def clustered_codes(n=600, nbits=16, groups=6, seed=0):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsch_ext import data
+from dsch_ext.experiments import data
 
 
 def write_idx(path, array, gz=True):

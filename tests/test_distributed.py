@@ -7,7 +7,7 @@ import dsch_ext
 from distributed_cases import run_ranks
 from dsch_ext import GaussianMixture, KMeans
 from dsch_ext.distributed import DistributedError, ShardedBinaryIndex, shard_range
-from dsch_ext._comm import LocalCommunicator
+from dsch_ext.distributed.comm import LocalCommunicator
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
 

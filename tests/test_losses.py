@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from dsch_ext import losses
+from dsch_ext.dsch import losses
 
 
 def nt_xent_reference(h, tau):

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from dsch_ext import evaluation, networks
-from dsch_ext.trainer import DSCHConfig, DSCHTrainer
+from dsch_ext import evaluation
+from dsch_ext.dsch import networks
+from dsch_ext.dsch.trainer import DSCHConfig, DSCHTrainer
 
 
 def tiny_images(n=240, classes=3, seed=0):
@@ -50,6 +51,14 @@ def test_resume_continues_from_checkpoint(tmp_path):
     second = DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=2), checkpoint=path, verbose=0)
     history = second.fit(images, labels, resume=True)
     assert [r.round for r in history.rounds] == [0, 1]
+    # One round, then a resumed round, is two rounds straight through: same weights, same history.
+    torch.manual_seed(0)
+    straight = DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=2), verbose=0)
+    straight_history = straight.fit(images, labels)
+    assert [r.loss for r in history.rounds] == [r.loss for r in straight_history.rounds]
+    assert history.best_round == straight_history.best_round
+    for name, value in straight.net.state_dict().items():
+        assert torch.equal(second.net.state_dict()[name], value), name
     wrong = DSCHTrainer(networks.small_cnn_hash_net(8, 1, 8), config(nbits=8, rounds=3), checkpoint=path, verbose=0)
     with pytest.raises(ValueError, match="is for 16-bit codes, this run trains 8-bit codes"):
         wrong.fit(images, labels, resume=True)

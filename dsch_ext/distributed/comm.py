@@ -177,14 +177,3 @@ def get_communicator(distributed: bool = False, process_group=None) -> LocalComm
     if not distributed:
         return LocalCommunicator()
     return Communicator(process_group)
-
-
-def gather_rows_by_id(comm: LocalCommunicator, X: torch.Tensor, ids: torch.Tensor, offset: int) -> torch.Tensor:
-    """Rows ``ids`` (global row numbers) of the data sharded across ranks, on every rank: each
-    rank fills the rows it holds (its rows are ``[offset, offset + len(X))``) and a sum over
-    ranks assembles them. Exact: every row is one rank's value plus zeros."""
-    ids = ids.to(X.device)
-    out = X.new_zeros((ids.shape[0],) + tuple(X.shape[1:]))
-    local = (ids >= offset) & (ids < offset + X.shape[0])
-    out[local] = X[ids[local] - offset]
-    return comm.sum_(out)

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ._comm import get_communicator
-from .cluster import KMeans
-from .mixture import GaussianMixture
+from ..cluster import KMeans
+from ..distributed.comm import get_communicator
+from ..mixture import GaussianMixture
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .ops import center_distances
+from ..ops import center_distances
 
 
 def batch_cooccurrence(p1: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@
 import torch
 from torch import nn
 
-from .ops import pack_bits
+from ..ops import pack_bits
 
 
 class SmallCNN(nn.Module):

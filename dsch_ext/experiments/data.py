@@ -3,7 +3,7 @@
 - Fashion-MNIST from its idx files: a directory given by the user, ``$DSCH_FASHION_MNIST``,
   or Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
 - The embedded default: the 10,000-image Fashion-MNIST test split shipped inside this
-  package (MIT licence in ``dsch_ext/datasets/fashion_mnist/LICENSE``), so a first run needs
+  package (MIT licence in ``dsch_ext/experiments/datasets/fashion_mnist/LICENSE``), so a first run needs
   no download.
 - CIFAR-10 in its "python batches" format (``data_batch_1..5``, ``test_batch``), read with a
   restricted unpickler that only builds dicts, lists, strings, numbers and numpy arrays.
@@ -223,3 +223,24 @@ def retrieval_split(labels: torch.Tensor, query_per_class: int = 100, train_per_
     in_query[query] = True
     database = torch.nonzero(~in_query).flatten()
     return RetrievalSplit(query, database, torch.sort(torch.cat(train)).values)
+
+def load_data(spec: str = "embedded") -> Dataset:
+    """A data set from a specification (see the module docstring); ``DataError`` says what is
+    missing or malformed."""
+    if spec in (None, "", "embedded"):
+        return load_embedded_fashion_mnist()
+    if spec == "fashion-mnist":
+        if fashion_mnist_root() is None:
+            raise DataError("full Fashion-MNIST not found: apt-get install dataset-fashion-mnist, set "
+                                 "DSCH_FASHION_MNIST, or pass its directory (or use --data embedded)")
+        return load_fashion_mnist()
+    if os.path.isdir(spec):
+        names = os.listdir(spec)
+        if any(n.startswith("data_batch_") or n == "test_batch" for n in names):
+            return load_cifar10(spec)
+        return load_fashion_mnist(spec)
+    if os.path.isfile(spec):
+        if spec.endswith(".npz"):
+            return load_arrays(spec)
+        raise DataError(f"{spec}: unknown data file format (use a .npz file or a directory)")
+    raise DataError(f"data not found: {spec} (use 'embedded', 'fashion-mnist', a directory or a .npz file)")

@@ -1,0 +1,119 @@
+"""A Hamming index whose codes are spread over the ranks of a process group."""
+from typing import Optional, Tuple, Union
+
+import torch
+
+from .._validation import ArrayLike
+from ..index import BinaryIndex
+from ..ops import hamming_topk
+from .comm import Communicator, DistributedError
+from .shard import _agree
+
+
+class ShardedBinaryIndex:
+    """A Hamming index whose codes are spread over the ranks of a process group.
+
+    Every method except the ``local`` accessors is a collective: all ranks call it, in the
+    same order. Positions are global: rank 0's codes first, then rank 1's, each in insertion
+    order; this is the order one :class:`~dsch_ext.BinaryIndex` would hold after adding every
+    rank's codes in rank order, and the order ties are broken in.
+
+    Args:
+        nbits: code length.
+        device: where this rank's codes live and its search runs.
+        process_group: the torch.distributed group (default group when None).
+        query_chunk: queries per kernel call.
+    """
+
+    def __init__(self, nbits: int, device: Union[str, torch.device] = "cpu", process_group=None,
+                 query_chunk: int = 4096):
+        self.comm = Communicator(process_group)
+        self.local = BinaryIndex(nbits, device, query_chunk)
+        self._next_id = 0
+
+    @property
+    def nbits(self) -> int:
+        return self.local.nbits
+
+    def __repr__(self):
+        return (f"ShardedBinaryIndex(nbits={self.nbits}, local={len(self.local)}, rank={self.comm.rank}, "
+                f"world_size={self.comm.world_size})")
+
+    def ntotal(self) -> int:
+        """Codes on all ranks (collective)."""
+        return sum(self.comm.sizes(len(self.local)))
+
+    def add(self, codes: ArrayLike, ids: Optional[ArrayLike] = None) -> torch.Tensor:
+        """Add this rank's codes (collective; a rank may add none: ``[0, nbits]``). Default
+        ids continue one global count in rank order, as one process adding the ranks' codes
+        in turn would number them; given ids must be unique across all ranks (checked on
+        each rank only). Returns this rank's new ids."""
+        error, new_ids = None, None
+        try:
+            packed = self.local._packed(codes, "codes")
+        except (TypeError, ValueError) as exc:
+            error, packed = exc, None
+        _agree(self.comm, error, "ShardedBinaryIndex.add (codes)")
+        counts = self.comm.sizes(packed.shape[0])
+        if ids is None:
+            start = self._next_id + sum(counts[: self.comm.rank])
+            ids = torch.arange(start, start + packed.shape[0], dtype=torch.int64)
+        try:
+            new_ids = self.local.add(packed, ids)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        try:
+            _agree(self.comm, error, "ShardedBinaryIndex.add")
+        except DistributedError:
+            self.local.remove_ids(new_ids)  # another rank failed: undo this rank's part
+            raise
+        top = torch.tensor([max(self.local._next_id, self._next_id + sum(counts))], dtype=torch.int64)
+        self._next_id = int(self.comm.max_(top))
+        self.local._next_id = self._next_id
+        return new_ids
+
+    def remove_ids(self, ids: ArrayLike) -> int:
+        """Remove these ids wherever they are (collective); returns how many were removed in all."""
+        removed = self.local.remove_ids(ids)
+        return int(self.comm.sum_(torch.tensor([removed], dtype=torch.int64)))
+
+    def search(self, queries: ArrayLike, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Exact k nearest codes over all ranks for this rank's ``queries`` (collective; a
+        rank may pass ``[0, nbits]`` queries). Every rank searches its shard with everyone's
+        queries, the candidates (distance, position, id) are exchanged with ``all_gather``,
+        and each rank merges its queries' lists with a stable sort on distance: ties go to the
+        lower global position, exactly as one :class:`~dsch_ext.BinaryIndex` orders them.
+        Returns ``(distances int32 [nq, k], ids int64 [nq, k])`` on this rank's device.
+        Traffic per search: ``world_size x all queries x k x 12`` bytes per rank."""
+        error = None
+        try:
+            q = self.local._packed(queries, "queries")
+        except (TypeError, ValueError) as exc:
+            error, q = exc, None
+        _agree(self.comm, error, "ShardedBinaryIndex.search (queries)")
+        codes, ids = self.local._snapshot()
+        ntotal = sum(self.comm.sizes(codes.shape[0]))
+        if not isinstance(k, int) or not 1 <= k <= ntotal:
+            raise ValueError(f"k must be in [1, ntotal] = [1, {ntotal}] (over all ranks), got {k!r}")
+        all_queries = self.comm.all_gather_rows(q)
+        nq = [t.shape[0] for t in all_queries]
+        device = codes.device
+        if sum(nq) == 0:
+            return (torch.empty((0, k), dtype=torch.int32, device=device),
+                    torch.empty((0, k), dtype=torch.int64, device=device))
+        Q = torch.cat(all_queries).to(device)
+        # This shard's candidates for every query, padded to k with a distance past any code's.
+        dist = torch.full((Q.shape[0], k), self.nbits + 1, dtype=torch.int32, device=device)
+        found = torch.full((Q.shape[0], k), -1, dtype=torch.int64, device=device)
+        kk = min(k, codes.shape[0])
+        if kk:
+            for s in range(0, Q.shape[0], self.local.query_chunk):
+                d, pos = hamming_topk(Q[s : s + self.local.query_chunk], codes, kk)
+                dist[s : s + d.shape[0], :kk] = d
+                found[s : s + d.shape[0], :kk] = ids[pos]
+        mine = slice(sum(nq[: self.comm.rank]), sum(nq[: self.comm.rank + 1]))
+        # Rank-ordered candidates of this rank's queries: [nq, world_size * k].
+        cand_d = torch.cat([g[mine] for g in self.comm.all_gather(dist)], dim=1)
+        cand_i = torch.cat([g[mine] for g in self.comm.all_gather(found)], dim=1)
+        order = torch.sort(cand_d, dim=1, stable=True).indices[:, :k]
+        return cand_d.gather(1, order), cand_i.gather(1, order)

@@ -1,0 +1,199 @@
+"""The ``dsch`` command line.
+
+Subcommands:
+  dsch demo          DSCH against ITQ, PCAH and LSH on the embedded Fashion-MNIST images (no
+                     download): trains, evaluates and prints a table (a few minutes on a CPU).
+  dsch train         train DSCH (or the contrastive baseline) on the retrieval protocol; writes
+                     model.pt, checkpoint.pt and record.json (config, timings, metrics) to --out.
+                     Under `torchrun --nproc-per-node N`, --distributed trains on N processes.
+  dsch encode        binary codes of a data set with a trained model (.npy packed codes, or an
+                     index file for `dsch search`).
+  dsch eval          evaluate trained models and/or baselines on the protocol: JSON record,
+                     Markdown table, and a PNG (mAP vs code length, precision-recall curves).
+  dsch search-demo   pack random binary codes with cluster structure, search them with
+                     hamming_topk, check the answer against a brute-force ranking, print a summary.
+  dsch index build   build a BinaryIndex file from codes (.npy, .npz or .pt: [n, nbits] values,
+                     > 0 is bit 1, or uint8 [n, nbits/8] packed codes).
+  dsch search        search an index file with query codes; JSON or CSV out.
+  dsch info          what this copy of dsch_ext was built with.
+
+This module parses the arguments; ``commands.py`` does the work through the library.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+from . import commands
+from .search_demo import search_demo
+from .errors import CliError
+
+
+DESCRIPTION = "dsch: train DSCH hash networks, evaluate them against baselines, build and search binary indexes."
+DATA_HELP = ("data set: 'embedded' (the 10,000 Fashion-MNIST test images shipped with dsch_ext), 'fashion-mnist' "
+             "(all 70,000), a directory (Fashion-MNIST idx files or CIFAR-10 python batches) or a .npz file")
+
+
+def _training_options(p, default_data="embedded"):
+    """DSCH's settings; unset ones take DSCHConfig.from_scratch()'s values."""
+    p.add_argument("--data", default=default_data, help=f"{DATA_HELP} (default: {default_data})")
+    p.add_argument("--baseline", action="store_true", help="train the contrastive baseline (lambda = 0, S = I)")
+    p.add_argument("--rounds", type=int, help="EM rounds, each one E-step and the M-step epochs (default 10)")
+    p.add_argument("--epochs-per-round", type=int, dest="epochs_per_round",
+                   help="M-step epochs per round (default 5)")
+    p.add_argument("--m1", type=int, help="fine GMM components (default 1000, capped at N/5)")
+    p.add_argument("--m2", type=int, help="coarse k-means components (default 100)")
+    p.add_argument("--covariance-type", dest="covariance_type", choices=("full", "diag", "spherical", "tied"),
+                   help="covariance of the fine GMM (default full, as in the paper)")
+    p.add_argument("--gmm-max-iter", type=int, dest="gmm_max_iter", help="EM iterations of the fine GMM (default 100)")
+    p.add_argument("--lam", type=float,
+                   help="weight of the component losses (default 1.0; the paper's 0.1 is for a pretrained VGG)")
+    p.add_argument("--tau", type=float, help="temperature of the losses (default 0.3)")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="images per step, two views each (default 15)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--adam-eps", type=float, dest="adam_eps", help="Adam epsilon (default 1e-8)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+
+
+def _protocol_options(p):
+    p.add_argument("--query-per-class", type=int, default=100, dest="query_per_class",
+                   help="queries per class (default 100)")
+    p.add_argument("--train-per-class", type=int, default=500, dest="train_per_class",
+                   help="training images per class, drawn from the database (default 500)")
+    p.add_argument("--split-seed", type=int, default=0, dest="split_seed",
+                   help="seed of the query/database/training split (default 0)")
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="DSCH against ITQ, PCAH and LSH on the embedded Fashion-MNIST images")
+    _training_options(p)
+    p.add_argument("--contrastive", action="store_true", help="also train the contrastive baseline (twice the time)")
+    p.add_argument("--bits", type=int, default=32, help="code length (default 32)")
+    p.add_argument("--train-per-class", type=int, default=200, dest="train_per_class",
+                   help="training images per class (default 200)")
+    p.add_argument("--out", default="", help="directory for demo.json, demo.png and the models (default: none)")
+    p.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: progress (default 1)")
+    p.set_defaults(func=commands.demo_command)
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train DSCH (or the contrastive baseline) on the retrieval protocol")
+    _training_options(p)
+    _protocol_options(p)
+    p.add_argument("--bits", type=int, default=64, help="code length (default 64)")
+    p.add_argument("--out", required=True, help="run directory (model.pt, checkpoint.pt, record.json)")
+    p.add_argument("--width", type=int, default=32, help="width of the small CNN (default 32)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda; with --distributed, cuda means GPU LOCAL_RANK for each rank (NCCL)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--no-eval", action="store_true", dest="no_eval", help="skip the final evaluation")
+    p.add_argument("--distributed", action="store_true", help="one process per rank (launch with torchrun)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds before a silent rank is an error (default 600)")
+    p.set_defaults(func=commands.train_command)
+
+
+def _add_results(sub):
+    p = sub.add_parser("results", help="every run the results report needs (long: DSCH, baselines, ablation, E-step)")
+    _training_options(p, default_data="fashion-mnist")
+    p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64], help="code lengths (default 16 32 64)")
+    p.add_argument("--ablation-bits", type=int, default=32, dest="ablation_bits",
+                   help="code length of the ablation runs (default 32)")
+    p.add_argument("--estep-iterations", type=int, default=3, dest="estep_iterations",
+                   help="EM iterations of the E-step comparison with scikit-learn (default 3)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="training seeds (default: --seed); with several, the tables give mean ± sd and DSCH's "
+                        "paired differences; the ablation and the E-step comparison use the first")
+    p.add_argument("--out", default="results",
+                   help="directory for the run directories, tables.md and results.png (default: results)")
+    p.set_defaults(func=commands.results_command)
+
+
+def _add_encode(sub):
+    p = sub.add_parser("encode", help="binary codes of a data set with a trained model")
+    p.add_argument("--model", required=True, help="a model.pt written by dsch train")
+    p.add_argument("--data", default="embedded", help=f"{DATA_HELP} (default: embedded)")
+    p.add_argument("--out", required=True, help="a .npy file (packed uint8 codes) or an index file for dsch search")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=commands.encode_command)
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="evaluate trained models and baselines on the retrieval protocol")
+    p.add_argument("--model", action="append", help="a model.pt (repeatable)")
+    p.add_argument("--baselines", nargs="*", default=[], choices=sorted(("itq", "pcah", "lsh")),
+                   help="shallow baselines to fit and evaluate")
+    p.add_argument("--bits", type=int, nargs="*", default=[16, 32, 64],
+                   help="code lengths for the baselines (default 16 32 64)")
+    p.add_argument("--data", default="embedded", help=f"{DATA_HELP} (default: embedded)")
+    _protocol_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the baselines' projections (default 0)")
+    p.add_argument("--out", default="", help="directory for eval.json and eval.png (default: none)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=commands.eval_command)
+
+
+def _add_search_demo(sub):
+    p = sub.add_parser("search-demo", help="pack and search random binary codes, check against brute force")
+    p.add_argument("--database", type=int, default=200_000, help="database size (default 200000)")
+    p.add_argument("--queries", type=int, default=500, help="number of queries (default 500)")
+    p.add_argument("--bits", type=int, default=64, help="code length in bits (default 64)")
+    p.add_argument("-k", type=int, default=100, help="neighbours per query (default 100)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random codes (default 0)")
+    p.set_defaults(func=search_demo)
+
+
+def _add_index(sub):
+    p = sub.add_parser("index", help="binary index files")
+    index_sub = p.add_subparsers(dest="index_command", required=True)
+    build = index_sub.add_parser("build", help="build an index file from codes")
+    build.add_argument("--codes", required=True, help=".npy/.npz/.pt: [n, nbits] values or uint8 packed codes")
+    build.add_argument("--out", required=True, help="index file to write (atomically)")
+    build.add_argument("--nbits", type=int, default=0, help="code length (default: from the codes)")
+    build.add_argument("--ids", help="optional int64 ids [n] (.npy/.npz/.pt)")
+    build.set_defaults(func=commands.index_build_command)
+
+
+def _add_search(sub):
+    p = sub.add_parser("search", help="search an index file")
+    p.add_argument("--index", required=True, help="an index file (dsch index build or dsch encode)")
+    p.add_argument("--queries", required=True, help=".npy/.npz/.pt query codes (same length as the index)")
+    p.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
+    p.add_argument("--out", default="-", help="output file (default: standard output)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=commands.search_command)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="dsch", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_train, _add_results, _add_encode, _add_eval, _add_search_demo, _add_index,
+                _add_search):
+        add(sub)
+    sub.add_parser("info", help="print how dsch_ext was built").set_defaults(func=commands.info_command)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except CliError as exc:
+        print(f"dsch: error: {exc}", file=sys.stderr)
+        code = 2
+    if getattr(args, "exit_now", False):
+        # A distributed run: end the process without interpreter finalisation, during which
+        # torch.distributed's gloo worker threads can still be releasing tensors of the last
+        # collective and abort the process (dsch_ext.distributed.shutdown explains).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
