@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def run(tmp_path, *args):
     # From outside the repository, so the installed package is imported.
@@ -38,6 +40,7 @@ TINY = ["--bits", "8", "--rounds", "2", "--epochs-per-round", "1", "--m1", "8", 
         "diag", "--gmm-max-iter", "5", "--query-per-class", "5", "--train-per-class", "30", "--batch-size", "16"]
 
 
+@pytest.mark.slow
 def test_train_encode_eval_round_trip(tmp_path):
     data = features_npz(tmp_path / "feats.npz")
     result = run(tmp_path, "train", "--data", data, "--out", "run", *TINY)
@@ -76,6 +79,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.returncode == 2 and "not a readable dsch_ext model file" in result.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_launches_distributed_training(tmp_path):
     data = features_npz(tmp_path / "feats.npz")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dsch_ext",
@@ -87,6 +91,7 @@ def test_torchrun_launches_distributed_training(tmp_path):
     assert result.stdout.count("trained in") == 1  # rank 0 reports
 
 
+@pytest.mark.slow
 def test_results_command_writes_the_report(tmp_path):
     data = features_npz(tmp_path / "feats.npz")
     args = TINY[: TINY.index("--query-per-class")] + ["--batch-size", "16"]
@@ -141,6 +146,7 @@ def test_results_checks_its_optional_dependencies_before_training(tmp_path, monk
     assert not (tmp_path / "res").exists()
 
 
+@pytest.mark.slow
 def test_demo_prints_the_table(tmp_path):
     data = features_npz(tmp_path / "feats.npz")
     args = TINY[: TINY.index("--query-per-class")]

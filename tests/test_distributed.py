@@ -10,6 +10,8 @@ from dsch_ext.distributed import DistributedError, ShardedBinaryIndex, shard_ran
 from dsch_ext.distributed.comm import LocalCommunicator
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
+# Every multi-process case costs seconds of process start-up; the fast tier keeps one of each kind.
+SLOW = pytest.mark.slow
 
 
 def ok(results):
@@ -31,7 +33,7 @@ def close(a, b, rtol=1e-8):
 
 @pytest.mark.parametrize("world_size, sizes, init", [
     (2, [70, 53], "k-means++"),
-    (3, [40, 1, 82], "random"),
+    pytest.param(3, [40, 1, 82], "random", marks=SLOW),
 ])
 def test_kmeans_sharded_equals_one_process(tmp_path, world_size, sizes, init):
     X = blobs(sum(sizes), 5, 6, seed=world_size)
@@ -45,6 +47,7 @@ def test_kmeans_sharded_equals_one_process(tmp_path, world_size, sizes, init):
     assert torch.equal(torch.cat([res["labels"] for res in results]), ref.labels_)
 
 
+@SLOW
 def test_kmeans_sharded_yinyang_equals_one_process(tmp_path):
     # The bounds are per point: sharded Yinyang follows the one-process Yinyang fit.
     X = blobs(611, 40, 8, seed=9)
@@ -57,6 +60,7 @@ def test_kmeans_sharded_yinyang_equals_one_process(tmp_path):
     assert torch.equal(torch.cat([res["labels"] for res in results]), ref.labels_)
 
 
+@SLOW
 def test_kmeans_sharded_reseeds_empty_clusters_like_one_process(tmp_path):
     # Duplicate points and an initial centre far away: a cluster empties in the first iteration.
     X = torch.cat([torch.zeros(20, 2), torch.ones(25, 2), 3 * torch.ones(19, 2)]).double()
@@ -75,9 +79,9 @@ def test_kmeans_sharded_reseeds_empty_clusters_like_one_process(tmp_path):
     # their lower bounds tie to rounding, so which one wins differs between machines (an
     # AVX-512 CPU picked the other one). One initialisation keeps that case exact.
     (2, "full", "kmeans", 1),
-    (3, "diag", "k-means++", 2),
-    (2, "tied", "random", 2),
-    (3, "spherical", "random_from_data", 2),
+    pytest.param(3, "diag", "k-means++", 2, marks=SLOW),
+    pytest.param(2, "tied", "random", 2, marks=SLOW),
+    pytest.param(3, "spherical", "random_from_data", 2, marks=SLOW),
 ])
 def test_gmm_sharded_equals_one_process(tmp_path, world_size, covariance_type, init_params, n_init):
     sizes = [61, 47, 90][:world_size]
@@ -100,8 +104,8 @@ def test_gmm_sharded_equals_one_process(tmp_path, world_size, covariance_type, i
 
 @pytest.mark.parametrize("world_size, db_sizes, q_sizes, k, user_ids", [
     (2, [300, 211], [7, 0], 25, False),   # queries from one rank only
-    (3, [0, 160, 97], [3, 4, 5], 40, True),  # an empty shard, user ids
-    (3, [5, 3, 4], [2, 2, 2], 12, False),  # k = the whole database
+    pytest.param(3, [0, 160, 97], [3, 4, 5], 40, True, marks=SLOW),  # an empty shard, user ids
+    pytest.param(3, [5, 3, 4], [2, 2, 2], 12, False, marks=SLOW),  # k = the whole database
 ])
 def test_sharded_search_equals_one_index(tmp_path, world_size, db_sizes, q_sizes, k, user_ids):
     nbits = 20  # few bits: many ties, so the tie-break is exercised
@@ -135,6 +139,7 @@ def test_bad_input_on_one_rank_raises_on_every_rank(tmp_path):
     assert all(r["after"].shape == (1, 1) for r in results)  # the group still works afterwards
 
 
+@SLOW
 @pytest.mark.parametrize("how", ["dies", "hangs"])
 def test_a_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
     timeout = 5.0
@@ -146,6 +151,7 @@ def test_a_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
     assert res["seconds"] < timeout + 10
 
 
+@SLOW
 def test_dsch_training_on_ranks_equals_one_process(tmp_path):
     from distributed_cases import train_dsch
 

@@ -21,7 +21,7 @@ import dsch_ext  # noqa: F401  (the CPU ops to compare with)
 import emulation_build
 import hamming_reference as ref
 
-pytestmark = pytest.mark.emulation
+pytestmark = [pytest.mark.emulation, pytest.mark.slow]  # a minute to build, minutes to run
 
 # Relative tolerance of emulated (GPU) floating-point results against the CPU op.
 TOL = {torch.float32: 1e-4, torch.float64: 1e-10}

@@ -30,16 +30,16 @@ def test_log_resp_matches_sklearn(cov, n, k, d, device):
     rng = np.random.default_rng(n * 100 + k)
     X = rng.uniform(-1, 1, (max(n, k, 2), d))
     gm = fitted_sklearn(X, k, cov)
-    log_prob_norm, log_resp = gm._estimate_log_prob_resp(X[:n])
+    log_prob_norm, resp = gm.score_samples(X[:n]), gm.predict_proba(X[:n])
     # float64: 1e-8
     lr, lpn = dsch_ext.gmm_log_resp(*op_args(gm, X[:n], torch.float64, device), cov)
     np.testing.assert_allclose(lpn.cpu().numpy(), log_prob_norm, rtol=1e-8, atol=1e-8)
-    np.testing.assert_allclose(np.exp(lr.cpu().numpy()), np.exp(log_resp), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(np.exp(lr.cpu().numpy()), resp, rtol=1e-8, atol=1e-8)
     # float32: 1e-4 relative on log-likelihoods, 1e-4 on responsibilities
     lr32, lpn32 = dsch_ext.gmm_log_resp(*op_args(gm, X[:n], torch.float32, device), cov)
     assert lr32.dtype == torch.float32
     np.testing.assert_allclose(lpn32.cpu().numpy(), log_prob_norm, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(np.exp(lr32.double().cpu().numpy()), np.exp(log_resp), atol=1e-4)
+    np.testing.assert_allclose(np.exp(lr32.double().cpu().numpy()), resp, atol=1e-4)
 
 
 @pytest.mark.parametrize("cov", COV_TYPES)
@@ -49,10 +49,10 @@ def test_float32_on_tight_clusters(cov, device):
     centers = rng.uniform(-1, 1, (6, 8))
     X = np.concatenate([c + 1e-3 * rng.standard_normal((100, 8)) for c in centers])
     gm = fitted_sklearn(X, 6, cov, seed=1)
-    log_prob_norm, log_resp = gm._estimate_log_prob_resp(X)
+    log_prob_norm, resp = gm.score_samples(X), gm.predict_proba(X)
     lr32, lpn32 = dsch_ext.gmm_log_resp(*op_args(gm, X, torch.float32, device), cov)
     np.testing.assert_allclose(lpn32.double().cpu().numpy(), log_prob_norm, rtol=1e-4)
-    np.testing.assert_allclose(np.exp(lr32.double().cpu().numpy()), np.exp(log_resp), atol=1e-4)
+    np.testing.assert_allclose(np.exp(lr32.double().cpu().numpy()), resp, atol=1e-4)
 
 
 def test_far_points_give_finite_responsibilities(device):
@@ -119,7 +119,7 @@ def test_full_routes_match_sklearn(d, k, dtype, tol, monkeypatch):
     # with a floor); every route must give the stable form's answer: 1e-8 in float64, 1e-4
     # (relative) in float32, on tight clusters where the expanded form cancels.
     X, gm = tight_mixture(d, k, 9, seed=d + k)
-    want_norm, want_resp = gm._estimate_log_prob_resp(X)
+    want_norm, want_resp = gm.score_samples(X), gm.predict_proba(X)
     args = op_args(gm, X, dtype, "cpu")
     results = {}
     for stable in ("0", "1"):
@@ -127,7 +127,7 @@ def test_full_routes_match_sklearn(d, k, dtype, tol, monkeypatch):
         results[stable] = dsch_ext.gmm_log_resp(*args, "full")
         lr, lpn = results[stable]
         np.testing.assert_allclose(lpn.double().numpy(), want_norm, rtol=tol, atol=tol)
-        np.testing.assert_allclose(np.exp(lr.double().numpy()), np.exp(want_resp), rtol=tol, atol=tol)
+        np.testing.assert_allclose(np.exp(lr.double().numpy()), want_resp, rtol=tol, atol=tol)
     np.testing.assert_allclose(results["0"][0].double().exp().numpy(), results["1"][0].double().exp().numpy(),
                                rtol=tol * 1e-2, atol=tol * 1e-6)
 

@@ -283,6 +283,7 @@ def _dsch(cwd, *args):
     return subprocess.run([sys.executable, "-m", "dsch_ext", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_index_command_line(tmp_path):
     rng = np.random.default_rng(10)
     codes = rng.standard_normal((400, 48)).astype(np.float32)
