@@ -1,6 +1,6 @@
-"""GPU benchmark report: dsch_ext's CUDA ops on the PERF.md workloads, timed with CUDA
+"""GPU benchmark report: dsch_ext's CUDA ops on the workloads of benchmarks/WORKLOADS.md, timed with CUDA
 events (warm-up first, median of several runs), answers checked against the CPU kernels,
-each time set against a roofline and, where PERF.md names one, against its anchor written
+each time set against a roofline and, where the workload names one, against its anchor written
 in plain torch on the same GPU in the same run. Run by scripts/gpu_check.sh; prints one table.
 
 Hamming roofline: a distance between B-bit codes costs B/32 32-bit popcounts (and as many
@@ -8,7 +8,7 @@ xors); an H100 retires 16 popcounts per clock per SM (CUDA C Programming Guide, 
 instruction throughput, compute capability 9.0). The top-k reads every distance once for
 its histogram, so "% popc roofline" = (nq * ndb * B/32) / (SMs * 16 * clock) / time.
 
-GMM roofline (PERF.md: the E-step at >= 40% of fp32): the stable full-covariance E-step
+GMM roofline (goal: the E-step at >= 40% of fp32): the stable full-covariance E-step
 transforms every point by every precision factor, 2 N K D^2 flops (one N x D by D x KD GEMM);
 fp32 peak = SMs * 128 lanes * 2 flops * clock (67 TFLOP/s on an H100 SXM). The anchor is
 scikit-learn's formula in torch: the same GEMM through torch.matmul, then the norms and a

@@ -1,4 +1,4 @@
-"""Centre distances and k-means against torch / scikit-learn (PERF.md C1, C2; issue KMeans).
+"""Centre distances and k-means against torch / scikit-learn (workloads C1, C2 and KM of benchmarks/WORKLOADS.md).
 
 C1: N = 65,536, K = 1000, D = 64, forward + backward: center_distances('sqeuclidean') vs
     torch.cdist(x, c) ** 2 with autograd.

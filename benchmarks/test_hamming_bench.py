@@ -1,4 +1,4 @@
-"""Hamming top-k against faiss-cpu IndexBinaryFlat and a plain torch search (PERF.md H1-H3).
+"""Hamming top-k against faiss-cpu IndexBinaryFlat and a plain torch search (workloads H1-H3 of benchmarks/WORKLOADS.md).
 
 H1: 1,000,000 random 64-bit codes, 1,000 queries, k = 1000
 H2: same, k = 10

@@ -16,8 +16,8 @@
 # used with PYTHONPATH at the repository root. Logs go to $OUT (default /tmp/dsch-gpu-out),
 # with a copy of the built library, so a later call can skip `build` by bringing the two
 # files back (dsch_ext/_C*.so and dsch_ext/_build_info.py are git-ignored paths).
-# Each step has a time limit (STEP_LIMIT_S, default 150 s) so one hung step cannot eat a
-# whole session, and prints how long it took; the exit status is non-zero if any step failed.
+# Each step has a time limit (STEP_LIMIT_S, default 150 s) so one hung step cannot use up
+# the machine's time, and prints how long it took; the exit status is non-zero if any step failed.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-/tmp/dsch-gpu-out}"

@@ -1,4 +1,4 @@
-"""DSCH's E-step: the semantic components of the current continuous codes (DSCH.md).
+"""DSCH's E-step: the semantic components of the current continuous codes (docs/method.md).
 
 ``fit_components(H, ...)`` takes the codes ``H = tanh(f(x))`` of all training items (computed in
 eval mode, without augmentation) and returns:
@@ -16,7 +16,7 @@ Small training sets: ``m1`` is capped at ``N // min_points_per_component`` (defa
 per fine component) and ``m2`` at ``m1 // 2``, so the mixture never has more components than
 the data can support; the caps are reported in ``Components.m1`` / ``.m2``.
 The co-occurrence ``S = P1 P1^T`` is never formed here: the M-step takes its batch rows
-(``dsch_ext.losses.batch_cooccurrence``).
+(``dsch_ext.dsch.losses.batch_cooccurrence``).
 
 The codes stay fixed for a round, so the M-step looks the batch rows of P1 up in a
 :class:`ResponsibilityTable` computed once per round (``Components.table``): P1's non-zero

@@ -1,4 +1,4 @@
-"""DSCH's M-step losses (DSCH.md, "The losses"): instance correlation and component correlation.
+"""DSCH's M-step losses (docs/method.md, "The M-step losses"): instance correlation and component correlation.
 
 Notation: a batch holds B images with two augmented views each; ``h`` stacks the 2B codes with
 view one of image b at row b and view two at row b + B. ``tau`` is the temperature.

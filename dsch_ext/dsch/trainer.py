@@ -1,11 +1,11 @@
 """The DSCH training loop: rounds of one E-step (semantic components of the current codes) and
 one epoch of M-step (the hash network trained with L_ic + lambda (L_ccf + L_ccc)).
 
-Defaults are the reference settings of DSCH.md: m1 = 1000 fine and m2 = 100 coarse components,
+Defaults are the reference settings of docs/method.md: m1 = 1000 fine and m2 = 100 coarse components,
 full-covariance GMM with k-means initialisation and max_iter = 100, lambda = 0.1, tau = 1,
 batches of 15 images with two augmented views each, Adam (lr 5e-4, eps 1.0) with the learning
 rate multiplied by 0.99 every 200 steps, 10 rounds of (E-step, one epoch). Small training sets
-scale m1 and m2 down (``dsch_ext.components``). ``baseline=True`` is the contrastive baseline
+scale m1 and m2 down (``dsch_ext.dsch.components``). ``baseline=True`` is the contrastive baseline
 (lambda = 0, S = I). Model selection uses a validation split carved from the training items
 (never the query set): the round with the best validation mAP is kept. A checkpoint is written
 atomically after every round and ``fit(resume=True)`` continues from it.
@@ -156,7 +156,7 @@ def _duration(seconds: float) -> str:
 
 
 class DSCHTrainer:
-    """Trains ``net`` (a :class:`dsch_ext.networks.HashNet`) with DSCH on ``images``."""
+    """Trains ``net`` (a :class:`dsch_ext.dsch.networks.HashNet`) with DSCH on ``images``."""
 
     def __init__(self, net: torch.nn.Module, config: Optional[DSCHConfig] = None, device="cpu",
                  augment: Optional[TwoViewAugment] = None, checkpoint: Optional[str] = None, verbose: int = 1,

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import torch
 
 from .._atomic import atomic_write
+from .._version import __version__
 from ..dsch.trainer import DSCHConfig
 from .data import load_data
 from .estep import estep_comparison
@@ -30,6 +31,18 @@ RESULT_RUNS = {
     "no-fine": ({"fine": False}, "DSCH without fine components (no L_ccf)"),
     "no-coarse": ({"coarse": False}, "DSCH without coarse components (no L_ccc)"),
 }
+
+
+def _commit_note() -> str:
+    """", commit abc1234" when dsch_ext runs from a git checkout, else nothing."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f", commit {out.stdout.strip()}" if out.returncode == 0 and out.stdout.strip() else ""
 
 
 def check_dependencies() -> None:
@@ -126,7 +139,7 @@ def results_markdown(dataset, split, records, ablations, estep, base: DSCHConfig
     lines = [
         "# Results: generated tables",
         "",
-        "Written by `dsch results`; RESULTS.md holds the analysis.",
+        f"Written by `dsch results` (dsch_ext {__version__}{_commit_note()}); RESULTS.md holds the analysis.",
         "",
         f"Data: {dataset.name}, {len(dataset):,} images; the protocol of docs/protocol.md: {split.query.numel():,} queries "
         f"({split.query.numel() // n_classes} a class), database the other {split.database.numel():,}, "
