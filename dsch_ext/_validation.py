@@ -29,11 +29,15 @@ def as_float_tensor(X, name: str = "X", device: Optional[torch.device] = None) -
     if isinstance(X, torch.Tensor):
         t = X.detach()
     else:
-        t = torch.as_tensor(np.asarray(X))
+        t = torch.as_tensor(_numeric_array(X, name))
+    if t.is_complex():
+        raise ValueError(f"{name} is complex (dtype {t.dtype}, shape {tuple(t.shape)}): Complex data not supported")
     if t.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [n_samples, n_features], got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must be 2-D [n_samples, n_features], got shape {tuple(t.shape)}; Reshape your "
+                         "data with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one sample")
     if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+        what = "sample" if t.shape[0] == 0 else "feature"
+        raise ValueError(f"{name} is empty: 0 {what}(s) (shape={tuple(t.shape)}) while a minimum of 1 is required.")
     if t.dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float64)
     if device is not None:
@@ -41,6 +45,22 @@ def as_float_tensor(X, name: str = "X", device: Optional[torch.device] = None) -
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or Inf (shape {tuple(t.shape)})")
     return t.contiguous()
+
+
+def _numeric_array(X, name: str) -> np.ndarray:
+    """A numpy array of numbers from array-like input; object arrays of numbers become float64,
+    anything else (strings, dicts, sparse matrices) is one error naming the argument."""
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):
+        raise TypeError(f"{name} is a sparse matrix ({type(X).__name__}): dense input required")
+    a = np.asarray(X)
+    if a.dtype == object or a.dtype.kind in "USV":
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name} must hold numbers, got dtype {a.dtype} with shape {a.shape}: {exc}") from exc
+    elif a.dtype.kind not in "biufc":
+        raise ValueError(f"{name} must hold numbers, got dtype {a.dtype} with shape {a.shape}")
+    return a if a.flags.writeable else a.copy()  # torch cannot wrap a read-only array
 
 
 def make_generator(random_state: SeedLike) -> torch.Generator:
@@ -59,13 +79,13 @@ def make_generator(random_state: SeedLike) -> torch.Generator:
 
 
 def check_fitted(estimator, attribute: str):
-    if not hasattr(estimator, attribute):
-        raise RuntimeError(f"this {type(estimator).__name__} is not fitted yet: call fit first")
+    """NotFittedError (scikit-learn's class where it is installed) before ``fit``."""
+    from ._sklearn import check_is_fitted
+
+    check_is_fitted(estimator, attribute)
 
 
 def check_features(estimator, X: torch.Tensor, name: str = "X"):
     if X.shape[1] != estimator.n_features_in_:
-        raise ValueError(
-            f"{name} has {X.shape[1]} features (shape {tuple(X.shape)}) but "
-            f"{type(estimator).__name__} was fitted with {estimator.n_features_in_}"
-        )
+        raise ValueError(f"{name} has {X.shape[1]} features, but {type(estimator).__name__} is expecting "
+                         f"{estimator.n_features_in_} features as input ({name} shape {tuple(X.shape)})")

@@ -13,26 +13,26 @@ Each has ``fit(X)`` (X ``[N, D]`` features) and ``encode(X)`` → ±1 float code
 import numpy as np
 import torch
 
-from ._validation import SeedLike, as_float_tensor, make_generator
+from ._sklearn import BaseEstimator, TransformerMixin
+from ._validation import SeedLike, as_float_tensor, check_fitted, make_generator
 
 
-class _LinearHash:
-    """sign((X - mean) @ projection)."""
+class _LinearHash(TransformerMixin, BaseEstimator):
+    """sign((X - mean) @ projection). ``transform`` is ``encode`` (scikit-learn's name)."""
 
-    def __init__(self, nbits: int, random_state: SeedLike = 0):
-        if not isinstance(nbits, (int, np.integer)) or nbits < 1:
-            raise ValueError(f"nbits must be a positive int, got {nbits!r}")
-        self.nbits = int(nbits)
+    def __init__(self, nbits: int = 64, random_state: SeedLike = 0):
+        self.nbits = nbits
         self.random_state = random_state
 
     def _prepare(self, X):
+        if isinstance(self.nbits, bool) or not isinstance(self.nbits, (int, np.integer)) or self.nbits < 1:
+            raise ValueError(f"nbits must be a positive int, got {self.nbits!r}")
         X = as_float_tensor(X)
         self.mean_ = X.mean(0)
         return X, X - self.mean_
 
     def encode(self, X) -> torch.Tensor:
-        if not hasattr(self, "projection_"):
-            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit first")
+        check_fitted(self, "projection_")
         X = as_float_tensor(X, device=self.mean_.device).to(self.mean_.dtype)
         if X.shape[1] != self.projection_.shape[0]:
             raise ValueError(f"X has {X.shape[1]} features (shape {tuple(X.shape)}), the model expects "
@@ -42,6 +42,9 @@ class _LinearHash:
 
     def fit_encode(self, X) -> torch.Tensor:
         return self.fit(X).encode(X)
+
+    def transform(self, X) -> torch.Tensor:
+        return self.encode(X)
 
 
 def _pca(Xc: torch.Tensor, nbits: int) -> torch.Tensor:
@@ -75,7 +78,7 @@ class PCAH(_LinearHash):
 class ITQ(_LinearHash):
     """Iterative quantisation."""
 
-    def __init__(self, nbits: int, n_iter: int = 50, random_state: SeedLike = 0):
+    def __init__(self, nbits: int = 64, n_iter: int = 50, random_state: SeedLike = 0):
         super().__init__(nbits, random_state)
         self.n_iter = n_iter
 

@@ -17,6 +17,7 @@ import torch
 
 from .distributed.comm import LocalCommunicator
 from .distributed.shard import Shard
+from ._sklearn import BaseEstimator, ClusterMixin, TransformerMixin
 from ._validation import SeedLike, as_float_tensor, check_features, check_fitted, make_generator
 from .ops import center_distances, nearest_center
 
@@ -323,7 +324,7 @@ def lloyd(X: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float, ver
     return centers, labels, float(shard.sum(dist.double().sum().reshape(1))), n_iter
 
 
-class KMeans:
+class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """K-means clustering (scikit-learn's ``sklearn.cluster.KMeans`` API) on CPU or CUDA.
 
     Parameters:

@@ -14,7 +14,6 @@ iteration of the best run.
 """
 import math
 import time
-import warnings
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -22,6 +21,9 @@ import torch
 
 from .distributed.comm import LocalCommunicator
 from ._validation import SeedLike, as_float_tensor, check_features, check_fitted, make_generator
+from ._progress import progress_bar
+from ._sklearn import ConvergenceWarning  # noqa: F401  (dsch_ext.mixture.ConvergenceWarning)
+from ._sklearn import BaseEstimator, DensityMixin, warn_not_converged
 from .cluster import KMeans, kmeans_plusplus_ids
 from .distributed.shard import Shard
 
@@ -40,10 +42,6 @@ _ILL_DEFINED = (
 # most of its work; the lower bound then misses at most K * that mass per point (1e-11 at
 # K = 1000 and resp_threshold = 1e-8): far inside the 1e-6 the fits are tested to.
 _FLOOR_FACTOR = 1e-6
-
-
-class ConvergenceWarning(UserWarning):
-    """The best initialisation did not reach ``tol`` within ``max_iter`` iterations."""
 
 
 class SparseResp(NamedTuple):
@@ -183,7 +181,7 @@ def _covariance_from_precision(precisions, precisions_chol, covariance_type):
     return 1.0 / precisions
 
 
-class GaussianMixture:
+class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by EM (``sklearn.mixture.GaussianMixture``'s API) on CPU or CUDA.
 
     Parameters (as scikit-learn's unless noted):
@@ -412,9 +410,8 @@ class GaussianMixture:
                 self.converged_ = converged
         params, self.n_iter_, self.lower_bounds_, _ = best
         if not self.converged_ and self.max_iter > 0:
-            warnings.warn(
-                f"Best initialisation did not converge in {self.max_iter} iterations (tol={self.tol}); "
-                "increase max_iter or tol.", ConvergenceWarning, stacklevel=2)
+            warn_not_converged(f"Best initialisation did not converge in {self.max_iter} iterations "
+                               f"(tol={self.tol}); increase max_iter or tol.")
         self._set_parameters(params)
         self.lower_bound_ = max_lower_bound
         self.n_features_in_ = X.shape[1]
@@ -422,10 +419,8 @@ class GaussianMixture:
     def _progress(self, init, n_init):
         if self.verbose < 1:
             return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self.max_iter, desc=f"GMM init {init + 1}/{n_init} (K={self.n_components}, "
-                    f"{self.covariance_type})", leave=False)
+        return progress_bar(self.max_iter, f"GMM init {init + 1}/{n_init} (K={self.n_components}, "
+                            f"{self.covariance_type})")
 
     # ------------------------------------------------------------------ inference
 
@@ -465,6 +460,8 @@ class GaussianMixture:
     def sample(self, n_samples: int = 1, generator: Optional[torch.Generator] = None):
         """Draw ``n_samples`` points: (X ``[n, D]``, component labels ``[n]``)."""
         check_fitted(self, "means_")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
         g = generator if generator is not None else make_generator(self.random_state)
         k, d = self.means_.shape
         labels = torch.multinomial(self.weights_.double().cpu(), n_samples, replacement=True, generator=g)

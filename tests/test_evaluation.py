@@ -109,5 +109,5 @@ def test_itq_rotation_is_orthogonal_and_reduces_quantisation_error():
 def test_baselines_bad_input():
     with pytest.raises(ValueError, match="nbits=40 exceeds the number of features 30"):
         baselines.PCAH(40).fit(np.zeros((10, 30)) + np.arange(30))
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(ValueError, match="not fitted"):  # NotFittedError
         baselines.ITQ(8).encode(np.zeros((2, 8)))

@@ -373,7 +373,7 @@ def test_gaussian_mixture_bad_input():
         dsch_ext.GaussianMixture(2, covariance_type="banded").fit(X)
     with pytest.raises(ValueError, match=r"means_init must have shape \(2, 2\)"):
         dsch_ext.GaussianMixture(2, means_init=X[:3]).fit(X)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(ValueError, match="not fitted"):  # NotFittedError
         dsch_ext.GaussianMixture(2).predict(X)
     with pytest.raises(ValueError, match="ill-defined empirical covariance"):
         dsch_ext.GaussianMixture(2, reg_covar=0.0, init_params="random_from_data", random_state=0).fit(

@@ -103,10 +103,10 @@ def test_kmeans_bad_input():
         dsch_ext.KMeans(2).fit(X[:, 0])
     with pytest.raises(ValueError, match=r"init array must have shape \(2, 3\)"):
         dsch_ext.KMeans(2, init=X[:3]).fit(X)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(ValueError, match="not fitted"):  # NotFittedError
         dsch_ext.KMeans(2).predict(X)
     km = dsch_ext.KMeans(2, random_state=0).fit(X)
-    with pytest.raises(ValueError, match=r"X has 2 features \(shape \(50, 2\)\) but KMeans was fitted with 3"):
+    with pytest.raises(ValueError, match=r"X has 2 features, but KMeans is expecting 3 features as input \(X shape \(50, 2\)\)"):
         km.predict(X[:, :2])
 
 
