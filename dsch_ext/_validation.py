@@ -47,6 +47,14 @@ def as_float_tensor(X, name: str = "X", device: Optional[torch.device] = None) -
     return t.contiguous()
 
 
+def positive_int(value, name: str) -> int:
+    """An int >= 1 (numpy integers included); bools, floats and the rest are a ValueError naming
+    the argument, never silently truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def _numeric_array(X, name: str) -> np.ndarray:
     """A numpy array of numbers from array-like input; object arrays of numbers become float64,
     anything else (strings, dicts, sparse matrices) is one error naming the argument."""

@@ -34,7 +34,6 @@ the target: a crash, a full disk or a kill during ``save`` leaves the previous f
 import os
 import struct
 import threading
-import warnings
 import zlib
 from typing import NamedTuple, Optional, Tuple, Union
 
@@ -43,8 +42,7 @@ import torch
 
 from ._atomic import atomic_write
 from ._packed import packed_codes
-from ._validation import ArrayLike
-from ._validation import as_tensor as _as_tensor
+from ._validation import ArrayLike, positive_int
 from .ops import hamming_distance, hamming_topk
 
 MAGIC = b"DSCHBIX\x00"
@@ -52,6 +50,17 @@ FORMAT_VERSION = 1
 HEADER_SIZE = 64
 _HEADER = struct.Struct("<8sIIIIQQQIII")  # 60 bytes; the header CRC follows
 assert _HEADER.size == 60
+
+def _id_tensor(ids: ArrayLike, name: str) -> torch.Tensor:
+    """int64 ``[n]`` ids from a tensor, array or list of integers; anything else (floats, bools,
+    2-D) is a ValueError naming the argument."""
+    t = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(np.asarray(ids if np.ndim(ids) else [ids]))
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must be integers, got dtype {t.dtype} with shape {tuple(t.shape)}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    return t.to(torch.int64)
+
 
 class IndexFormatError(ValueError):
     """A file is not a valid dsch_ext binary index (the message says why)."""
@@ -71,11 +80,9 @@ class BinaryIndex:
     """
 
     def __init__(self, nbits: int, device: Union[str, torch.device] = "cpu", query_chunk: int = 4096):
-        if not isinstance(nbits, (int, np.integer)) or nbits < 1:
-            raise ValueError(f"nbits must be a positive int, got {nbits!r}")
-        self.nbits = int(nbits)
+        self.nbits = positive_int(nbits, "nbits")
         self.code_bytes = (self.nbits + 7) // 8
-        self.query_chunk = int(query_chunk)
+        self.query_chunk = positive_int(query_chunk, "query_chunk")
         self._device = torch.device(device)
         self._codes = torch.empty((0, self.code_bytes), dtype=torch.uint8, device=self._device)
         self._ids = torch.empty((0,), dtype=torch.int64, device=self._device)
@@ -123,12 +130,9 @@ class BinaryIndex:
             if ids is None:
                 new_ids = torch.arange(self._next_id, self._next_id + n, dtype=torch.int64)
             else:
-                new_ids = _as_tensor(ids, "ids")
-                if new_ids.dim() != 1 or new_ids.shape[0] != n:
+                new_ids = _id_tensor(ids, "ids").cpu()
+                if new_ids.shape[0] != n:
                     raise ValueError(f"ids must be 1-D with {n} entries (one per code), got shape {tuple(new_ids.shape)}")
-                if new_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-                    raise ValueError(f"ids must be integers, got dtype {new_ids.dtype}")
-                new_ids = new_ids.to(torch.int64).cpu()
                 if torch.unique(new_ids).shape[0] != n:
                     raise ValueError("ids contains duplicates")
                 if len(self) and bool(torch.isin(new_ids, self._ids.cpu()).any()):
@@ -143,7 +147,7 @@ class BinaryIndex:
 
     def remove_ids(self, ids: ArrayLike) -> int:
         """Remove the codes with these ids; returns how many were removed."""
-        remove = _as_tensor(ids, "ids").to(torch.int64).flatten().to(self._device)
+        remove = _id_tensor(ids, "ids").to(self._device)
         with self._lock:
             keep = ~torch.isin(self._ids, remove)
             removed = int((~keep).sum())
@@ -171,8 +175,8 @@ class BinaryIndex:
         distance, ties by insertion order (lower position first), on the index's device."""
         codes, ids = self._snapshot()
         q = self._packed(queries, "queries")
-        if not isinstance(k, (int, np.integer)) or not 1 <= k <= codes.shape[0]:
-            raise ValueError(f"k must be in [1, ntotal] = [1, {codes.shape[0]}], got {k!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= codes.shape[0]:
+            raise ValueError(f"k must be an int in [1, ntotal] = [1, {codes.shape[0]}], got {k!r}")
         out_d, out_i = [], []
         for start in range(0, max(q.shape[0], 1), self.query_chunk):
             chunk = q[start : start + self.query_chunk]
@@ -187,8 +191,8 @@ class BinaryIndex:
         query i are ``[lims[i], lims[i + 1])``, ordered by position in the index."""
         codes, ids = self._snapshot()
         q = self._packed(queries, "queries")
-        if radius < 0:
-            raise ValueError(f"radius must be >= 0, got {radius}")
+        if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+            raise ValueError(f"radius must be an int >= 0, got {radius!r}")
         counts, dists, found = [], [], []
         qchunk = max(1, min(self.query_chunk, (1 << 26) // max(1, min(db_chunk, codes.shape[0]))))
         for qs in range(0, q.shape[0], qchunk):
@@ -246,9 +250,14 @@ class BinaryIndex:
     def load(cls, path: Union[str, os.PathLike], mmap: bool = False, device: Union[str, torch.device] = "cpu",
              verify: bool = True) -> "BinaryIndex":
         """Read an index written by :meth:`save`. ``mmap=True`` maps the file instead of reading
-        it (CPU only; the codes are then read-only views of the file). ``verify`` checks the
-        CRC-32 of codes and ids. Raises :class:`IndexFormatError` saying what is wrong:
-        truncated, corrupted, another format version, or not an index file at all."""
+        it (CPU only): the codes and ids are then copy-on-write views of the file, so the file is
+        never changed and pages are read as searches touch them; writing into ``index.codes``
+        changes this index only. Truncating a mapped file while it is in use makes a later
+        search fail with SIGBUS (as any memory map does): replace files with :meth:`save`,
+        which writes a new file and renames it. ``verify`` checks the CRC-32 of codes and ids.
+        Raises :class:`IndexFormatError` saying what is wrong: truncated, corrupted, another
+        format version, content that no index holds (bits set past ``nbits``, duplicate ids,
+        id 2^63 - 1), or not an index file at all."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no index file at {path!r}")
@@ -260,13 +269,9 @@ class BinaryIndex:
             if _crc(np.ascontiguousarray(ids_np)) != header.ids_crc:
                 raise IndexFormatError(f"{path!r} has corrupted ids (checksum mismatch)")
         index = cls(header.nbits, device=device)
-        if mmap:
-            with warnings.catch_warnings():  # read-only map: torch warns that it is not writable
-                warnings.simplefilter("ignore", UserWarning)
-                codes_t = torch.from_numpy(np.asarray(codes_np))
-        else:
-            codes_t = torch.from_numpy(codes_np.copy())
+        codes_t = torch.from_numpy(codes_np if mmap else codes_np.copy())
         ids_t = torch.from_numpy(np.asarray(ids_np).astype(np.int64))
+        _check_content(path, index, codes_t, ids_t)
         index._codes = codes_t.to(index._device)
         index._ids = ids_t.to(index._device)
         index._next_id = int(ids_t.max()) + 1 if header.count else 0
@@ -322,10 +327,23 @@ def _read_arrays(path: str, header: _Header, mmap: bool):
     if mmap:
         if not count:
             return np.empty((0, code_bytes), np.uint8), np.empty((0,), "<i8")
-        codes = np.memmap(path, dtype=np.uint8, mode="r", offset=header.codes_offset, shape=(count, code_bytes))
-        return codes, np.memmap(path, dtype="<i8", mode="r", offset=header.ids_offset, shape=(count,))
+        codes = np.memmap(path, dtype=np.uint8, mode="c", offset=header.codes_offset, shape=(count, code_bytes))
+        return codes, np.memmap(path, dtype="<i8", mode="c", offset=header.ids_offset, shape=(count,))
     with open(path, "rb") as f:
         f.seek(header.codes_offset)
         codes = np.frombuffer(f.read(count * code_bytes), dtype=np.uint8).reshape(count, code_bytes)
         f.seek(header.ids_offset)
         return codes, np.frombuffer(f.read(8 * count), dtype="<i8")
+
+
+def _check_content(path: str, index: "BinaryIndex", codes: torch.Tensor, ids: torch.Tensor) -> None:
+    """What checksums cannot catch: content no index of this nbits can hold."""
+    if codes.shape[0] == 0:
+        return
+    if index._tail_mask != 0xFF and bool((codes[:, -1] & ~index._tail_mask & 0xFF).any()):
+        raise IndexFormatError(f"{path!r} has bits set past nbits={index.nbits} in the last code byte (every "
+                               "distance would count them)")
+    if torch.unique(ids).shape[0] != ids.shape[0]:
+        raise IndexFormatError(f"{path!r} holds duplicate ids")
+    if int(ids.max()) == torch.iinfo(torch.int64).max:
+        raise IndexFormatError(f"{path!r} holds the id 2^63 - 1, which leaves no next id")

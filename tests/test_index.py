@@ -58,7 +58,7 @@ def test_add_codes_default_ids_and_remove(device):
         index.add(codes[:2], ids=np.array([500, 500]))
     with pytest.raises(ValueError, match=r"does not fit a 32-bit index"):
         index.add(torch.randn(3, 31))
-    with pytest.raises(ValueError, match=r"k must be in \[1, ntotal\] = \[1, 55\]"):
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, ntotal\] = \[1, 55\]"):
         index.search(codes[:1], 56)
 
 
@@ -305,3 +305,93 @@ def test_index_command_line(tmp_path):
     assert missing.returncode == 2 and "no index file" in missing.stderr
     missing = _dsch(tmp_path, "index", "build", "--codes", tmp_path / "nope.npy", "--out", tmp_path / "x.dbix")
     assert missing.returncode == 2 and "codes file not found" in missing.stderr
+
+
+def test_mapped_index_is_copy_on_write(tmp_path):
+    """Writing into a memory-mapped index's codes changes that index, never the file, and does
+    not crash (a read-only map would end the process with SIGSEGV)."""
+    path = tmp_path / "a.dbix"
+    index = dsch_ext.BinaryIndex(16)
+    index.add(torch.randint(0, 2, (40, 16)))
+    index.save(path)
+    before = path.read_bytes()
+    code = ("import dsch_ext, sys\n"
+            f"r = dsch_ext.BinaryIndex.load({str(path)!r}, mmap=True)\n"
+            "r.codes[0, 0] = 1 - int(r.codes[0, 0]) % 2\n"
+            "print(int(r.codes[0, 0]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert path.read_bytes() == before
+    mapped = dsch_ext.BinaryIndex.load(path, mmap=True)
+    assert torch.equal(mapped.search(index.codes[:3], 5)[1], index.search(index.codes[:3], 5)[1])
+
+
+def _rewrite(path, mutate):
+    """Load an index file's raw arrays, change them, write them back with valid checksums."""
+    index = dsch_ext.BinaryIndex.load(path)
+    codes, ids = index.codes.clone(), index.ids.clone()
+    mutate(codes, ids)
+    forged = dsch_ext.BinaryIndex(index.nbits)
+    forged._codes, forged._ids = codes, ids
+    forged.save(path)
+
+
+@pytest.mark.parametrize("defect, message", [
+    (lambda codes, ids: codes[:, -1].__ior__(0x80), "bits set past nbits=12"),
+    (lambda codes, ids: ids.__setitem__(1, int(ids[0])), "duplicate ids"),
+    (lambda codes, ids: ids.__setitem__(2, 2**63 - 1), r"id 2\^63 - 1"),
+])
+def test_load_refuses_content_no_index_holds(tmp_path, defect, message):
+    path = tmp_path / "b.dbix"
+    index = dsch_ext.BinaryIndex(12)
+    index.add(torch.randint(0, 2, (9, 12)))
+    index.save(path)
+    _rewrite(path, defect)
+    for mmap in (False, True):
+        with pytest.raises(dsch_ext.IndexFormatError, match=message):
+            dsch_ext.BinaryIndex.load(path, mmap=mmap)
+
+
+def test_ids_lists_and_bad_ids():
+    index = dsch_ext.BinaryIndex(8)
+    assert index.add(torch.zeros(2, 8), ids=[5, 9]).tolist() == [5, 9]
+    assert index.remove_ids([9]) == 1 and index.ids.tolist() == [5]
+    for bad in (np.array([1.7]), [2.0], [True]):
+        with pytest.raises(ValueError, match="ids must be integers"):
+            index.remove_ids(bad)
+    with pytest.raises(ValueError, match="ids must be integers"):
+        index.add(torch.zeros(1, 8), ids=[1.5])
+
+
+@pytest.mark.parametrize("query_chunk", [0, -1, 2.5])
+def test_query_chunk_must_be_positive_int(query_chunk):
+    with pytest.raises(ValueError, match=f"query_chunk must be a positive int, got {query_chunk}"):
+        dsch_ext.BinaryIndex(8, query_chunk=query_chunk)
+
+
+def test_search_k_and_radius_must_be_ints():
+    index = dsch_ext.BinaryIndex(8)
+    index.add(torch.zeros(4, 8))
+    with pytest.raises(ValueError, match="k must be an int"):
+        index.search(torch.zeros(1, 8), 2.7)
+    with pytest.raises(ValueError, match="radius must be an int"):
+        index.range_search(torch.zeros(1, 8), 1.5)
+
+
+def test_saved_files_keep_the_mode_or_follow_the_umask(tmp_path):
+    index = dsch_ext.BinaryIndex(8)
+    index.add(torch.zeros(3, 8))
+    old = os.umask(0o022)
+    try:
+        index.save(tmp_path / "new.dbix")
+        assert os.stat(tmp_path / "new.dbix").st_mode & 0o777 == 0o644
+        (tmp_path / "kept.dbix").write_bytes(b"")
+        os.chmod(tmp_path / "kept.dbix", 0o640)
+        index.save(tmp_path / "kept.dbix")
+        assert os.stat(tmp_path / "kept.dbix").st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+    with pytest.raises(IsADirectoryError):
+        index.save(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        index.save(tmp_path / "missing" / "x.dbix")
