@@ -8,11 +8,26 @@ Nothing here holds algorithm logic.
 """
 from typing import Tuple
 
+import numpy as np
 import torch
 
 from . import _library  # noqa: F401  (registers torch.ops.dsch_ext)
 from ._validation import ArrayLike
 from ._validation import as_tensor as _as_tensor
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int_arg(value, name: str, valid: str) -> int:
+    """An integer argument as is; a float, bool or an int beyond int64 is a ValueError naming
+    it and what is valid (``int(2.7)`` would silently search for 2 neighbours)."""
+    if isinstance(value, torch.SymInt):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int in {valid}, got {value!r} ({type(value).__name__})")
+    if not _INT64[0] <= int(value) <= _INT64[1]:
+        raise ValueError(f"{name} must be an int in {valid}, got {value}")
+    return int(value)
 
 
 def pack_bits(codes: ArrayLike) -> torch.Tensor:
@@ -33,7 +48,10 @@ def pack_bits(codes: ArrayLike) -> torch.Tensor:
 def unpack_bits(packed: ArrayLike, nbits: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: ``uint8 [N, ceil(nbits / 8)]`` -> ``float32 [N, nbits]``
     of ``+1`` / ``-1``."""
-    return torch.ops.dsch_ext.unpack_bits.default(_as_tensor(packed, "packed"), int(nbits))
+    packed = _as_tensor(packed, "packed")
+    width = packed.shape[1] if packed.dim() == 2 else 0
+    nbits = _int_arg(nbits, "nbits", f"[{max(1, (width - 1) * 8 + 1)}, {width * 8}]")
+    return torch.ops.dsch_ext.unpack_bits.default(packed, nbits)
 
 
 def hamming_distance(queries: ArrayLike, database: ArrayLike) -> torch.Tensor:
@@ -63,9 +81,9 @@ def hamming_topk(queries: ArrayLike, database: ArrayLike, k: int) -> Tuple[torch
         ``(distances int32 [nq, k], indices int64 [nq, k])`` sorted by distance; equal
         distances are ordered by lower database index, identically on every backend.
     """
-    return torch.ops.dsch_ext.hamming_topk.default(
-        _as_tensor(queries, "queries"), _as_tensor(database, "database"), int(k)
-    )
+    database = _as_tensor(database, "database")
+    k = _int_arg(k, "k", f"[1, ndb] = [1, {database.shape[0] if database.dim() else 0}]")
+    return torch.ops.dsch_ext.hamming_topk.default(_as_tensor(queries, "queries"), database, k)
 
 
 CENTER_METRICS = ("sqeuclidean", "cosine", "dot")
@@ -96,9 +114,10 @@ def nearest_center(x: ArrayLike, centers: ArrayLike) -> Tuple[torch.Tensor, torc
     Returns:
         ``(index int64 [N], squared Euclidean distance [N])``; equal distances go to the lower
         centre index. Extra memory is O(N + K) plus a fixed-size block buffer, so N = 10^7
-        works. Not differentiable.
+        works. Not differentiable: inputs that require grad are used detached.
     """
-    return torch.ops.dsch_ext.nearest_center.default(_as_tensor(x, "x"), _as_tensor(centers, "centers"))
+    return torch.ops.dsch_ext.nearest_center.default(_as_tensor(x, "x").detach(),
+                                                     _as_tensor(centers, "centers").detach())
 
 
 GMM_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -128,6 +147,8 @@ def gmm_log_resp(x: ArrayLike, means: ArrayLike, precisions_chol: ArrayLike, log
     Returns:
         ``(log_resp [N, K], log_prob_norm [N])``: ``log p(k | x_i)`` and ``log p(x_i)``,
         computed with a stable log-sum-exp (no NaN or -inf for points far from every component).
+        Not differentiable: inputs that require grad are used detached. On the CPU, NaN or Inf
+        in x, means or precisions_chol (or NaN / +Inf in log_weights) raises.
 
     Full covariances with D >= 8 are computed on the CPU as one GEMM of the expanded
     quadratic form, with every entry that can carry responsibility recomputed in the stable
@@ -137,8 +158,9 @@ def gmm_log_resp(x: ArrayLike, means: ArrayLike, precisions_chol: ArrayLike, log
     if covariance_type not in GMM_COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {GMM_COVARIANCE_TYPES}, got {covariance_type!r}")
     return torch.ops.dsch_ext.gmm_log_resp.default(
-        _as_tensor(x, "x"), _as_tensor(means, "means"), _as_tensor(precisions_chol, "precisions_chol"),
-        _as_tensor(log_weights, "log_weights"), covariance_type, float(resp_floor),
+        _as_tensor(x, "x").detach(), _as_tensor(means, "means").detach(),
+        _as_tensor(precisions_chol, "precisions_chol").detach(), _as_tensor(log_weights, "log_weights").detach(),
+        covariance_type, float(resp_floor),
     )
 
 
@@ -148,11 +170,14 @@ def segment_gram(rows: ArrayLike, offsets: ArrayLike) -> torch.Tensor:
     from 0 to M). ``rows`` is ``[M, D]`` float32/float64; the result ``[K, D, D]`` (empty
     segments give zeros). GaussianMixture's sparse M-step uses it for the second moments of
     the kept (point, component) pairs sorted by component, each point scaled by
-    ``sqrt(responsibility)``: no ``[M, D(D+1)/2]`` matrix of products is formed."""
+    ``sqrt(responsibility)``: no ``[M, D(D+1)/2]`` matrix of products is formed.
+    Differentiable in ``rows`` (the backward is torch ops, so second derivatives work too)."""
     return torch.ops.dsch_ext.segment_gram.default(_as_tensor(rows, "rows"), _as_tensor(offsets, "offsets"))
 
 
-# Autograd for center_distances: the backward is its own op (CPU and CUDA kernels).
+# Autograd for center_distances: the backward is its own op (CPU and CUDA kernels). A backward
+# that must itself be differentiable (create_graph=True: second derivatives) is computed from
+# the same distances written in differentiable torch ops instead.
 
 
 def _center_distances_setup_context(ctx, inputs, output):
@@ -161,19 +186,58 @@ def _center_distances_setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, centers, output)
 
 
+def _torch_center_distances(x: torch.Tensor, centers: torch.Tensor, metric: str) -> torch.Tensor:
+    """center_distances in differentiable torch ops (same formulas, same 1e-8 norm clamp)."""
+    if metric == "sqeuclidean":
+        return (x * x).sum(1, keepdim=True) + (centers * centers).sum(1) - 2 * x @ centers.t()
+    if metric == "cosine":
+        xn = x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        cn = centers / centers.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        return 1 - xn @ cn.t()
+    return -(x @ centers.t())
+
+
 def _center_distances_backward(ctx, grad):
     x, centers, output = ctx.saved_tensors
+    need_x, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable
+        inputs = [t for t, need in ((x, need_x), (centers, need_c)) if need]
+        with torch.enable_grad():
+            grads = iter(torch.autograd.grad(_torch_center_distances(x, centers, ctx.metric), inputs, grad,
+                                             create_graph=True))
+        return (next(grads) if need_x else None), (next(grads) if need_c else None), None
     grad_x, grad_c = torch.ops.dsch_ext._center_distances_backward.default(grad, x, centers, output, ctx.metric)
-    return (
-        grad_x if ctx.needs_input_grad[0] else None,
-        grad_c if ctx.needs_input_grad[1] else None,
-        None,
-    )
+    return (grad_x if need_x else None), (grad_c if need_c else None), None
 
 
 torch.library.register_autograd(
     "dsch_ext::center_distances", _center_distances_backward, setup_context=_center_distances_setup_context
 )
+
+
+# Autograd for segment_gram: out[c] = sum of r r^T over segment c, so the gradient of row r of
+# segment c is (G_c + G_c^T) r. Computed in chunks of rows so the gathered [rows, D, D] blocks
+# stay near 64 MB.
+
+
+def _segment_gram_setup_context(ctx, inputs, output):
+    rows, offsets = inputs
+    ctx.save_for_backward(rows, offsets)
+
+
+def _segment_gram_backward(ctx, grad):
+    rows, offsets = ctx.saved_tensors
+    m, d = rows.shape
+    sym = grad + grad.transpose(1, 2)
+    segment = torch.repeat_interleave(torch.arange(offsets.shape[0] - 1, device=offsets.device),
+                                      (offsets[1:] - offsets[:-1]).clamp_min(0), output_size=m)
+    chunk = max(1, (1 << 24) // max(1, d * d))
+    parts = [torch.bmm(sym[segment[s : s + chunk]], rows[s : s + chunk, :, None]).squeeze(-1) for s in range(0, m, chunk)]
+    return (torch.cat(parts) if parts else torch.zeros_like(rows)), None
+
+
+torch.library.register_autograd("dsch_ext::segment_gram", _segment_gram_backward,
+                                setup_context=_segment_gram_setup_context)
 
 
 # Fake kernels: shapes and dtypes only, for torch.compile and meta tensors.

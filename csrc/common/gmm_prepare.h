@@ -9,6 +9,8 @@
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/diagonal.h>
 #include <ATen/ops/isfinite.h>
+#include <ATen/ops/isnan.h>
+#include <ATen/ops/isposinf.h>
 #include <ATen/ops/log.h>
 #include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
@@ -69,6 +71,12 @@ inline GmmPrepared prepare_gmm(const at::Tensor& x, const at::Tensor& means, con
 
   if (check_finite) {
     TORCH_CHECK(at::isfinite(x).all().item<bool>(), "x contains NaN or Inf (shape ", x.sizes(), ")");
+    TORCH_CHECK(at::isfinite(means).all().item<bool>(), "means contains NaN or Inf (shape ", means.sizes(), ")");
+    TORCH_CHECK(at::isfinite(prec_chol).all().item<bool>(), "precisions_chol contains NaN or Inf (shape ",
+                prec_chol.sizes(), ")");
+    // A log weight of -inf is a component of weight 0 (never responsible); NaN or +inf is not a weight.
+    TORCH_CHECK(!at::isnan(log_weights).logical_or(at::isposinf(log_weights)).any().item<bool>(),
+                "log_weights contains NaN or +Inf (shape ", log_weights.sizes(), ")");
   }
 
   GmmPrepared g;

@@ -5,6 +5,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -41,7 +42,13 @@ inline std::pair<at::Tensor, at::Tensor> center_row_stats_cpu(const at::Tensor& 
       if (local_bad) bad.store(true, std::memory_order_relaxed);
     });
   });
-  TORCH_CHECK(!bad.load(), name, " contains NaN or Inf (shape ", t.sizes(), ")");
+  if (bad.load()) {
+    // Finite input whose squared norm overflows says so; NaN or Inf input says that.
+    TORCH_CHECK(!at::isfinite(t).all().item<bool>(), "the squared norm of a row of ", name,
+                " overflows ", t.scalar_type(), " (shape ", t.sizes(),
+                "): scale the data down or use float64");
+    TORCH_CHECK(false, name, " contains NaN or Inf (shape ", t.sizes(), ")");
+  }
   return {stat, sqnorm};
 }
 
