@@ -83,6 +83,13 @@ def _estimate_parameters(X, resp, reg_covar, covariance_type, shard=None):
     per-component Gram matrices, ``segment_gram``). With ``shard`` (data sharded across ranks) every sufficient
     statistic is summed over ranks before it is used, so all ranks get the parameters of the
     whole data set."""
+    if X.dtype != torch.float64:
+        # float32 second moments cancel on tight clusters (DSCH's codes sit near +-1: a variance
+        # of 1e-6 under a second moment of 1 comes out negative), so the sums run in float64
+        # and only the results are rounded to X's dtype.
+        resp64 = resp._replace(weight=resp.weight.double()) if isinstance(resp, SparseResp) else resp.double()
+        nk, means, covariances = _estimate_parameters(X.double(), resp64, reg_covar, covariance_type, shard)
+        return nk.to(X.dtype), means.to(X.dtype), covariances.to(X.dtype)
     shard = shard or Shard(LocalCommunicator(), X.shape[0])
     eps = torch.finfo(X.dtype).eps
     sparse_second = resp  # what the full second moments take (segment_gram is deterministic everywhere)
@@ -156,17 +163,20 @@ def _full_second_moments(Xc, resp, nk, shard):
 
 
 def _precision_cholesky(covariances, covariance_type):
-    """scikit-learn's ``_compute_precision_cholesky``: L with precision = L L^T (upper)."""
+    """scikit-learn's ``_compute_precision_cholesky``: L with precision = L L^T (upper),
+    computed in float64 and returned in the covariances' dtype."""
+    dtype = covariances.dtype
+    covariances = covariances.double()
     if covariance_type in ("full", "tied"):
         chol, info = torch.linalg.cholesky_ex(covariances)
         if bool((info != 0).any()):
             raise ValueError(_ILL_DEFINED)
         eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
         eye = eye.expand_as(covariances)
-        return torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2).contiguous()
+        return torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2).contiguous().to(dtype)
     if bool((covariances <= 0).any()):
         raise ValueError(_ILL_DEFINED)
-    return 1.0 / torch.sqrt(covariances)
+    return (1.0 / torch.sqrt(covariances)).to(dtype)
 
 
 def _precisions_from_cholesky(prec_chol, covariance_type):

@@ -378,3 +378,25 @@ def test_gaussian_mixture_bad_input():
     with pytest.raises(ValueError, match="ill-defined empirical covariance"):
         dsch_ext.GaussianMixture(2, reg_covar=0.0, init_params="random_from_data", random_state=0).fit(
             np.zeros((30, 2)))
+
+
+@pytest.mark.parametrize("resp_threshold", [0.0, 1e-8])
+def test_float32_fit_on_tight_clusters_keeps_reg_covar(resp_threshold):
+    """Codes near +-1 with a spread of 1e-3 (DSCH's case): float32 second moments must not
+    cancel below reg_covar, and the float32 fit must end where the float64 fit does."""
+    rng = np.random.default_rng(0)
+    d = 8
+    X = np.concatenate([0.99 + 1e-3 * rng.standard_normal((100, d)), -0.99 + 1e-3 * rng.standard_normal((100, d))])
+    params = dict(covariance_type="full", max_iter=3, tol=0.0, reg_covar=1e-6, resp_threshold=resp_threshold,
+                  weights_init=np.array([0.5, 0.5]), means_init=np.array([[0.99] * d, [-0.99] * d]),
+                  precisions_init=np.stack([1e6 * np.eye(d)] * 2))
+    fits = {}
+    for dtype in (torch.float64, torch.float32):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits[dtype] = dsch_ext.GaussianMixture(2, **params).fit(torch.as_tensor(X, dtype=dtype))
+    f32, f64 = fits[torch.float32], fits[torch.float64]
+    assert f32.means_.dtype == torch.float32
+    smallest = torch.linalg.eigvalsh(f32.covariances_.double()).min()
+    assert smallest >= 1e-6 * (1 - 1e-3), float(smallest)
+    assert abs(f32.lower_bound_ - f64.lower_bound_) <= 1e-4 * abs(f64.lower_bound_), (f32.lower_bound_, f64.lower_bound_)
