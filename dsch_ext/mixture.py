@@ -382,6 +382,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         shard = Shard.of(X, self.distributed, self.process_group)
         self._check_parameters(X, shard.n_total)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
+        if not do_init:
+            self._check_warm_start(X)
         n_init = self.n_init if do_init else 1
         generator = make_generator(self.random_state)
         max_lower_bound = -math.inf
@@ -425,6 +427,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._set_parameters(params)
         self.lower_bound_ = max_lower_bound
         self.n_features_in_ = X.shape[1]
+
+    def _check_warm_start(self, X):
+        """A warm start continues the previous fit: same features, dtype and device."""
+        check_features(self, X)
+        if X.dtype != self.means_.dtype or X.device != self.means_.device:
+            raise ValueError(f"warm_start continues a fit in {self.means_.dtype} on {self.means_.device}, got X in "
+                             f"{X.dtype} on {X.device} (shape {tuple(X.shape)}): convert X or set warm_start=False")
 
     def _progress(self, init, n_init):
         if self.verbose < 1:

@@ -400,3 +400,15 @@ def test_float32_fit_on_tight_clusters_keeps_reg_covar(resp_threshold):
     smallest = torch.linalg.eigvalsh(f32.covariances_.double()).min()
     assert smallest >= 1e-6 * (1 - 1e-3), float(smallest)
     assert abs(f32.lower_bound_ - f64.lower_bound_) <= 1e-4 * abs(f64.lower_bound_), (f32.lower_bound_, f64.lower_bound_)
+
+
+def test_warm_start_with_other_features_or_dtype_is_a_value_error():
+    X = np.random.default_rng(3).normal(size=(60, 3))
+    gm = dsch_ext.GaussianMixture(2, warm_start=True, max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(X)
+    with pytest.raises(ValueError, match="X has 4 features, but GaussianMixture is expecting 3"):
+        gm.fit(np.zeros((60, 4)))
+    with pytest.raises(ValueError, match="warm_start continues a fit in torch.float64 on cpu, got X in torch.float32"):
+        gm.fit(torch.as_tensor(X, dtype=torch.float32))
