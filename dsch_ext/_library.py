@@ -23,22 +23,24 @@ def _load():
         importlib.import_module("dsch_ext._C")
     except ImportError as exc:
         here = os.path.dirname(os.path.abspath(__file__))
+        if not any(name.startswith("_C.") for name in os.listdir(here)):
+            raise ImportError(
+                f"dsch_ext's compiled kernels (dsch_ext._C) are not in {here}. If that is the "
+                "source tree, Python is importing it instead of the installed package: install "
+                "with `pip install --no-build-isolation .` and run from another directory (or run "
+                "`pytest`, not `python -m pytest`, from the repository root)."
+            ) from exc
         try:
             from . import _build_info
         except ImportError:
-            raise ImportError(
-                f"dsch_ext's compiled kernels are not built in {here}. If that is the source "
-                "tree, you are importing it instead of the installed package: install with "
-                "`pip install --no-build-isolation .` and run from another directory (or run "
-                "`pytest`, not `python -m pytest`, from the repository root)."
-            ) from exc
+            raise ImportError(f"dsch_ext._C in {here} cannot be loaded ({exc}): reinstall dsch_ext") from exc
         if _build_info.TORCH_VERSION != torch.__version__:
             raise ImportError(
                 f"dsch_ext was compiled against torch {_build_info.TORCH_VERSION} but torch "
                 f"{torch.__version__} is installed: reinstall dsch_ext "
                 "(`pip install --no-build-isolation .`)."
             ) from exc
-        raise
+        raise ImportError(f"dsch_ext._C in {here} cannot be loaded ({exc}): reinstall dsch_ext") from exc
     from . import _build_info
 
     return {

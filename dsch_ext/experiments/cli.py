@@ -152,7 +152,8 @@ def _add_index(sub):
     build = index_sub.add_parser("build", help="build an index file from codes")
     build.add_argument("--codes", required=True, help=".npy/.npz/.pt: [n, nbits] values or uint8 packed codes")
     build.add_argument("--out", required=True, help="index file to write (atomically)")
-    build.add_argument("--nbits", type=int, default=0, help="code length (default: from the codes)")
+    build.add_argument("--nbits", type=int, help="code length (default: the codes' columns; x 8 for uint8 packed codes)")
+    build.add_argument("--packed", action="store_true", help="the codes are uint8 packed bytes (pack_bits' layout)")
     build.add_argument("--ids", help="optional int64 ids [n] (.npy/.npz/.pt)")
     build.set_defaults(func=commands.index_build_command)
 
@@ -168,8 +169,15 @@ def _add_search(sub):
     p.set_defaults(func=commands.search_command)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``dsch <command>: error: ... (see --help)``, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="dsch", description=DESCRIPTION)
+    parser = _Parser(prog="dsch", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_train, _add_results, _add_encode, _add_eval, _add_search_demo, _add_index,
                 _add_search):
@@ -184,6 +192,16 @@ def main(argv=None):
         code = args.func(args)
     except CliError as exc:
         print(f"dsch: error: {exc}", file=sys.stderr)
+        code = 2
+    except BrokenPipeError:
+        # The reader went away (`dsch search ... | head`): say so once, and keep Python from
+        # reporting the broken pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("dsch: error: output closed before it was all written (broken pipe)", file=sys.stderr)
+        code = 2
+    except OSError as exc:  # a path that cannot be read or written: the user's to fix
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"dsch: error: {exc.strerror or exc}{':' if where else ''}{where}", file=sys.stderr)
         code = 2
     if getattr(args, "exit_now", False):
         # A distributed run: end the process without interpreter finalisation, during which

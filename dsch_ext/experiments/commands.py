@@ -14,8 +14,8 @@ from .._atomic import atomic_write
 from ..distributed.comm import LocalCommunicator
 from ..dsch.trainer import DSCHConfig
 from . import data
-from .arrays import load_array
-from .errors import CliError
+from .arrays import load_array, load_codes
+from .errors import CliError, check_device
 from .models import load_model
 from .protocol import encode, evaluate_codes, protocol_split, run_baseline
 from .reports import plot_results, results_table
@@ -53,6 +53,7 @@ def _comm(args):
 
 
 def train_command(args):
+    check_device(args.device)
     comm = _comm(args)
     dataset = _data(args.data)
     split = protocol_split(dataset, args.query_per_class, args.train_per_class, args.split_seed)
@@ -69,7 +70,7 @@ def train_command(args):
                 distributed.shutdown(wait=False)  # no barrier: a peer may be gone
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
-        if isinstance(exc, ValueError):  # e.g. a checkpoint of another code length
+        if isinstance(exc, (ValueError, OSError)):  # a checkpoint of another code length, an unusable --out
             raise CliError(str(exc)) from exc
         raise
     if comm.rank == 0:
@@ -83,6 +84,14 @@ def train_command(args):
     return 0
 
 
+def _save(what, path, write):
+    """Write an output file; an unwritable path is one line naming it."""
+    try:
+        write(path)
+    except OSError as exc:
+        raise CliError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
+
+
 def _model(path, device="cpu"):
     try:
         return load_model(path, device=device)
@@ -91,6 +100,7 @@ def _model(path, device="cpu"):
 
 
 def encode_command(args):
+    args.device = check_device(args.device)
     net, _, _ = _model(args.model, args.device)
     dataset = _data(args.data)
     images = dataset.images
@@ -98,16 +108,17 @@ def encode_command(args):
         raise CliError(f"{args.model} is an image model but {args.data} holds features of shape {tuple(images.shape)}")
     codes = encode(net, images.to(args.device)).cpu()
     if args.out.endswith(".npy"):
-        atomic_write(args.out, lambda f: np.save(f, codes.numpy()))
+        _save("codes file", args.out, lambda p: atomic_write(p, lambda f: np.save(f, codes.numpy())))
     else:
         index = dsch_ext.BinaryIndex(net.nbits)
         index.add(codes)
-        index.save(args.out)
+        _save("index file", args.out, index.save)
     print(f"wrote {args.out}: {codes.shape[0]} codes of {net.nbits} bits")
     return 0
 
 
 def eval_command(args):
+    args.device = check_device(args.device)
     dataset = _data(args.data)
     split = protocol_split(dataset, args.query_per_class, args.train_per_class, args.split_seed)
     records = []
@@ -116,8 +127,7 @@ def eval_command(args):
         q = encode(net, dataset.images[split.query].to(args.device))
         db = encode(net, dataset.images[split.database].to(args.device))
         record = evaluate_codes(q, db, dataset.labels[split.query], dataset.labels[split.database])
-        record.update(method=("contrastive" if config.get("baseline") else "dsch"), nbits=net.nbits, model=path,
-                      train_seconds=float("nan"))
+        record.update(method=("contrastive" if config.get("baseline") else "dsch"), nbits=net.nbits, model=path)
         records.append(record)
     for name in args.baselines:
         for nbits in args.bits:
@@ -179,38 +189,53 @@ def demo_command(args):
     return 0
 
 
-def _nbits_of(codes, nbits):
+def _index_width(codes, nbits, packed):
+    """The index's code length for ``dsch index build``'s codes. uint8 input holding only 0
+    and 1 could be one bit per column or packed bytes: then --nbits or --packed must say."""
     if nbits:
         return nbits
-    return codes.shape[1] * 8 if codes.dtype == torch.uint8 else codes.shape[1]
+    if codes.dtype != torch.uint8:
+        if packed:
+            raise CliError(f"--packed needs uint8 packed codes, got dtype {codes.dtype}")
+        return codes.shape[1]
+    if packed or bool((codes > 1).any()):
+        return codes.shape[1] * 8
+    raise CliError(f"codes are uint8 {tuple(codes.shape)} holding only 0 and 1: pass --nbits {codes.shape[1]} for one "
+                   f"bit per column or --packed for packed bytes ({codes.shape[1] * 8} bits)")
 
 
 def index_build_command(args):
-    codes = load_array(args.codes, "codes")
-    if codes.dim() != 2:
-        raise CliError(f"codes must be 2-D [n, nbits], got shape {tuple(codes.shape)} from {args.codes}")
-    index = dsch_ext.BinaryIndex(_nbits_of(codes, args.nbits))
+    codes = load_codes(args.codes, "codes")
+    if args.nbits is not None and args.nbits < 1:
+        raise CliError(f"--nbits must be >= 1, got {args.nbits}")
     ids = load_array(args.ids, "ids") if args.ids else None
     try:
+        index = dsch_ext.BinaryIndex(_index_width(codes, args.nbits, args.packed))
         index.add(codes, ids)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    index.save(args.out)
+    _save("index file", args.out, index.save)
     print(f"wrote {args.out}: {len(index)} codes of {index.nbits} bits")
     return 0
 
 
 def search_command(args):
+    device = check_device(args.device)
+    if os.path.isdir(args.index):
+        raise CliError(f"index file {args.index} is a directory")
     try:
-        index = dsch_ext.BinaryIndex.load(args.index, device=args.device)
-    except (FileNotFoundError, dsch_ext.IndexFormatError) as exc:
+        index = dsch_ext.BinaryIndex.load(args.index, device=device)
+    except (OSError, dsch_ext.IndexFormatError) as exc:
         raise CliError(str(exc)) from exc
-    queries = load_array(args.queries, "queries")
+    queries = load_codes(args.queries, "queries")
     try:
         dist, ids = index.search(queries, args.k)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    out = open(args.out, "w") if args.out and args.out != "-" else sys.stdout
+    try:
+        out = open(args.out, "w") if args.out and args.out != "-" else sys.stdout
+    except OSError as exc:
+        raise CliError(f"cannot write output file {args.out}: {exc.strerror or exc}") from exc
     try:
         if args.format == "json":
             json.dump({"k": args.k, "distances": dist.cpu().tolist(), "ids": ids.cpu().tolist()}, out)

@@ -188,6 +188,10 @@ def load_arrays(path: str) -> Dataset:
         raise DataError(f"cannot read {path}: {exc}") from exc
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{path}: {x.shape[0]} {key} but {y.shape[0]} labels")
+    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biu":
+        raise DataError(f"{path}: {key} must be real numbers and labels integers, got {x.dtype} and {y.dtype}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DataError(f"{path}: {key} contain NaN or Inf (shape {x.shape})")
     if key == "images" and x.ndim == 3:
         x = x[:, None]
     return Dataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)),

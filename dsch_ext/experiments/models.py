@@ -46,12 +46,15 @@ def load_model(path: str, nbits: Optional[int] = None, device="cpu"):
     """(network in eval mode, config dict, architecture dict) from a model file. Raises
     ``ValueError`` for a file that is not a dsch_ext model, or one with ``nbits`` other than
     the one asked for."""
+    if os.path.isdir(path):
+        raise ValueError(f"model file {path} is a directory")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable dsch_ext model file: {exc}") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{path} is not a readable dsch_ext model file: {reason}") from exc
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a dsch_ext model file (a training checkpoint? use the model.pt "
                          "that `dsch train` writes)")

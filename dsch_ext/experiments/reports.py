@@ -1,5 +1,5 @@
-"""Tables and plots of run records: Markdown tables (mean ± sd over seeds, DSCH's paired
-differences) and one PNG of mAP against code length with precision-recall curves."""
+"""Tables and plots of run records: a Markdown table of one record per method and code length,
+and one PNG of mAP against code length (mean ± sd over seeds) with precision-recall curves."""
 import statistics
 from typing import Dict, Sequence
 
@@ -65,6 +65,7 @@ def results_table(records: Sequence[Dict], keys: Sequence[str] = ("mAP@1000", "m
             r = by_bits[b][0] if b in by_bits else None  # the first record of a cell
             cells += [f"{r['metrics'][k]:.4f}" if r else "" for k in keys]
             if r:
-                seconds.append(f"{r['train_seconds']:.0f}")
+                t = r.get("train_seconds")
+                seconds.append(f"{t:.0f}" if t is not None and t == t else "—")  # a loaded model: not trained here
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {' / '.join(seconds)} |")
     return "\n".join(lines)
