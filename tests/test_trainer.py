@@ -80,3 +80,18 @@ def test_feature_inputs_with_mlp_head():
     net = networks.HashNet(networks.MLPBackbone(20, 32), 32, 16)
     history = DSCHTrainer(net, config(rounds=1), verbose=0).fit(feats, labels)
     assert np.isfinite(history.rounds[0].loss)
+
+
+def test_mstep_threads_are_chosen_recorded_and_restored(monkeypatch):
+    from dsch_ext.dsch import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    assert trainer_module.mstep_thread_count(0) == 1  # every core busy: one thread
+    monkeypatch.setattr(trainer_module.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert trainer_module.mstep_thread_count(0) == min(torch.get_num_threads(), len(trainer_module.os.sched_getaffinity(0)))
+    assert trainer_module.mstep_thread_count(3) == 3
+    images, labels = tiny_images(n=90, seed=4)
+    before = torch.get_num_threads()
+    history = DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=1, mstep_threads=1), verbose=0).fit(
+        images, labels)
+    assert history.rounds[0].mstep_threads == 1 and torch.get_num_threads() == before

@@ -54,6 +54,8 @@ def _training_options(p, default_data="embedded"):
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--adam-eps", type=float, dest="adam_eps", help="Adam epsilon (default 1e-8)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--mstep-threads", type=int, dest="mstep_threads",
+                   help="CPU threads of the M-step (default 0: the cores the load average leaves free)")
 
 
 def _protocol_options(p):

@@ -32,7 +32,7 @@ def _data(spec):
 
 def _config(args, nbits, baseline=False):
     names = ("m1", "m2", "covariance_type", "gmm_max_iter", "lam", "tau", "batch_size", "lr", "adam_eps", "rounds",
-             "epochs_per_round", "seed")
+             "epochs_per_round", "seed", "mstep_threads")
     fields = {f: getattr(args, f) for f in names if getattr(args, f, None) is not None}
     return DSCHConfig.from_scratch(nbits=nbits, baseline=baseline or args.baseline, **fields)
 
