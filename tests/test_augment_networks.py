@@ -51,3 +51,33 @@ def test_hash_net_codes_and_encode():
     assert mlp(torch.randn(4, 40)).shape == (4, 16)
     with pytest.raises(ValueError, match="nbits must be >= 1"):
         networks.HashNet(networks.MLPBackbone(4, 8), 8, 0)
+
+
+def test_presets_and_checked_settings():
+    assert augment.AugmentConfig.preset("digits").flip_p == 0.0
+    assert augment.AugmentConfig.preset("natural", flip_p=0.2).flip_p == 0.2
+    with pytest.raises(ValueError, match="augmentation preset must be one of"):
+        augment.AugmentConfig.preset("photos")
+    with pytest.raises(ValueError, match="flip_p is a probability"):
+        augment.AugmentConfig(flip_p=1.5)
+    with pytest.raises(ValueError, match="crop_scale must be"):
+        augment.AugmentConfig(crop_scale=(0.9, 0.5))
+    images = (torch.rand(4, 1, 12, 12) * 255).to(torch.uint8)
+    v1, v2 = augment.TwoViewAugment(augment.AugmentConfig.preset("none"))(images, torch.Generator().manual_seed(0))
+    assert torch.allclose(v1, images.float() / 255, atol=1e-5) and torch.allclose(v2, v1)
+
+
+def test_augmentation_travels_with_the_config():
+    import dataclasses
+
+    from dsch_ext.dsch.trainer import DSCHConfig
+    from dsch_ext.experiments import cli, commands
+
+    args = cli.build_parser().parse_args(["train", "--out", "r", "--augment", "digits", "--rotation", "5",
+                                          "--jitter", "0.1", "--crop-scale", "0.7", "0.9"])
+    cfg = commands._config(args, 16)
+    assert (cfg.augment.flip_p, cfg.augment.max_rotation_deg, cfg.augment.brightness) == (0.0, 5.0, 0.1)
+    assert cfg.augment.crop_scale == (0.7, 0.9)
+    saved = dataclasses.asdict(cfg)  # what the checkpoint, model file and record.json hold
+    assert saved["augment"]["flip_p"] == 0.0
+    assert DSCHConfig(**saved).augment == cfg.augment

@@ -15,8 +15,22 @@ import torch
 import torch.nn.functional as F
 
 
+PRESETS = {
+    # Natural images (photographs, clothing): every transform, horizontal flips included.
+    "natural": {},
+    # Digits and text: a mirrored 2 or 7 is not a 2 or 7, so no flips, and gentler crops.
+    "digits": {"flip_p": 0.0, "crop_scale": (0.8, 1.0)},
+    # No augmentation at all: the two views are the image itself (plus nothing).
+    "none": {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "flip_p": 0.0, "max_rotation_deg": 0.0,
+             "max_translate": 0.0, "brightness": 0.0, "contrast": 0.0, "noise_std": 0.0, "erase_p": 0.0},
+}
+
+
 @dataclass
 class AugmentConfig:
+    """The two-view augmentation's settings. ``AugmentConfig.preset(name, **overrides)`` starts
+    from a named preset (``natural``, the default; ``digits``: no flips, gentler crops; ``none``)."""
+
     crop_scale: Tuple[float, float] = (0.6, 1.0)  # area fraction of the random resized crop
     crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio range
     flip_p: float = 0.5  # horizontal flip probability
@@ -27,6 +41,28 @@ class AugmentConfig:
     noise_std: float = 0.03
     erase_p: float = 0.25  # probability of erasing one random rectangle
     erase_scale: Tuple[float, float] = (0.02, 0.15)
+
+    @classmethod
+    def preset(cls, name: str = "natural", **overrides) -> "AugmentConfig":
+        if name not in PRESETS:
+            raise ValueError(f"augmentation preset must be one of {sorted(PRESETS)}, got {name!r}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def __post_init__(self):
+        for name in ("crop_scale", "crop_ratio", "erase_scale"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {(low, high)}")
+            setattr(self, name, (float(low), float(high)))
+        if self.crop_scale[1] > 1 or self.erase_scale[1] > 1:
+            raise ValueError(f"crop_scale and erase_scale are area fractions <= 1, got {self.crop_scale} and "
+                             f"{self.erase_scale}")
+        for name in ("flip_p", "erase_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("max_rotation_deg", "max_translate", "brightness", "contrast", "noise_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def _uniform(n, low, high, generator, device):

@@ -35,7 +35,7 @@ from ..distributed.batchnorm import convert_sync_batchnorm, gather_batch, revert
 from ..distributed.comm import get_communicator
 from ..distributed.shard import shard_range
 from ..evaluation import mean_average_precision
-from .augment import TwoViewAugment
+from .augment import AugmentConfig, TwoViewAugment
 from .components import fit_components
 from .losses import dsch_loss
 
@@ -66,6 +66,11 @@ class DSCHConfig:
     val_map_k: int = 100
     seed: int = 0
     mstep_threads: int = 0  # CPU threads of the M-step; 0: the free cores when fit starts (mstep_thread_count)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the two views (AugmentConfig.preset)
+
+    def __post_init__(self):
+        if isinstance(self.augment, dict):  # a configuration read back from a checkpoint or record
+            self.augment = AugmentConfig(**self.augment)
 
     @classmethod
     def from_scratch(cls, **overrides) -> "DSCHConfig":
@@ -188,7 +193,7 @@ class DSCHTrainer:
         self.config = config or DSCHConfig()
         self.net = net.to(device)
         self.device = torch.device(device)
-        self.augment = augment or TwoViewAugment()
+        self.augment = augment or TwoViewAugment(self.config.augment)
         self.checkpoint = checkpoint
         self.verbose = verbose
         self.history = History()

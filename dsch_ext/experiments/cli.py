@@ -54,6 +54,15 @@ def _training_options(p, default_data="embedded"):
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--adam-eps", type=float, dest="adam_eps", help="Adam epsilon (default 1e-8)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--augment", choices=("natural", "digits", "none"), default="natural",
+                   help="augmentation preset: natural (default: crops, flips, rotation, jitter, noise, erasing), "
+                        "digits (no flips: a mirrored digit or letter is another one; gentler crops), none")
+    p.add_argument("--flip-p", type=float, dest="flip_p", help="horizontal flip probability (natural: 0.5)")
+    p.add_argument("--crop-scale", type=float, nargs=2, dest="crop_scale", metavar=("LOW", "HIGH"),
+                   help="area fraction of the random crop (natural: 0.6 1.0)")
+    p.add_argument("--rotation", type=float, dest="max_rotation_deg", help="largest rotation in degrees (natural: 10)")
+    p.add_argument("--jitter", type=float, help="brightness and contrast jitter, 1 +- this (natural: 0.3)")
+    p.add_argument("--erase-p", type=float, dest="erase_p", help="random erasing probability (natural: 0.25)")
     p.add_argument("--mstep-threads", type=int, dest="mstep_threads",
                    help="CPU threads of the M-step (default 0: the cores the load average leaves free)")
 

@@ -12,6 +12,7 @@ import dsch_ext
 from .. import distributed
 from .._atomic import atomic_write
 from ..distributed.comm import LocalCommunicator
+from ..dsch.augment import AugmentConfig
 from ..dsch.trainer import DSCHConfig
 from . import data
 from .arrays import load_array, load_codes
@@ -30,11 +31,22 @@ def _data(spec):
         raise CliError(str(exc)) from exc
 
 
+def _augment(args):
+    overrides = {k: getattr(args, k) for k in ("flip_p", "crop_scale", "max_rotation_deg", "erase_p")
+                 if getattr(args, k, None) is not None}
+    if getattr(args, "jitter", None) is not None:
+        overrides.update(brightness=args.jitter, contrast=args.jitter)
+    try:
+        return AugmentConfig.preset(getattr(args, "augment", "natural"), **overrides)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def _config(args, nbits, baseline=False):
     names = ("m1", "m2", "covariance_type", "gmm_max_iter", "lam", "tau", "batch_size", "lr", "adam_eps", "rounds",
              "epochs_per_round", "seed", "mstep_threads")
     fields = {f: getattr(args, f) for f in names if getattr(args, f, None) is not None}
-    return DSCHConfig.from_scratch(nbits=nbits, baseline=baseline or args.baseline, **fields)
+    return DSCHConfig.from_scratch(nbits=nbits, baseline=baseline or args.baseline, augment=_augment(args), **fields)
 
 
 def _comm(args):
