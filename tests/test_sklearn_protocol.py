@@ -88,7 +88,7 @@ def test_complex_and_object_input_are_refused():
         dsch_ext.KMeans(2).fit(X)
 
 
-def test_protocol_without_sklearn():
+def test_protocol_without_sklearn(tmp_path):
     """With scikit-learn absent the stand-ins give the same protocol."""
     code = textwrap.dedent("""
         import sys
@@ -113,5 +113,6 @@ def test_protocol_without_sklearn():
         assert issubclass(_sklearn.ConvergenceWarning, UserWarning)
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # From outside the repository, so the installed package is imported.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
