@@ -9,6 +9,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ._sklearn import check_is_fitted as check_fitted  # noqa: F401  (NotFittedError before fit)
+
 SeedLike = Union[None, int, np.integer, torch.Generator]
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -86,11 +88,6 @@ def make_generator(random_state: SeedLike) -> torch.Generator:
     return g
 
 
-def check_fitted(estimator, attribute: str):
-    """NotFittedError (scikit-learn's class where it is installed) before ``fit``."""
-    from ._sklearn import check_is_fitted
-
-    check_is_fitted(estimator, attribute)
 
 
 def check_features(estimator, X: torch.Tensor, name: str = "X"):

@@ -10,11 +10,10 @@ Each has ``fit(X)`` (X ``[N, D]`` features) and ``encode(X)`` → ±1 float code
   iterations by default, random orthogonal initial rotation.
 """
 
-import numpy as np
 import torch
 
 from ._sklearn import BaseEstimator, TransformerMixin
-from ._validation import SeedLike, as_float_tensor, check_fitted, make_generator
+from ._validation import SeedLike, as_float_tensor, check_fitted, make_generator, positive_int
 
 
 class _LinearHash(TransformerMixin, BaseEstimator):
@@ -25,8 +24,7 @@ class _LinearHash(TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     def _prepare(self, X):
-        if isinstance(self.nbits, bool) or not isinstance(self.nbits, (int, np.integer)) or self.nbits < 1:
-            raise ValueError(f"nbits must be a positive int, got {self.nbits!r}")
+        positive_int(self.nbits, "nbits")
         X = as_float_tensor(X)
         self.mean_ = X.mean(0)
         return X, X - self.mean_

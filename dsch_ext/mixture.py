@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .distributed.comm import LocalCommunicator
-from ._validation import SeedLike, as_float_tensor, check_features, check_fitted, make_generator
+from ._validation import SeedLike, as_float_tensor, check_features, check_fitted, make_generator, positive_int
 from ._progress import progress_bar
 from ._sklearn import ConvergenceWarning  # noqa: F401  (dsch_ext.mixture.ConvergenceWarning)
 from ._sklearn import BaseEstimator, DensityMixin, warn_not_converged
@@ -479,8 +479,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def sample(self, n_samples: int = 1, generator: Optional[torch.Generator] = None):
         """Draw ``n_samples`` points: (X ``[n, D]``, component labels ``[n]``)."""
         check_fitted(self, "means_")
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        n_samples = positive_int(n_samples, "n_samples")
         g = generator if generator is not None else make_generator(self.random_state)
         k, d = self.means_.shape
         labels = torch.multinomial(self.weights_.double().cpu(), n_samples, replacement=True, generator=g)

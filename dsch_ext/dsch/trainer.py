@@ -23,7 +23,6 @@ ranks.
 import dataclasses
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -31,6 +30,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .._atomic import atomic_write
+from .._progress import progress_bar
 from ..distributed.batchnorm import convert_sync_batchnorm, gather_batch, revert_sync_batchnorm
 from ..distributed.comm import get_communicator
 from ..distributed.shard import shard_range
@@ -320,7 +320,9 @@ class DSCHTrainer:
         self.net.train()
         sums, steps = {"total": 0.0, "ic": 0.0, "ccf": 0.0, "ccc": 0.0}, 0
         n_batches = cfg.epochs_per_round * ((run.train_idx.numel() + cfg.batch_size - 1) // cfg.batch_size)
-        progress = self._progress(n_batches, f"round {rnd + 1}/{cfg.rounds} M-step", comm)
+        # A bar on a terminal only (progress_bar); the per-round line is the report elsewhere.
+        progress = (progress_bar(n_batches, f"round {rnd + 1}/{cfg.rounds} M-step")
+                    if self.verbose and comm.rank == 0 else None)
         for _ in range(cfg.epochs_per_round):
             perm = torch.randperm(run.train_idx.numel(), generator=run.generator)
             for s in range(0, perm.numel() - 1, cfg.batch_size):
@@ -347,15 +349,6 @@ class DSCHTrainer:
         if progress is not None:
             progress.close()
         return sums["total"] / max(steps, 1), {k: sums[k] / max(steps, 1) for k in ("ic", "ccf", "ccc")}
-
-    def _progress(self, total: int, desc: str, comm):
-        """A progress bar for an interactive terminal; None when quiet, on other ranks, or when
-        stderr is a file or pipe (there the per-round line is the progress report)."""
-        if not self.verbose or comm.rank != 0 or not sys.stderr.isatty():
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, leave=False)
 
     def _select(self, record: RoundRecord, run: "_Run", images, labels, comm) -> None:
         """Validation mAP of the round; keep the weights of the best round so far."""
