@@ -1,4 +1,5 @@
-"""Hamming top-k against faiss-cpu IndexBinaryFlat and a plain torch search (workloads H1-H3 of benchmarks/WORKLOADS.md).
+"""Hamming top-k and range search against faiss-cpu IndexBinaryFlat and a plain torch search
+(workloads H1-H3 and R1 of benchmarks/WORKLOADS.md).
 
 H1: 1,000,000 random 64-bit codes, 1,000 queries, k = 1000
 H2: same, k = 10
@@ -94,3 +95,50 @@ def test_hamming_topk_vs_torch(wid, impl, quick, timed):
         timed(group, "anchor", "torch xor+popcount+topk", torch_topk, queries, database, k, rounds=1)
     else:
         timed(group, "ours", "dsch_ext.hamming_topk", dsch_ext.hamming_topk, queries, database, k)
+
+
+# ---------------------------------------------------------------- R1: range search
+
+RANGE_WORKLOAD = ((200_000, 1000, 64), (20_000, 40, 64))  # (ndb, nq, nbits): full, quick
+RANGE_RADII = (8, 22)
+
+
+@functools.lru_cache(maxsize=2)
+def checked_range_workload(quick):
+    """R1's codes and faiss index, with dsch_ext's answer checked against faiss's at every
+    radius (faiss's radius is exclusive: it gets r + 1 and keeps d < r + 1, i.e. d <= r)."""
+    ndb, nq, nbits = RANGE_WORKLOAD[1 if quick else 0]
+    g = torch.Generator().manual_seed(4321)
+    database = torch.randint(0, 256, (ndb, nbits // 8), dtype=torch.uint8, generator=g)
+    queries = torch.randint(0, 256, (nq, nbits // 8), dtype=torch.uint8, generator=g)
+    faiss_index = None
+    try:
+        import faiss
+    except ImportError:
+        pass
+    else:
+        faiss_index = faiss.IndexBinaryFlat(nbits)
+        faiss_index.add(database.numpy())
+        for radius in RANGE_RADII:
+            lims, dist, index = dsch_ext.hamming_range(queries, database, radius)
+            flims, fdist, findex = faiss_index.range_search(queries.numpy(), radius + 1)
+            np.testing.assert_array_equal(lims.numpy(), flims)
+            for i in range(nq):  # faiss does not promise an order within a query's list
+                a, b = flims[i], flims[i + 1]
+                order = np.lexsort((findex[a:b],))
+                np.testing.assert_array_equal(index[a:b].numpy(), findex[a:b][order])
+                np.testing.assert_array_equal(dist[a:b].numpy(), fdist[a:b][order])
+    return queries, database, faiss_index
+
+
+@pytest.mark.parametrize("impl", ["faiss", "dsch_ext"])
+@pytest.mark.parametrize("radius", RANGE_RADII)
+def test_hamming_range_vs_faiss(radius, impl, quick, timed):
+    queries, database, faiss_index = checked_range_workload(quick)
+    group = f"R1 range {database.shape[0]}x{database.shape[1] * 8}b nq={queries.shape[0]} r={radius}"
+    if impl == "faiss":
+        if faiss_index is None:
+            pytest.skip("faiss-cpu is not installed")
+        timed(group, "anchor", "faiss range_search", faiss_index.range_search, queries.numpy(), radius + 1)
+    else:
+        timed(group, "ours", "dsch_ext.hamming_range", dsch_ext.hamming_range, queries, database, radius)

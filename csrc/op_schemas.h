@@ -13,6 +13,11 @@
   /* Hamming search over packed codes. */                                                             \
   X("hamming_distance(Tensor queries, Tensor database) -> Tensor")                                    \
   X("hamming_topk(Tensor queries, Tensor database, int k) -> (Tensor, Tensor)")                       \
+  /* Every code within radius of each query: (lims int64 [nq + 1], distances int32 [total],           \
+     indices int64 [total]), query i's hits at [lims[i], lims[i + 1]) in index order; d <= radius,    \
+     or d < radius (faiss's convention) when exclusive. */                                            \
+  X("hamming_range(Tensor queries, Tensor database, int radius, bool exclusive=False) -> "             \
+    "(Tensor, Tensor, Tensor)")                                                                       \
   /* Distances between points x [N, D] and centres [K, D]; metric is 'sqeuclidean',                   \
      'cosine' (1 - cos) or 'dot' (-<x, c>): smaller is closer. */                                     \
   X("center_distances(Tensor x, Tensor centers, str metric) -> Tensor")                               \

@@ -6,6 +6,7 @@
 - :func:`pack_bits` / :func:`unpack_bits`: binary codes <-> faiss's packed bytes.
 - :func:`hamming_distance`: all distances between packed codes.
 - :func:`hamming_topk`: exact top-k by Hamming distance, ties to the lower index.
+- :func:`hamming_range`: every code within a Hamming radius (range search), in index order.
 - :func:`center_distances`: points x centres distances with autograd (sqeuclidean, cosine, dot).
 - :func:`nearest_center`: k-means assignment in O(N + K) memory, ties to the lower index.
 - :func:`gmm_log_resp`: the Gaussian-mixture E-step (full, tied, diag, spherical).
@@ -28,8 +29,8 @@ from ._version import __version__
 from .cluster import KMeans
 from .index import BinaryIndex, IndexFormatError
 from .mixture import GaussianMixture
-from .ops import (center_distances, gmm_log_resp, hamming_distance, hamming_topk, nearest_center, pack_bits,
-                  segment_gram, unpack_bits)
+from .ops import (center_distances, gmm_log_resp, hamming_distance, hamming_range, hamming_topk, nearest_center,
+                  pack_bits, segment_gram, unpack_bits)
 
 __all__ = [
     "__version__",
@@ -42,6 +43,7 @@ __all__ = [
     "gmm_log_resp",
     "nearest_center",
     "hamming_distance",
+    "hamming_range",
     "hamming_topk",
     "pack_bits",
     "segment_gram",

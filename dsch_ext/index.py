@@ -43,7 +43,7 @@ import torch
 from ._atomic import atomic_write
 from ._packed import packed_codes
 from ._validation import ArrayLike, positive_int
-from .ops import hamming_distance, hamming_topk
+from .ops import hamming_range, hamming_topk
 
 MAGIC = b"DSCHBIX\x00"
 FORMAT_VERSION = 1
@@ -185,42 +185,25 @@ class BinaryIndex:
             out_i.append(ids[pos])
         return torch.cat(out_d), torch.cat(out_i)
 
-    def range_search(self, queries: ArrayLike, radius: int, db_chunk: int = 1 << 20):
-        """Every code within Hamming distance ``<= radius`` of each query, faiss-style:
+    def range_search(self, queries: ArrayLike, radius: int, exclusive: bool = False):
+        """Every code within Hamming distance ``<= radius`` of each query (``< radius`` with
+        ``exclusive=True``, faiss's convention), faiss-style:
         ``(lims int64 [nq + 1], distances int32 [total], ids int64 [total])``; the results of
-        query i are ``[lims[i], lims[i + 1])``, ordered by position in the index."""
+        query i are ``[lims[i], lims[i + 1])``, ordered by position in the index. One
+        :func:`~dsch_ext.hamming_range` call per chunk of ``query_chunk`` queries."""
         codes, ids = self._snapshot()
         q = self._packed(queries, "queries")
         if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
             raise ValueError(f"radius must be an int >= 0, got {radius!r}")
-        counts, dists, found = [], [], []
-        qchunk = max(1, min(self.query_chunk, (1 << 26) // max(1, min(db_chunk, codes.shape[0]))))
-        for qs in range(0, q.shape[0], qchunk):
-            qc = q[qs : qs + qchunk]
-            per_query_d = [[] for _ in range(qc.shape[0])]
-            per_query_i = [[] for _ in range(qc.shape[0])]
-            for ds in range(0, codes.shape[0], db_chunk):
-                d = hamming_distance(qc, codes[ds : ds + db_chunk])
-                rows, cols = torch.nonzero(d <= radius, as_tuple=True)
-                if rows.numel() == 0:
-                    continue
-                split = torch.bincount(rows, minlength=qc.shape[0]).tolist()
-                vals = d[rows, cols].split(split)
-                hit = ids[cols + ds].split(split)
-                for r in range(qc.shape[0]):
-                    if split[r]:
-                        per_query_d[r].append(vals[r])
-                        per_query_i[r].append(hit[r])
-            for r in range(qc.shape[0]):
-                dd = torch.cat(per_query_d[r]) if per_query_d[r] else codes.new_empty((0,), dtype=torch.int32)
-                ii = torch.cat(per_query_i[r]) if per_query_i[r] else ids.new_empty((0,))
-                counts.append(dd.shape[0])
-                dists.append(dd)
-                found.append(ii)
-        lims = torch.zeros(len(counts) + 1, dtype=torch.int64)
-        lims[1:] = torch.cumsum(torch.tensor(counts, dtype=torch.int64), 0)
-        empty_d = codes.new_empty((0,), dtype=torch.int32)
-        return lims, (torch.cat(dists) if dists else empty_d), (torch.cat(found) if found else ids.new_empty((0,)))
+        lims, dists, found = [torch.zeros(1, dtype=torch.int64, device=codes.device)], [], []
+        for start in range(0, q.shape[0], self.query_chunk):
+            chunk_lims, dist, pos = hamming_range(q[start : start + self.query_chunk], codes, int(radius), exclusive)
+            lims.append(chunk_lims[1:] + lims[-1][-1])
+            dists.append(dist)
+            found.append(ids[pos])
+        if not dists:
+            return lims[0], codes.new_empty((0,), dtype=torch.int32), ids.new_empty((0,))
+        return torch.cat(lims), torch.cat(dists), torch.cat(found)
 
     # ------------------------------------------------------------------ persistence
 

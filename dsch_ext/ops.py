@@ -86,6 +86,31 @@ def hamming_topk(queries: ArrayLike, database: ArrayLike, k: int) -> Tuple[torch
     return torch.ops.dsch_ext.hamming_topk.default(_as_tensor(queries, "queries"), database, k)
 
 
+def hamming_range(queries: ArrayLike, database: ArrayLike, radius: int,
+                  exclusive: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every database code within a Hamming radius of each query (range search).
+
+    Args:
+        queries: ``uint8 [nq, W]`` packed codes.
+        database: ``uint8 [ndb, W]`` packed codes on the same device (may be empty).
+        radius: ``>= 0``. A code is a hit when its distance is ``<= radius``; with
+            ``exclusive=True`` when it is ``< radius``, faiss's ``range_search`` convention
+            (so ``exclusive=True, radius=r + 1`` is this op's default at ``r``).
+        exclusive: the test above.
+
+    Returns:
+        ``(lims int64 [nq + 1], distances int32 [total], indices int64 [total])``: the hits of
+        query ``i`` are ``[lims[i], lims[i + 1])``, in database index order on every backend.
+        The output size depends on the data, so on CUDA the op waits for the count (one host
+        synchronisation) and cannot be captured in a CUDA graph.
+    """
+    radius = _int_arg(radius, "radius", "[0, 2**63 - 1]")
+    if not isinstance(exclusive, (bool, np.bool_)):
+        raise ValueError(f"exclusive must be a bool, got {exclusive!r} ({type(exclusive).__name__})")
+    return torch.ops.dsch_ext.hamming_range.default(
+        _as_tensor(queries, "queries"), _as_tensor(database, "database"), radius, bool(exclusive))
+
+
 CENTER_METRICS = ("sqeuclidean", "cosine", "dot")
 
 
@@ -293,6 +318,18 @@ def _unpack_bits_fake(packed, nbits):
 def _hamming_distance_fake(queries, database):
     torch._check(queries.shape[1] == database.shape[1], lambda: "code widths differ")
     return queries.new_empty((queries.shape[0], database.shape[0]), dtype=torch.int32)
+
+
+@torch.library.register_fake("dsch_ext::hamming_range")
+def _hamming_range_fake(queries, database, radius, exclusive=False):
+    torch._check(queries.shape[1] == database.shape[1], lambda: "code widths differ")
+    torch._check(radius >= 0, lambda: f"radius must be >= 0, got {radius}")
+    total = torch.library.get_ctx().new_dynamic_size()
+    return (
+        queries.new_empty((queries.shape[0] + 1,), dtype=torch.int64),
+        queries.new_empty((total,), dtype=torch.int32),
+        queries.new_empty((total,), dtype=torch.int64),
+    )
 
 
 @torch.library.register_fake("dsch_ext::hamming_topk")

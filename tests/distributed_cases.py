@@ -93,7 +93,8 @@ def search_index(comm, db, db_sizes, queries, q_sizes, k, nbits, user_ids=False)
         index.add(mine[:half])
         index.add(mine[half:])
     dist, ids = index.search(shard(queries, comm, q_sizes), k)
-    return {"dist": dist, "ids": ids, "ntotal": index.ntotal()}
+    lims, range_dist, range_ids = index.range_search(shard(queries, comm, q_sizes), radius=nbits // 4)
+    return {"dist": dist, "ids": ids, "ntotal": index.ntotal(), "range": (lims, range_dist, range_ids)}
 
 
 def bad_search(comm, nbits):

@@ -36,3 +36,13 @@ def random_codes(rng, n, nbytes, alphabet=None):
         return rng.integers(0, 256, size=(n, nbytes), dtype=np.uint8)
     pool = rng.integers(0, 256, size=(alphabet, nbytes), dtype=np.uint8)
     return pool[rng.integers(0, alphabet, size=n)]
+
+
+def hamming_range(queries, database, radius, exclusive=False):
+    """(lims, distances, indices): per query, the codes with d <= radius (d < radius when
+    exclusive), in index order."""
+    dist = hamming_distance(queries, database)
+    hit = dist < radius if exclusive else dist <= radius
+    lims = np.concatenate([[0], np.cumsum(hit.sum(axis=1))]).astype(np.int64)
+    rows, cols = np.nonzero(hit)  # row-major: query order, then index order
+    return lims, dist[rows, cols].astype(np.int32), cols.astype(np.int64)

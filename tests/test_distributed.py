@@ -130,6 +130,15 @@ def test_sharded_search_equals_one_index(tmp_path, world_size, db_sizes, q_sizes
     assert torch.equal(torch.cat([r["dist"] for r in results]), ref_d)
     assert torch.equal(torch.cat([r["ids"] for r in results]), ref_i)
     assert all(r["ntotal"] == db.shape[0] for r in results)
+    # Range search: each rank's lists are the single index's lists of its queries.
+    ref_lims, ref_rd, ref_ri = ref.range_search(queries, nbits // 4)
+    first = 0
+    for r, n in zip(results, q_sizes):
+        lims, rd, ri = r["range"]
+        span = slice(int(ref_lims[first]), int(ref_lims[first + n]))
+        assert torch.equal(lims, ref_lims[first : first + n + 1] - ref_lims[first])
+        assert torch.equal(rd, ref_rd[span]) and torch.equal(ri, ref_ri[span])
+        first += n
 
 
 def test_bad_input_on_one_rank_raises_on_every_rank(tmp_path):

@@ -105,6 +105,27 @@ def test_hamming_topk_no_queries(emu):
     assert dist.shape == (0, 3) and idx.shape == (0, 3)
 
 
+@pytest.mark.parametrize("nbytes", [2, 4, 5, 8, 16, 32, 136])
+@pytest.mark.parametrize("nq,ndb", [(1, 1), (5, 101), (37, 250), (70, 333)])
+def test_hamming_range(emu, nbytes, nq, ndb):
+    rng = rng_for(nbytes, nq, ndb, 3)
+    q = torch.from_numpy(ref.random_codes(rng, nq, nbytes))  # 37 and 70 queries: several query tiles
+    db = torch.from_numpy(ref.random_codes(rng, ndb, nbytes, alphabet=23 if ndb > 50 else None))
+    db[: min(nq, ndb)] = q[: min(nq, ndb)]  # distance 0 hits
+    nbits = 8 * nbytes
+    for radius, exclusive in ((0, False), (0, True), (nbits // 2 - 1, False), (nbits // 2, True), (nbits, False)):
+        got = emu.hamming_range(q, db, radius, exclusive)
+        want = cpu.hamming_range(q, db, radius, exclusive)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), (radius, exclusive)
+
+
+def test_hamming_range_empty(emu):
+    db = torch.zeros(5, 8, dtype=torch.uint8)
+    for q, d in ((db[:0], db), (db[:2], db[:0])):
+        lims, dist, idx = emu.hamming_range(q, d, 3)
+        assert lims.tolist() == [0] * (q.shape[0] + 1) and dist.numel() == 0 and idx.numel() == 0
+
+
 # ---------------------------------------------------------------- centre distances
 
 

@@ -1,4 +1,5 @@
-"""pack_bits, unpack_bits, hamming_distance and hamming_topk against numpy references.
+"""pack_bits, unpack_bits, hamming_distance, hamming_topk and hamming_range against numpy
+references.
 
 Exact equality everywhere: distances, indices and the tie-break (lower database index).
 """
@@ -21,12 +22,13 @@ def as_device(a, device):
     return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
-@pytest.fixture(params=["auto", "scalar"])
+@pytest.fixture(params=["auto", "avx2", "scalar"])
 def cpu_scan(request, monkeypatch):
-    """Run a CPU top-k test twice: with the AVX-512 scan where the CPU has it, and with the
-    portable scalar scan forced (the kernel reads DSCH_EXT_DISABLE_AVX512 on every call)."""
-    if request.param == "scalar":
-        monkeypatch.setenv("DSCH_EXT_DISABLE_AVX512", "1")
+    """Run a CPU search test with each scan: the widest this CPU has (AVX-512 VPOPCNTDQ or
+    AVX2), the AVX2 scan, and the portable scalar scan (the kernel reads
+    DSCH_EXT_HAMMING_SCAN on every call; a CPU without AVX2 runs the scalar scan for all)."""
+    if request.param != "auto":
+        monkeypatch.setenv("DSCH_EXT_HAMMING_SCAN", request.param)
     return request.param
 
 
@@ -305,6 +307,101 @@ def test_cuda_equals_cpu_on_large_search(nbytes):
         assert torch.equal(cpu[0], gpu[0].cpu()) and torch.equal(cpu[1], gpu[1].cpu())
 
 
+# ---------------------------------------------------------------- hamming_range
+
+
+def assert_range_matches(q, db, radius, device, exclusive=False):
+    lims, dist, index = dsch_ext.hamming_range(as_device(q, device), as_device(db, device), radius, exclusive)
+    rlims, rdist, rindex = ref.hamming_range(q, db, radius, exclusive)
+    assert lims.dtype == torch.int64 and dist.dtype == torch.int32 and index.dtype == torch.int64
+    assert lims.device.type == dist.device.type == index.device.type == torch.device(device).type
+    np.testing.assert_array_equal(lims.cpu().numpy(), rlims)
+    np.testing.assert_array_equal(dist.cpu().numpy(), rdist)
+    np.testing.assert_array_equal(index.cpu().numpy(), rindex)
+
+
+@pytest.mark.parametrize("nbytes", CODE_BYTES)
+def test_range_every_code_length(nbytes, device, cpu_scan):
+    rng = rng_for(nbytes, 21)
+    q = ref.random_codes(rng, 9, nbytes)
+    db = ref.random_codes(rng, 1201, nbytes, alphabet=300)
+    db[:5] = q[:5]  # exact matches at distance 0
+    nbits = nbytes * 8
+    for radius in (0, 1, nbits // 2 - 2, nbits // 2, nbits, nbits + 5):
+        assert_range_matches(q, db, radius, device)
+        assert_range_matches(q, db, radius, device, exclusive=True)
+
+
+@pytest.mark.parametrize("nq", [1, 3, 40])
+def test_range_few_queries_split_database(nq, device, cpu_scan):
+    rng = rng_for(nq, 22)
+    db = ref.random_codes(rng, 70001, 8, alphabet=5000)
+    q = db[rng.integers(0, db.shape[0], nq)]
+    assert_range_matches(q, db, 22, device)
+
+
+def test_scan_choice_is_checked():
+    db = torch.zeros(10, 8, dtype=torch.uint8)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSCH_EXT_HAMMING_SCAN", "sse9")
+        with pytest.raises(RuntimeError, match="DSCH_EXT_HAMMING_SCAN must be avx512, avx2 or scalar, got 'sse9'"):
+            dsch_ext.hamming_topk(db, db, 3)
+
+
+def test_range_edges(device):
+    rng = rng_for(23)
+    db = ref.random_codes(rng, 50, 4)
+    assert_range_matches(db[:0], db, 3, device)  # no queries
+    assert_range_matches(db[:4], db[:0], 3, device)  # empty database: every list is empty
+    assert_range_matches(db[:1], db[:1], 0, device)  # one point, itself
+    lims, dist, index = dsch_ext.hamming_range(as_device(db[:3], device), as_device(db, device), 0, exclusive=True)
+    assert lims.tolist() == [0, 0, 0, 0] and dist.numel() == 0 and index.numel() == 0
+    dup = np.repeat(db[:2], 30, axis=0)  # duplicates come in index order
+    assert_range_matches(dup[:3], dup, 0, device)
+
+
+def test_range_same_answer_for_any_thread_count():
+    rng = rng_for(24)
+    q = torch.from_numpy(ref.random_codes(rng, 37, 16))
+    db = torch.from_numpy(ref.random_codes(rng, 40000, 16, alphabet=900))
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(dsch_ext.hamming_range(q, db, 50))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_range_bad_input(device):
+    db = torch.zeros(10, 8, dtype=torch.uint8, device=device)
+    with pytest.raises(RuntimeError, match=r"queries must be packed codes of dtype uint8.*Float.*\[2, 8\]"):
+        dsch_ext.hamming_range(torch.zeros(2, 8, device=device), db, 1)
+    with pytest.raises(RuntimeError, match=r"different code widths.*\[2, 4\]"):
+        dsch_ext.hamming_range(db[:2, :4], db, 1)
+    with pytest.raises(RuntimeError, match=r"radius must be >= 0, got radius = -1"):
+        torch.ops.dsch_ext.hamming_range(db[:2], db, -1)
+    with pytest.raises(ValueError, match=r"radius must be an int.*2.5"):
+        dsch_ext.hamming_range(db[:2], db, 2.5)
+    with pytest.raises(ValueError, match=r"exclusive must be a bool"):
+        dsch_ext.hamming_range(db[:2], db, 2, exclusive="yes")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("nbytes", [2, 8, 32, 40])
+def test_cuda_range_equals_cpu_on_large_search(nbytes):
+    rng = rng_for(nbytes, 25)
+    q = torch.from_numpy(ref.random_codes(rng, 257, nbytes))
+    db = torch.from_numpy(ref.random_codes(rng, 200003, nbytes, alphabet=20000))
+    for radius in (0, nbytes * 2, nbytes * 3):
+        cpu = dsch_ext.hamming_range(q, db, radius)
+        gpu = dsch_ext.hamming_range(q.cuda(), db.cuda(), radius)
+        assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
+
+
 # ---------------------------------------------------------------- torch.library integration
 
 
@@ -318,6 +415,7 @@ def sample_inputs(device):
         ("unpack_bits", (q, 64)),
         ("hamming_distance", (q, db)),
         ("hamming_topk", (q, db, 25)),
+        ("hamming_range", (q, db, 27)),
     ]
 
 

@@ -49,10 +49,12 @@ inline void check_packed_codes(const at::Tensor& t, const char* name, bool allow
   TORCH_CHECK(allow_empty_rows || t.size(0) > 0, name, " is empty (shape ", t.sizes(), ")");
 }
 
-// queries [nq, nbytes] and database [ndb, nbytes] on one device, same width.
-inline void check_query_database(const at::Tensor& queries, const at::Tensor& database) {
+// queries [nq, nbytes] and database [ndb, nbytes] on one device, same width
+// (ndb >= 1 unless allow_empty_database: a range search of nothing is empty).
+inline void check_query_database(const at::Tensor& queries, const at::Tensor& database,
+                                 bool allow_empty_database = false) {
   check_packed_codes(queries, "queries", /*allow_empty_rows=*/true);
-  check_packed_codes(database, "database", /*allow_empty_rows=*/false);
+  check_packed_codes(database, "database", allow_empty_database);
   TORCH_CHECK(queries.device() == database.device(),
               "queries and database must be on the same device, got queries on ",
               queries.device(), " and database on ", database.device());
@@ -74,6 +76,11 @@ inline void check_unpack_width(const at::Tensor& packed, int64_t nbits) {
   check_packed_codes(packed, "packed", /*allow_empty_rows=*/true);
   TORCH_CHECK(nbits >= 1 && (nbits + 7) / 8 == packed.size(1), "nbits = ", nbits, " does not fit packed of shape ",
               packed.sizes(), ": it needs ", (packed.size(1) - 1) * 8 + 1, "..", packed.size(1) * 8);
+}
+
+// A range search's radius: distances <= radius (< radius when exclusive).
+inline void check_range_radius(int64_t radius) {
+  TORCH_CHECK(radius >= 0, "radius must be >= 0, got radius = ", radius);
 }
 
 inline void check_topk_k(int64_t k, const at::Tensor& database) {

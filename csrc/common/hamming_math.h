@@ -79,6 +79,14 @@ DSCH_HOST_DEVICE int topk_threshold(const Count* hist, int nbins, int64_t k, int
   return nbins - 1;
 }
 
+// A range search's strict bound: a code is in range when its distance is
+// < range_limit (radius + 1 for the inclusive test d <= radius, radius for
+// faiss's exclusive d < radius), capped at nbins (every code).
+DSCH_HOST_DEVICE int range_limit(int64_t radius, bool exclusive, int nbins) {
+  if (radius >= nbins) return nbins;
+  return static_cast<int>(exclusive ? radius : radius + 1);
+}
+
 // Bit b of a packed row (LSB-first within each byte).
 DSCH_HOST_DEVICE bool packed_bit(const uint8_t* row, int64_t b) {
   return (row[b >> 3] >> (b & 7)) & 1;

@@ -1,9 +1,8 @@
-// AVX-512 VPOPCNTDQ scans for hamming_topk on the CPU (64/128/256-bit codes).
+// AVX-512 VPOPCNTDQ scans for the CPU Hamming search (64/128/256-bit codes).
 //
 // Compiled with function-level target attributes, so the library still runs
-// on CPUs without AVX-512: hamming_topk calls these only when the CPU reports
-// avx512f + avx512vpopcntdq at run time (and DSCH_EXT_DISABLE_AVX512 is not
-// set). Eight codes are compared per step: one vector xor + popcount per
+// on CPUs without AVX-512: the scan calls these only when the CPU reports
+// avx512f + avx512vpopcntdq at run time (hamming_scan.h decides). Eight codes are compared per step: one vector xor + popcount per
 // query, and the per-code sums of multi-word codes are formed with two
 // unpack/shuffle rounds. A lane below the query's bound goes through the same
 // CountingTopk::push as the scalar scan, in increasing index order, so both
@@ -15,14 +14,14 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstdlib>
+
+#include "hamming_scan_lanes.h"
 
 namespace dsch_ext {
 
 inline bool cpu_has_avx512_popcount() {
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
-  const char* off = std::getenv("DSCH_EXT_DISABLE_AVX512");
-  return supported && !(off && off[0] && off[0] != '0');
+  return supported;
 }
 
 #define DSCH_AVX512 __attribute__((target("avx512f,avx512vpopcntdq,avx512bw,avx512dq")))
@@ -36,6 +35,7 @@ struct Avx512Lanes;
 template <>
 struct Avx512Lanes<1> {
   static constexpr int code[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  static constexpr int lane[8] = {0, 1, 2, 3, 4, 5, 6, 7};  // lane of code c
   DSCH_AVX512 static inline __m512i query(const uint64_t* q) { return _mm512_set1_epi64(static_cast<long long>(q[0])); }
   DSCH_AVX512 static inline __m512i distances(const uint64_t* rows, __m512i qv) {
     return _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(rows), qv));
@@ -45,6 +45,7 @@ struct Avx512Lanes<1> {
 template <>
 struct Avx512Lanes<2> {
   static constexpr int code[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+  static constexpr int lane[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // lane of code c
   DSCH_AVX512 static inline __m512i query(const uint64_t* q) {
     return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
   }
@@ -58,6 +59,7 @@ struct Avx512Lanes<2> {
 template <>
 struct Avx512Lanes<4> {
   static constexpr int code[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+  static constexpr int lane[8] = {0, 2, 1, 3, 4, 6, 5, 7};  // lane of code c
   DSCH_AVX512 static inline __m512i query(const uint64_t* q) {
     return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
   }
@@ -93,18 +95,7 @@ DSCH_AVX512 void scan_tile_avx512(const uint64_t* const* qrows, const uint64_t* 
       __mmask8 m = _mm512_cmplt_epi64_mask(d, bv[a]);
       if (m) {
         _mm512_store_si512(lane_dist, d);
-        // Offer the lanes in increasing code index (the tie-break needs index order).
-        for (int c = 0; c < 8; ++c) {
-          int lane = c;
-          if constexpr (NW != 1) {
-            for (lane = 0; Avx512Lanes<NW>::code[lane] != c; ++lane) {
-            }
-          }
-          if ((m >> lane) & 1) {
-            const int dist = static_cast<int>(lane_dist[lane]);
-            if (dist < bounds[a]) bounds[a] = push(a, dist, j + c);
-          }
-        }
+        offer_lanes<Avx512Lanes<NW>>(m, lane_dist, j, a, &bounds[a], push);
         bv[a] = _mm512_set1_epi64(bounds[a]);
       }
     }

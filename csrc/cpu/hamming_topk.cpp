@@ -25,13 +25,11 @@
 
 #include "../common/checks.h"
 #include "../common/code_width.h"
-#include "hamming_scan_avx512.h"
+#include "hamming_scan.h"
 
 namespace dsch_ext {
 namespace {
 
-constexpr int64_t kQueryBlock = 16;
-constexpr int64_t kTileBytes = 32 * 1024;
 constexpr int64_t kSampleTarget = 16;  // sample codes per kept candidate: rows / k * 16 of them
 constexpr int64_t kSampleMargin = 3;   // the sampled bound aims at 3 k candidates in the range
 
@@ -89,109 +87,21 @@ struct CountingTopk {
   }
 };
 
-// Queries scanned together per database row: the row is loaded once and
-// compared with each of them, which saves row loads and loop overhead even
-// when some query words spill to the stack (measured on Zen 2: 8 / 4 / 2
-// queries for 1 / 2 / 4-word codes beat both fewer and more).
-template <typename CW>
-constexpr int queries_per_pass() {
-  constexpr int nw = CW::kFixedWords;
-  if constexpr (nw == 0) {
-    return 1;
-  } else {
-    return nw >= 8 ? 1 : (nw >= 4 ? 2 : (nw >= 2 ? 4 : 8));
+// CountingTopk buffers as a scan sink (hamming_scan.h).
+struct TopkSink {
+  CountingTopk* states;
+  int32_t* hist;
+  int nbins;
+  int bound(int a) const { return states[a].bound; }
+  int push(int a, int d, int64_t j) {
+    CountingTopk& s = states[a];
+    ++s.pushed;
+    s.dist[s.n] = d;
+    s.index[s.n] = j;
+    if (++s.n == s.cap) s.compact(hist, nbins);
+    return s.bound;
   }
-}
-
-// One database tile [t0, t1) against NQ consecutive queries. The query words
-// are copied to locals whose address never escapes, so they live in
-// registers even though the push path stores to memory.
-template <typename CW, int NQ>
-void scan_tile(const uint8_t* query_rows, int64_t nbytes, const typename CW::word_t* db,
-               int64_t nwords, int64_t t0, int64_t t1, CountingTopk* states, int32_t* hist,
-               int nbins) {
-  using Word = typename CW::word_t;
-  constexpr int NW = CW::kFixedWords > 0 ? CW::kFixedWords : 1;
-  Word qw[NQ][NW];
-  const Word* qptr[NQ];
-  int bound[NQ];
-  for (int a = 0; a < NQ; ++a) {
-    qptr[a] = reinterpret_cast<const Word*>(query_rows + a * nbytes);
-    if constexpr (CW::kFixedWords > 0) {
-      for (int w = 0; w < NW; ++w) qw[a][w] = qptr[a][w];
-    }
-    bound[a] = states[a].bound;
-  }
-  for (int64_t j = t0; j < t1; ++j) {
-    const Word* row = db + j * nwords;
-    DSCH_UNROLL
-    for (int a = 0; a < NQ; ++a) {
-      int d;
-      if constexpr (CW::kFixedWords > 0) {
-        d = hamming_fixed<Word, NW>(qw[a], row);
-      } else {
-        d = hamming_words<Word>(qptr[a], row, nwords);
-      }
-      if (d < bound[a]) {
-        CountingTopk& s = states[a];
-        ++s.pushed;
-        s.dist[s.n] = d;
-        s.index[s.n] = j;
-        if (++s.n == s.cap) {
-          s.compact(hist, nbins);
-          bound[a] = s.bound;
-        }
-      }
-    }
-  }
-}
-
-// The AVX-512 scan exists for 64-, 128- and 256-bit codes.
-template <typename CW>
-bool use_avx512_scan() {
-  if constexpr (std::is_same_v<typename CW::word_t, uint64_t> &&
-                (CW::kFixedWords == 1 || CW::kFixedWords == 2 || CW::kFixedWords == 4)) {
-    return DSCH_HAVE_AVX512_SCAN && cpu_has_avx512_popcount();
-  } else {
-    return false;
-  }
-}
-
-// All nq queries of a block over codes [t0, t1) (a multiple of 8 codes), in
-// groups of queries that share each loaded code vector.
-template <typename CW>
-void scan_tile_vector(const uint8_t* query_rows, int64_t nbytes, int64_t nq, const typename CW::word_t* db,
-                      int64_t t0, int64_t t1, CountingTopk* states, int32_t* hist, int nbins) {
-#if DSCH_HAVE_AVX512_SCAN
-  if constexpr (std::is_same_v<typename CW::word_t, uint64_t> &&
-                (CW::kFixedWords == 1 || CW::kFixedWords == 2 || CW::kFixedWords == 4)) {
-    constexpr int NW = CW::kFixedWords;
-    constexpr int NQ = 4;
-    auto run = [&](auto group_tag, int64_t qi) {
-      constexpr int G = decltype(group_tag)::value;
-      const uint64_t* qrows[G];
-      int bounds[G];
-      for (int a = 0; a < G; ++a) {
-        qrows[a] = reinterpret_cast<const uint64_t*>(query_rows + (qi + a) * nbytes);
-        bounds[a] = states[qi + a].bound;
-      }
-      scan_tile_avx512<NW, G>(qrows, db, t0, t1, bounds, [&](int a, int d, int64_t j) {
-        CountingTopk& s = states[qi + a];
-        ++s.pushed;
-        s.dist[s.n] = d;
-        s.index[s.n] = j;
-        if (++s.n == s.cap) s.compact(hist, nbins);
-        return s.bound;
-      });
-    };
-    int64_t qi = 0;
-    for (; qi + NQ <= nq; qi += NQ) run(std::integral_constant<int, NQ>{}, qi);
-    for (; qi < nq; ++qi) run(std::integral_constant<int, 1>{}, qi);
-    return;
-  }
-#endif
-  TORCH_INTERNAL_ASSERT(false, "scan_tile_vector called for a width without an AVX-512 scan");
-}
+};
 
 // Histogram of one query's distances to `count` contiguous rows (the
 // sampled bound). 64-bit words go through a function compiled for the
@@ -222,7 +132,6 @@ void scan_range(const uint8_t* queries, const uint8_t* database, int64_t nbytes,
   const int nbins = hamming_num_bins(nbytes);
   const int64_t rows = db_end - db_begin;
   const int64_t keep = std::min(k, rows);
-  const int64_t tile = std::max<int64_t>(256, kTileBytes / nbytes);
   // Room for k kept candidates plus a tile's worth of new ones, so a buffer
   // compacts at most about once per tile.
   const int64_t cap = keep + std::max<int64_t>(keep, 1024) + 1;
@@ -241,31 +150,10 @@ void scan_range(const uint8_t* queries, const uint8_t* database, int64_t nbytes,
   }
 
   const Word* db = reinterpret_cast<const Word*>(database);
-  constexpr int kGroup = queries_per_pass<CW>();
-  const bool avx512 = use_avx512_scan<CW>();
   // Queries [qa, qa + count) of this range (states from &state[qa]) over every tile.
-  auto scan_queries = [&](int64_t qa, int64_t count) {
-    const uint8_t* qrows = queries + (q_begin + qa) * nbytes;
-    CountingTopk* st = state.data() + qa;
-    for (int64_t t0 = db_begin; t0 < db_end; t0 += tile) {
-      int64_t t1 = std::min(db_end, t0 + tile);
-      if (avx512) {
-        // Whole groups of 8 codes with AVX-512; the scalar loop below takes the rest.
-        const int64_t t8 = t0 + (t1 - t0) / 8 * 8;
-        if (t8 > t0) scan_tile_vector<CW>(qrows, nbytes, count, db, t0, t8, st, hist.data(), nbins);
-        if (t8 == t1) continue;
-        for (int64_t qi = 0; qi < count; ++qi)
-          scan_tile<CW, 1>(qrows + qi * nbytes, nbytes, db, nwords, t8, t1, st + qi, hist.data(), nbins);
-        continue;
-      }
-      int64_t qi = 0;
-      for (; qi + kGroup <= count; qi += kGroup) {
-        scan_tile<CW, kGroup>(qrows + qi * nbytes, nbytes, db, nwords, t0, t1, st + qi, hist.data(), nbins);
-      }
-      for (; qi < count; ++qi) {
-        scan_tile<CW, 1>(qrows + qi * nbytes, nbytes, db, nwords, t0, t1, st + qi, hist.data(), nbins);
-      }
-    }
+  auto scan_block = [&](int64_t qa, int64_t count) {
+    TopkSink sink{state.data() + qa, hist.data(), nbins};
+    scan_queries<CW>(queries + (q_begin + qa) * nbytes, nbytes, count, database, db_begin, db_end, sink);
   };
   // A starting bound from a strided sample when k is large next to the range: without
   // one the first codes all enter the buffer and the bound only settles after many
@@ -293,14 +181,14 @@ void scan_range(const uint8_t* queries, const uint8_t* database, int64_t nbytes,
       state[qi].bound = std::min(nbins, t + 1);  // accept distances <= t
     }
   }
-  scan_queries(0, nq);
+  scan_block(0, nq);
   if (sampled) {
     for (int64_t qi = 0; qi < nq; ++qi) {
       if (state[qi].pushed >= keep || state[qi].bound == nbins) continue;
       state[qi].n = 0;  // the sample misled this query (adversarial order): scan it again, unbounded
       state[qi].pushed = 0;
       state[qi].bound = nbins;
-      scan_queries(qi, 1);
+      scan_block(qi, 1);
     }
   }
   for (int64_t qi = 0; qi < nq; ++qi) {
@@ -354,20 +242,8 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries_in
   int64_t* oi = out_index.data_ptr<int64_t>();
   const int nbins = hamming_num_bins(nbytes);
 
-  // Split the database only when there are too few query blocks to keep
-  // every thread busy, and never into pieces smaller than 16K rows.
-  const int64_t nthreads = at::get_num_threads();
-  // Blocks of at most kQueryBlock queries, as many as a multiple of the
-  // thread count so that the static split of parallel_for stays balanced.
-  int64_t nblocks = (nq + kQueryBlock - 1) / kQueryBlock;
-  nblocks = std::min(nq, (nblocks + nthreads - 1) / nthreads * nthreads);
-  const int64_t qblock = (nq + nblocks - 1) / nblocks;
-  nblocks = (nq + qblock - 1) / qblock;
-  int64_t nsplit = 1;
-  if (nblocks < 2 * nthreads) {
-    nsplit = std::min<int64_t>((2 * nthreads + nblocks - 1) / nblocks, ndb / 16384);
-    nsplit = std::max<int64_t>(nsplit, 1);
-  }
+  const ScanPlan plan(nq, ndb, at::get_num_threads());
+  const int64_t qblock = plan.qblock, nblocks = plan.nblocks, nsplit = plan.nsplit;
 
   dispatch_code_width(nbytes, [&](auto cw) {
     using CW = decltype(cw);
@@ -383,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries_in
       return;
     }
     // Few queries: (query block, database split) work items, then a merge.
-    const int64_t split_rows = (ndb + nsplit - 1) / nsplit;
+    const int64_t split_rows = plan.split_rows;
     std::vector<int32_t> part_dist(static_cast<size_t>(nq * nsplit * k));
     std::vector<int64_t> part_index(static_cast<size_t>(nq * nsplit * k));
     std::vector<int64_t> part_count(static_cast<size_t>(nq * nsplit));

@@ -117,3 +117,39 @@ class ShardedBinaryIndex:
         cand_i = torch.cat([g[mine] for g in self.comm.all_gather(found)], dim=1)
         order = torch.sort(cand_d, dim=1, stable=True).indices[:, :k]
         return cand_d.gather(1, order), cand_i.gather(1, order)
+
+    def range_search(self, queries: ArrayLike, radius: int, exclusive: bool = False):
+        """Every code within Hamming distance ``<= radius`` (``< radius`` with ``exclusive``)
+        over all ranks, for this rank's ``queries`` (collective). Every rank range-searches its
+        shard with everyone's queries and the hits are exchanged with ``all_gather``; each
+        query's hits come in global position order (rank 0's first), exactly as one
+        :class:`~dsch_ext.BinaryIndex` returns them. Returns ``(lims int64 [nq + 1],
+        distances int32 [total], ids int64 [total])`` on this rank's device. Traffic: every
+        rank receives all ranks' hits (16 bytes each) for all queries."""
+        error = None
+        try:
+            q = self.local._packed(queries, "queries")
+            if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+                raise ValueError(f"radius must be an int >= 0, got {radius!r}")
+        except (TypeError, ValueError) as exc:
+            error, q = exc, None
+        _agree(self.comm, error, "ShardedBinaryIndex.range_search (queries, radius)")
+        all_queries = self.comm.all_gather_rows(q)
+        nq = [t.shape[0] for t in all_queries]
+        device = self.local._snapshot()[0].device
+        lims, dist, found = self.local.range_search(torch.cat(all_queries).to(device), radius, exclusive)
+        first, last = sum(nq[: self.comm.rank]), sum(nq[: self.comm.rank + 1])
+        # Each rank's hits of this rank's queries: a contiguous run of its (query-ordered) lists.
+        all_lims = self.comm.all_gather(lims)
+        hits = self.comm.all_gather_rows(torch.stack([dist.long(), found], 1))
+        counts, runs = [], []
+        for rank_lims, rank_hits in zip(all_lims, hits):
+            counts.append(rank_lims[first + 1 : last + 1] - rank_lims[first:last])
+            runs.append(rank_hits[rank_lims[first] : rank_lims[last]])
+        # Stable sort on the query: per query, rank 0's hits, then rank 1's, each in position order.
+        query = torch.cat([torch.repeat_interleave(torch.arange(last - first, device=device), c) for c in counts])
+        order = torch.sort(query, stable=True).indices
+        mine = torch.cat(runs)[order]
+        out_lims = torch.zeros(last - first + 1, dtype=torch.int64, device=device)
+        out_lims[1:] = torch.cumsum(sum(counts), 0)
+        return out_lims, mine[:, 0].to(torch.int32), mine[:, 1]
