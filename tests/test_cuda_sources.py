@@ -3,7 +3,8 @@
 - Every kernel compiles for sm_90 without local memory (a stack frame) or register spills:
   ptxas's ``-v`` report for each ``csrc/cuda/*.cu``, read entry by entry.
 - No CUDA op synchronises the host (``.item()``, ``.cpu()``, stream or device synchronisation):
-  it would stall the stream on every call and break CUDA-graph capture.
+  it would stall the stream on every call and break CUDA-graph capture. The one exception is
+  ``hamming_range``, whose output size depends on the data: it reads one count, once.
 - Launches go through ``gpu::launch`` (one call site for the GPU and the emulation), and the
   files that call a torch GEMM hold TF32 off around it.
 """
@@ -27,9 +28,16 @@ def read(name):
         return re.sub(r"//[^\n]*", "", f.read())  # code only: comments may name what is forbidden
 
 
+# Sources allowed exactly one `.item` (an output whose size depends on the data).
+ONE_SIZE_READ = {"hamming_range.cu"}
+
+
 @pytest.mark.parametrize("name", CUDA_SOURCES)
 def test_no_host_synchronisation(name):
     code = read(name)
+    if name in ONE_SIZE_READ:
+        assert len(re.findall(r"\.item\s*[<(]", code)) == 1, f"{name} reads more than the output size"
+        code = re.sub(r"\.item\s*[<(]", "", code)
     for pattern in (r"\.item\s*[<(]", r"\.cpu\s*\(", r"kCPU", r"cudaDeviceSynchronize", r"cudaStreamSynchronize",
                     r"\.synchronize\s*\(", r"\.tolist\s*\("):
         assert not re.search(pattern, code), f"{name} synchronises the host ({pattern})"

@@ -113,18 +113,25 @@ DSCH_AVX2 void scan_tile_avx2(const uint64_t* const* qrows, const uint64_t* db, 
   alignas(32) int64_t lane_dist[8];
   for (int64_t j = t0; j < t1; j += 8) {
     const uint64_t* rows = db + j * NW;
+    // Every query's compare first (independent chains, no branch between
+    // them), then one branch for the step, taken only when some lane hits.
+    __m256i d0[NQ], d1[NQ];
+    int m[NQ];
+    int any = 0;
     for (int a = 0; a < NQ; ++a) {
-      __m256i d0, d1;
-      Avx2Lanes<NW>::distances(rows, qv[a], &d0, &d1);
-      const int m0 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(bv[a], d0)));
-      const int m1 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(bv[a], d1)));
-      const int m = m0 | m1 << 4;
-      if (m) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(lane_dist), d0);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(lane_dist + 4), d1);
-        offer_lanes<Avx2Lanes<NW>>(static_cast<unsigned>(m), lane_dist, j, a, &bounds[a], push);
-        bv[a] = _mm256_set1_epi64x(bounds[a]);
-      }
+      Avx2Lanes<NW>::distances(rows, qv[a], &d0[a], &d1[a]);
+      const int m0 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(bv[a], d0[a])));
+      const int m1 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(bv[a], d1[a])));
+      m[a] = m0 | m1 << 4;
+      any |= m[a];
+    }
+    if (!any) continue;
+    for (int a = 0; a < NQ; ++a) {
+      if (!m[a]) continue;
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lane_dist), d0[a]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lane_dist + 4), d1[a]);
+      offer_lanes<Avx2Lanes<NW>>(static_cast<unsigned>(m[a]), lane_dist, j, a, &bounds[a], push);
+      bv[a] = _mm256_set1_epi64x(bounds[a]);
     }
   }
 }

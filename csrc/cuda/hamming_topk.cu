@@ -1,188 +1,232 @@
 // CUDA kernel of dsch_ext::hamming_topk: exact k nearest codes by Hamming
 // distance, sorted by (distance, database index), any k <= ndb.
 //
-// Selection by counting, in three scans of a (database chunk x query) grid,
-// so few queries still fill the GPU and k has no cap:
-//   1. histogram: per query, how many codes fall at each distance 0..nbits;
-//      -> threshold t and n_below = count(distance < t) (topk_threshold's
-//      rule, computed with torch ops on the device, no host sync);
-//   2. count: per (query, chunk), codes below t and codes at t;
-//      -> exclusive sums over chunks give each chunk its output offsets;
-//   3. collect: each chunk writes its codes below t, in index order, to the
-//      first n_below slots, and its codes at t whose global rank among the
-//      ties is < k - n_below after them (lowest indices win the ties).
-// A stable sort of each row by distance then yields (distance, index) order.
+// Selection by counting with a sampled threshold, in two passes of the
+// query-tiled scan (hamming_tiled_scan.cuh), so every code loaded serves a
+// whole tile of queries and few queries still fill the GPU (the database is
+// split into chunks across blocks):
+//   0. sample: per query, a histogram of the distances to a strided sample
+//      of the database gives a bound b, set so that about 1.5 k codes are
+//      expected at distance < b (the CPU scan's rule);
+//   1. count: per (query, chunk), the codes at distance < b;
+//   2. collect: each chunk writes those codes, in index order, to the
+//      query's candidate list (offsets from exclusive sums over chunks);
+//   3. select: per query, a histogram of its candidates' distances gives the
+//      exact threshold (topk_threshold, shared with the CPU), and a stable
+//      counting placement writes the first k by (distance, index).
+// A query whose sample misled it (fewer than k codes under b, or more than
+// the candidate list holds) is redone exactly before the collect: a
+// histogram pass over its tiles only gives the true threshold t, the count
+// pass runs again with t, and the collect keeps every code below t and the
+// lowest-index codes at t. Flags and thresholds stay on the device: no host
+// synchronisation, and a tile without a flagged query is skipped whole.
 // Counts are 64-bit end to end: a database may hold 2^31 codes or more.
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/gather.h>
-#include <ATen/ops/sort.h>
+#include <ATen/ops/minimum.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <tuple>
 
 #include "../common/checks.h"
 #include "../common/code_width.h"
-#include "block_scan.cuh"
 #include "device_runtime.cuh"
+#include "hamming_tiled_scan.cuh"
 
 namespace dsch_ext {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int64_t kMinChunkRows = gpu::tuned(4096, 7);
-constexpr int64_t kMaxCudaCodeBytes = 1024;  // 8192 bits: histogram fits shared memory
+constexpr int kBlockThreads = 256;
+constexpr int64_t kMinChunkRows = gpu::tuned(16384, 96);
+// Sample size: at least kMinSample codes and kSamplePerK per wanted neighbour.
+constexpr int64_t kMinSample = gpu::tuned(65536, 16);
+constexpr int64_t kSamplePerK = gpu::tuned(64, 4);
+constexpr int64_t kMinSampleHits = 4;
+// Candidate list per query: max(kListFactor k, k + kListSlack), at most ndb.
+// Small under emulation, so that tests overflow it and take the exact redo.
+constexpr int64_t kListFactor = gpu::tuned(4, 2);
+constexpr int64_t kListSlack = gpu::tuned(1024, 3);
 
-// Query row q: for the fixed code widths its words live in registers (indexed
-// only by unrolled constants, so they never go to local memory); otherwise
-// it is read from global memory word by word.
+// Scan 0: bound[q] = b, so that about want of the `sample` codes at rows 0,
+// stride, 2 stride, ... are at distance < b (b = nbins: every code).
 template <typename CW>
-struct QueryRow {
+__global__ void topk_sample_kernel(const uint8_t* __restrict__ queries, const uint8_t* __restrict__ database,
+                                   int64_t nq, int64_t nbytes, int64_t sample, int64_t stride, int64_t want,
+                                   int32_t* __restrict__ bound) {
   using Word = typename CW::word_t;
-  static constexpr int kRegWords = CW::kFixedWords > 0 ? CW::kFixedWords : 1;
-  Word reg[kRegWords];
-  const Word* global;
-  __device__ QueryRow(const uint8_t* queries, int64_t q, int64_t nwords) {
-    global = reinterpret_cast<const Word*>(queries) + q * nwords;
-    if constexpr (CW::kFixedWords > 0) {
-DSCH_UNROLL
-      for (int w = 0; w < CW::kFixedWords; ++w) reg[w] = global[w];
+  DSCH_DYNAMIC_SHARED(unsigned, hist);
+  const int nbins = hamming_num_bins(nbytes);
+  const int64_t nwords = words_per_row<CW>(nbytes);
+  const Word* db = reinterpret_cast<const Word*>(database);
+  for (int64_t q = blockIdx.x; q < nq; q += gridDim.x) {
+    for (int b = threadIdx.x; b < nbins; b += blockDim.x) hist[b] = 0;
+    __syncthreads();
+    const Word* qrow = reinterpret_cast<const Word*>(queries) + q * nwords;
+    for (int64_t i = threadIdx.x; i < sample; i += blockDim.x) {
+      atomicAdd(&hist[CW::distance(qrow, db + i * stride * nwords, nwords)], 1u);
     }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int64_t below = 0;
+      int t = 0;
+      while (t < nbins - 1 && below + hist[t] < want) below += hist[t++];
+      bound[q] = t + 1;  // accept distances <= t
+    }
+    __syncthreads();
   }
-  __device__ int distance(const uint8_t* database, int64_t j, int64_t nwords) const {
-    const Word* row = reinterpret_cast<const Word*>(database) + j * nwords;
-    if constexpr (CW::kFixedWords > 0) {
-      return hamming_fixed<Word, CW::kFixedWords>(reg, row);
-    } else {
-      return hamming_words<Word>(global, row, nwords);
+}
+
+// Counts per (query, chunk): [0] codes at distance < threshold[q], [1] codes
+// at exactly threshold[q].
+struct CountVisitor {
+  const int32_t* threshold;
+  int64_t nchunks;
+  int64_t* counts;  // [nq, nchunks, 2]
+  int t[kMaxQueriesPerWarp];
+  int64_t below[kMaxQueriesPerWarp], at[kMaxQueriesPerWarp];
+
+  __device__ void start(int a, int64_t q, int64_t) {
+    t[a] = threshold[q];
+    below[a] = at[a] = 0;
+  }
+  __device__ void visit(int a, int64_t, int d, bool valid, int64_t) {
+    below[a] += valid && d < t[a];
+    at[a] += valid && d == t[a];
+  }
+  __device__ void finish(int a, int64_t q, int64_t chunk) {
+    const int64_t b = warp_sum(below[a]), e = warp_sum(at[a]);
+    if ((threadIdx.x & 31) == 0) {
+      counts[(q * nchunks + chunk) * 2] = b;
+      counts[(q * nchunks + chunk) * 2 + 1] = e;
     }
   }
 };
 
-// Scan 1: hist[q, d] += number of codes of this chunk at distance d.
-template <typename CW>
-__global__ void topk_histogram_kernel(const uint8_t* __restrict__ queries,
-                                      const uint8_t* __restrict__ database, int64_t nq,
-                                      int64_t ndb, int64_t nbytes, int64_t chunk_rows,
-                                      unsigned long long* __restrict__ hist) {
-  DSCH_DYNAMIC_SHARED(int, shared_hist);
-  const int nbins = hamming_num_bins(nbytes);
-  const int64_t nwords = words_per_row<CW>(nbytes);
-  const int64_t begin = blockIdx.x * chunk_rows;
-  const int64_t end = begin + chunk_rows < ndb ? begin + chunk_rows : ndb;
-  for (int64_t q = blockIdx.y; q < nq; q += gridDim.y) {
-    for (int b = threadIdx.x; b < nbins; b += blockDim.x) shared_hist[b] = 0;
+// Distance histogram per query (the exact redo): hist[q, d] += codes at d.
+struct HistogramVisitor {
+  int nbins;
+  unsigned long long* hist;  // [nq, nbins]
+
+  __device__ void start(int, int64_t, int64_t) {}
+  __device__ void visit(int, int64_t q, int d, bool valid, int64_t) {
+    // One atomic per distinct distance in the warp, not one per lane.
+    const unsigned peers = __match_any_sync(kFullWarpMask, valid ? d : -1);
+    const int lane = threadIdx.x & 31;
+    if (valid && lane == __ffs(static_cast<int>(peers)) - 1) {
+      atomicAdd(&hist[q * nbins + d], static_cast<unsigned long long>(__popc(peers)));
+    }
+  }
+  __device__ void finish(int, int64_t, int64_t) {}
+};
+
+// Writes the candidates of (query, chunk) in index order: codes below
+// threshold[q] from offset [0] on, codes at it after below_total[q] from
+// offset [1] on, as long as their rank among the ties is < ties_wanted[q].
+struct CollectVisitor {
+  const int32_t* threshold;
+  const int64_t* offsets;  // [nq, nchunks, 2], exclusive over chunks
+  const int64_t* below_total;
+  const int64_t* ties_wanted;
+  int64_t nchunks, capacity;
+  int32_t* cand_dist;  // [nq, capacity]
+  int64_t* cand_index;
+  int t[kMaxQueriesPerWarp];
+  // Next slots in the query's list (below: from the chunk's offset; ties:
+  // after every code below) and the end of the ties' slots.
+  int64_t below_slot[kMaxQueriesPerWarp], tie_slot[kMaxQueriesPerWarp], tie_end[kMaxQueriesPerWarp];
+
+  __device__ void start(int a, int64_t q, int64_t chunk) {
+    t[a] = threshold[q];
+    below_slot[a] = q * capacity + offsets[(q * nchunks + chunk) * 2];
+    tie_slot[a] = q * capacity + below_total[q] + offsets[(q * nchunks + chunk) * 2 + 1];
+    tie_end[a] = q * capacity + below_total[q] + ties_wanted[q];
+  }
+  __device__ void visit(int a, int64_t, int d, bool valid, int64_t j) {
+    const bool is_below = valid && d < t[a], is_tie = valid && d == t[a];
+    int nb = 0, nt = 0;
+    const int rb = warp_rank(is_below, &nb), rt = warp_rank(is_tie, &nt);
+    if (is_below) {
+      cand_dist[below_slot[a] + rb] = d;
+      cand_index[below_slot[a] + rb] = j;
+    }
+    if (is_tie && tie_slot[a] + rt < tie_end[a]) {
+      cand_dist[tie_slot[a] + rt] = d;
+      cand_index[tie_slot[a] + rt] = j;
+    }
+    below_slot[a] += nb;
+    tie_slot[a] += nt;
+  }
+  __device__ void finish(int, int64_t, int64_t) {}
+};
+
+// Scan 3: query q's n[q] candidates (index order within each distance) ->
+// its first k by (distance, index): a histogram gives the threshold, then one
+// warp places the candidates in order, a stable counting sort (ranks among
+// equal distances from __match_any_sync).
+__global__ void topk_select_kernel(int64_t nq, int64_t k, int64_t capacity, int nbins,
+                                   const int32_t* __restrict__ cand_dist, const int64_t* __restrict__ cand_index,
+                                   const int64_t* __restrict__ n_cand, int32_t* __restrict__ out_dist,
+                                   int64_t* __restrict__ out_index) {
+  DSCH_DYNAMIC_SHARED(unsigned, next);  // per distance: its next output slot
+  DSCH_SHARED_ARRAY(int, shared_t, 1);
+  const int lane = threadIdx.x & 31;
+  for (int64_t q = blockIdx.x; q < nq; q += gridDim.x) {
+    const int64_t n = n_cand[q];
+    const int32_t* dist = cand_dist + q * capacity;
+    const int64_t* index = cand_index + q * capacity;
+    for (int b = threadIdx.x; b < nbins; b += blockDim.x) next[b] = 0;
     __syncthreads();
-    const QueryRow<CW> query(queries, q, nwords);
-    // Uniform trip count so whole warps meet at __match_any_sync.
-    for (int64_t base = begin; base < end; base += blockDim.x) {
-      const int64_t j = base + threadIdx.x;
-      const bool valid = j < end;
-      const unsigned active = __ballot_sync(kFullWarpMask, valid);
-      if (valid) {
-        const int d = query.distance(database, j, nwords);
-        // Random codes crowd a few bins: one atomic per distinct distance
-        // in the warp instead of one per lane.
-        const unsigned peers = __match_any_sync(active, d);
-        if ((threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&shared_hist[d], __popc(peers));
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) atomicAdd(&next[dist[i]], 1u);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int64_t n_below = 0;
+      shared_t[0] = topk_threshold(next, nbins, k, &n_below);
+      unsigned start = 0;
+      for (int b = 0; b < nbins; ++b) {
+        const unsigned c = next[b];
+        next[b] = start;
+        start += c;
       }
     }
     __syncthreads();
-    for (int b = threadIdx.x; b < nbins; b += blockDim.x) {
-      const int c = shared_hist[b];
-      if (c) atomicAdd(&hist[q * nbins + b], static_cast<unsigned long long>(c));
+    if (threadIdx.x < 32) {
+      const int t = shared_t[0];
+      for (int64_t base = 0; base < n; base += 32) {
+        const int64_t i = base + lane;
+        const int d = i < n ? dist[i] : -1;
+        const bool keep = d >= 0 && d <= t;
+        const unsigned peers = __match_any_sync(kFullWarpMask, keep ? d : -2 - lane);
+        const int64_t pos = keep ? next[d] + __popc(peers & ((1u << lane) - 1u)) : k;
+        __syncwarp();
+        if (keep && lane == __ffs(static_cast<int>(peers)) - 1) next[d] += __popc(peers);
+        __syncwarp();
+        if (pos < k) {
+          out_dist[q * k + pos] = d;
+          out_index[q * k + pos] = index[i];
+        }
+      }
     }
     __syncthreads();
   }
 }
 
-// Scan 2: counts[q, chunk] = (codes below t[q], codes at t[q]).
-template <typename CW>
-__global__ void topk_count_kernel(const uint8_t* __restrict__ queries,
-                                  const uint8_t* __restrict__ database, int64_t nq, int64_t ndb,
-                                  int64_t nbytes, int64_t chunk_rows,
-                                  const int64_t* __restrict__ threshold,
-                                  int64_t* __restrict__ counts) {
-  DSCH_SHARED_ARRAY(int, block_counts, 2);
-  const int64_t nwords = words_per_row<CW>(nbytes);
-  const int64_t nchunks = gridDim.x;
-  const int64_t begin = blockIdx.x * chunk_rows;
-  const int64_t end = begin + chunk_rows < ndb ? begin + chunk_rows : ndb;
-  for (int64_t q = blockIdx.y; q < nq; q += gridDim.y) {
-    if (threadIdx.x < 2) block_counts[threadIdx.x] = 0;
-    __syncthreads();
-    const QueryRow<CW> query(queries, q, nwords);
-    const int t = static_cast<int>(threshold[q]);
-    int below = 0, at = 0;
-    for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-      const int d = query.distance(database, j, nwords);
-      below += d < t;
-      at += d == t;
-    }
-    if (below) atomicAdd(&block_counts[0], below);
-    if (at) atomicAdd(&block_counts[1], at);
-    __syncthreads();
-    if (threadIdx.x < 2) counts[(q * nchunks + blockIdx.x) * 2 + threadIdx.x] = block_counts[threadIdx.x];
-    __syncthreads();
+// Sample size, stride and wanted hits of the sampled bound.
+struct SamplePlan {
+  int64_t sample, stride, want;
+  SamplePlan(int64_t ndb, int64_t k) {
+    sample = std::min(ndb, std::max(kMinSample, kSamplePerK * (ndb / k)));
+    stride = std::max<int64_t>(1, ndb / sample);
+    // About 1.5 k codes of the database expected under the bound.
+    want = std::max(kMinSampleHits, (3 * k * sample + 2 * ndb - 1) / (2 * ndb));
   }
-}
-
-// Scan 3: write the chunk's selected codes at their final slots (before the
-// distance sort). offsets[q, chunk] = (codes below t, codes at t) in earlier
-// chunks.
-template <typename CW>
-__global__ void topk_collect_kernel(const uint8_t* __restrict__ queries,
-                                    const uint8_t* __restrict__ database, int64_t nq,
-                                    int64_t ndb, int64_t nbytes, int64_t chunk_rows, int64_t k,
-                                    const int64_t* __restrict__ threshold,
-                                    const int64_t* __restrict__ n_below,
-                                    const int64_t* __restrict__ offsets,
-                                    const int64_t* __restrict__ counts,
-                                    int32_t* __restrict__ out_dist, int64_t* __restrict__ out_index) {
-  DSCH_SHARED_ARRAY(int, warp_totals, 33);
-  const int64_t nwords = words_per_row<CW>(nbytes);
-  const int64_t nchunks = gridDim.x;
-  const int64_t begin = blockIdx.x * chunk_rows;
-  const int64_t end = begin + chunk_rows < ndb ? begin + chunk_rows : ndb;
-  for (int64_t q = blockIdx.y; q < nq; q += gridDim.y) {
-    const QueryRow<CW> query(queries, q, nwords);
-    const int t = static_cast<int>(threshold[q]);
-    const int64_t below_total = n_below[q];
-    const int64_t ties_wanted = k - below_total;
-    int64_t below_pos = offsets[(q * nchunks + blockIdx.x) * 2];
-    int64_t tie_rank = offsets[(q * nchunks + blockIdx.x) * 2 + 1];
-    const int64_t below_end = below_pos + counts[(q * nchunks + blockIdx.x) * 2];
-    int32_t* row_dist = out_dist + q * k;
-    int64_t* row_index = out_index + q * k;
-    for (int64_t base = begin; base < end; base += blockDim.x) {
-      // Nothing left to write once this chunk's codes below t are out and
-      // the ties wanted are taken (block-uniform, so no thread is left at a
-      // barrier).
-      if (below_pos >= below_end && tie_rank >= ties_wanted) break;
-      const int64_t j = base + threadIdx.x;
-      const bool valid = j < end;
-      const int d = valid ? query.distance(database, j, nwords) : -1;
-      const bool is_below = valid && d < t;
-      const bool is_tie = valid && d == t;
-      int n_b = 0, n_t = 0;
-      const int rb = block_exclusive_rank(is_below, warp_totals, &n_b);
-      const int rt = block_exclusive_rank(is_tie, warp_totals, &n_t);
-      if (is_below) {
-        row_dist[below_pos + rb] = d;
-        row_index[below_pos + rb] = j;
-      }
-      if (is_tie && tie_rank + rt < ties_wanted) {
-        row_dist[below_total + tie_rank + rt] = d;
-        row_index[below_total + tie_rank + rt] = j;
-      }
-      below_pos += n_b;
-      tie_rank += n_t;
-    }
-  }
-}
+};
 
 std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_in,
                                                      const at::Tensor& database_in, int64_t k) {
@@ -195,56 +239,61 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
   const at::Tensor database = contiguous_aligned(database_in);
   const int64_t nq = queries.size(0), ndb = database.size(0), nbytes = queries.size(1);
   const auto int_opts = queries.options().dtype(at::kInt);
-  if (nq == 0) {
-    return {at::empty({0, k}, int_opts), at::empty({0, k}, queries.options().dtype(at::kLong))};
-  }
+  const auto long_opts = queries.options().dtype(at::kLong);
+  if (nq == 0) return {at::empty({0, k}, int_opts), at::empty({0, k}, long_opts)};
   const int nbins = hamming_num_bins(nbytes);
-
-  // Enough (chunk, query) blocks to fill every SM a few times over.
-  const int64_t want_blocks = 4 * static_cast<int64_t>(gpu::multiprocessor_count(queries.device()));
-  int64_t nchunks = std::max<int64_t>(1, (want_blocks + nq - 1) / nq);
-  nchunks = std::min(nchunks, std::max<int64_t>(1, (ndb + kMinChunkRows - 1) / kMinChunkRows));
-  nchunks = std::min(nchunks, gpu::max_grid_x());
-  const int64_t chunk_rows = (ndb + nchunks - 1) / nchunks;
-  nchunks = (ndb + chunk_rows - 1) / chunk_rows;
-  const dim3 grid(static_cast<unsigned>(nchunks), static_cast<unsigned>(std::min<int64_t>(nq, gpu::max_grid_yz())));
+  const int64_t capacity = std::min(ndb, std::max(kListFactor * k, k + kListSlack));
+  TORCH_CHECK(capacity <= std::numeric_limits<int32_t>::max(), "hamming_topk on CUDA supports k up to 2^29, got k = ",
+              k);
   const gpu::Stream stream = gpu::current_stream();
   const uint8_t* q = queries.const_data_ptr<uint8_t>();
   const uint8_t* db = database.const_data_ptr<uint8_t>();
-
-  const auto long_opts = queries.options().dtype(at::kLong);
-  at::Tensor hist = at::zeros({nq, nbins}, long_opts);
-  at::Tensor counts = at::empty({nq, nchunks, 2}, long_opts);
+  const SamplePlan sampling(ndb, k);
+  const unsigned per_query_grid = static_cast<unsigned>(std::min(nq, gpu::max_grid_x()));
   at::Tensor out_dist = at::empty({nq, k}, int_opts);
-  at::Tensor out_index = at::empty({nq, k}, queries.options().dtype(at::kLong));
+  at::Tensor out_index = at::empty({nq, k}, long_opts);
 
   dispatch_code_width(nbytes, [&](auto cw) {
     using CW = decltype(cw);
-    gpu::launch("hamming_topk_histogram", &topk_histogram_kernel<CW>, grid, kThreads, nbins * sizeof(int), stream,
-                q, db, nq, ndb, nbytes, chunk_rows,
-                reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>()));
+    const auto plan = TiledScanPlan::make<CW>(nq, ndb, nbytes, queries.device(), kMinChunkRows);
+    at::Tensor threshold = at::empty({nq}, int_opts);
+    gpu::launch("hamming_topk_sample", &topk_sample_kernel<CW>, per_query_grid, kBlockThreads,
+                nbins * sizeof(unsigned), stream, q, db, nq, nbytes, sampling.sample, sampling.stride, sampling.want,
+                threshold.data_ptr<int32_t>());
+    at::Tensor counts = at::empty({nq, plan.nchunks, 2}, long_opts);
+    const CountVisitor count{threshold.const_data_ptr<int32_t>(), plan.nchunks, counts.data_ptr<int64_t>(), {}, {}, {}};
+    launch_tiled_scan<CW>("hamming_topk_count", plan, stream, q, db, nq, ndb, nbytes, nullptr, count);
 
-    // topk_threshold on the device: t = first d with cum[d] >= k.
-    const at::Tensor cum = at::cumsum(hist, 1);
-    const at::Tensor threshold = cum.lt(k).sum(1);  // int64 [nq]
-    const at::Tensor cum_padded = at::cat({at::zeros({nq, 1}, cum.options()), cum}, 1);
-    const at::Tensor n_below = at::gather(cum_padded, 1, threshold.unsqueeze(1)).squeeze(1).contiguous();
+    // The exact redo of the queries the sample misled (tiles without one are skipped).
+    const at::Tensor sampled_total = counts.select(2, 0).sum(1);
+    const at::Tensor redo = sampled_total.lt(k).logical_or_(sampled_total.gt(capacity));
+    const at::Tensor redo_flags = redo.to(at::kByte);
+    const uint8_t* active = redo_flags.const_data_ptr<uint8_t>();
+    at::Tensor hist = at::zeros({nq, nbins}, long_opts);
+    const HistogramVisitor histogram{nbins, reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>())};
+    launch_tiled_scan<CW>("hamming_topk_histogram", plan, stream, q, db, nq, ndb, nbytes, active, histogram);
+    const at::Tensor exact_t = at::cumsum(hist, 1).lt(k).sum(1).to(at::kInt);  // topk_threshold per row
+    threshold = at::where(redo, exact_t, threshold).contiguous();
+    const CountVisitor recount{threshold.const_data_ptr<int32_t>(), plan.nchunks, counts.data_ptr<int64_t>(), {}, {}, {}};
+    launch_tiled_scan<CW>("hamming_topk_recount", plan, stream, q, db, nq, ndb, nbytes, active, recount);
 
-    gpu::launch("hamming_topk_count", &topk_count_kernel<CW>, grid, kThreads, 0, stream, q, db, nq, ndb, nbytes,
-                chunk_rows, threshold.const_data_ptr<int64_t>(), counts.data_ptr<int64_t>());
-    const at::Tensor inclusive = at::cumsum(counts, 1);
-    const at::Tensor offsets = inclusive.sub(counts).contiguous();
-
-    gpu::launch("hamming_topk_collect", &topk_collect_kernel<CW>, grid, kThreads, 0, stream, q, db, nq, ndb, nbytes,
-                chunk_rows, k, threshold.const_data_ptr<int64_t>(), n_below.const_data_ptr<int64_t>(),
-                offsets.const_data_ptr<int64_t>(), counts.const_data_ptr<int64_t>(), out_dist.data_ptr<int32_t>(),
+    const at::Tensor offsets = at::cumsum(counts, 1).sub_(counts).contiguous();
+    const at::Tensor below_total = counts.select(2, 0).sum(1).contiguous();
+    const at::Tensor ties_wanted = at::where(redo, below_total.neg().add_(k), at::zeros_like(below_total)).contiguous();
+    const at::Tensor n_cand = below_total.add(at::minimum(counts.select(2, 1).sum(1), ties_wanted)).contiguous();
+    at::Tensor cand_dist = at::empty({nq, capacity}, int_opts);
+    at::Tensor cand_index = at::empty({nq, capacity}, long_opts);
+    const CollectVisitor collect{threshold.const_data_ptr<int32_t>(), offsets.const_data_ptr<int64_t>(),
+                                 below_total.const_data_ptr<int64_t>(), ties_wanted.const_data_ptr<int64_t>(),
+                                 plan.nchunks, capacity, cand_dist.data_ptr<int32_t>(), cand_index.data_ptr<int64_t>(),
+                                 {}, {}, {}};
+    launch_tiled_scan<CW>("hamming_topk_collect", plan, stream, q, db, nq, ndb, nbytes, nullptr, collect);
+    gpu::launch("hamming_topk_select", &topk_select_kernel, per_query_grid, kBlockThreads, nbins * sizeof(unsigned),
+                stream, nq, k, capacity, nbins, cand_dist.const_data_ptr<int32_t>(),
+                cand_index.const_data_ptr<int64_t>(), n_cand.const_data_ptr<int64_t>(), out_dist.data_ptr<int32_t>(),
                 out_index.data_ptr<int64_t>());
   });
-
-  // Rows hold the codes below t in index order, then the ties at t: a
-  // stable sort by distance gives (distance, index) order.
-  auto [sorted_dist, order] = at::sort(out_dist, /*stable=*/true, /*dim=*/1, /*descending=*/false);
-  return {sorted_dist, at::gather(out_index, 1, order)};
+  return {out_dist, out_index};
 }
 
 }  // namespace

@@ -1,0 +1,181 @@
+// The query-tiled Hamming scan shared by the CUDA search kernels
+// (hamming_topk.cu, hamming_range.cu).
+//
+// A launch covers a (database chunk x query tile) grid. A block stages its
+// chunk's codes in shared memory, a stage at a time; each of its warps holds
+// a few queries of the tile in registers and walks the stage 32 codes at a
+// time, in index order, so a staged code serves every query of the tile and
+// the per-pair work is xor, popcount and the visitor's compare. A visitor
+// decides what a pair does (count, collect, histogram); its calls are
+// warp-uniform, so it may use warp ballots, and its per-query state lives in
+// registers:
+//   start(a, q, chunk)          before the chunk, for query q (slot a of the warp);
+//   visit(a, q, d, valid, j)    for 32 codes at once (one per lane; lanes past the
+//                               chunk have valid = false);
+//   finish(a, q, chunk)         after the chunk.
+// `active` (optional, one byte per query) restricts a launch to some queries:
+// a tile with none of them is skipped as a whole, so a pass for a few
+// queries costs little more than the launch.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../common/code_width.h"
+#include "block_scan.cuh"
+#include "device_runtime.cuh"
+
+namespace dsch_ext {
+
+constexpr int kScanWarps = 8;
+constexpr int kScanThreads = kScanWarps * 32;
+constexpr int kMaxQueriesPerWarp = 4;
+constexpr int64_t kScanStageBytes = gpu::tuned(16384, 512);  // shared memory per stage
+constexpr int64_t kMaxCudaCodeBytes = 1024;                   // 8192 bits (histograms in shared memory)
+
+// Queries a warp keeps in registers: fewer for wide codes (register budget).
+template <typename CW>
+constexpr int queries_per_warp() {
+  constexpr int nw = CW::kFixedWords * static_cast<int>(sizeof(typename CW::word_t)) / 8;
+  if constexpr (CW::kFixedWords == 0) {
+    return 1;
+  } else {
+    return nw >= 8 ? 1 : (nw >= 4 ? 2 : kMaxQueriesPerWarp);
+  }
+}
+
+template <typename CW>
+constexpr int tile_queries() {
+  return kScanWarps * queries_per_warp<CW>();
+}
+
+// The grid of a tiled scan: enough (chunk, tile) blocks to fill every SM a
+// few times over, chunks of at least min_chunk_rows codes.
+struct TiledScanPlan {
+  int64_t nchunks = 1, chunk_rows = 1, stage_rows = 32;
+  dim3 grid;
+  size_t smem = 0;
+
+  template <typename CW>
+  static TiledScanPlan make(int64_t nq, int64_t ndb, int64_t nbytes, const at::Device& device,
+                            int64_t min_chunk_rows) {
+    TiledScanPlan p;
+    const int64_t ntiles = (nq + tile_queries<CW>() - 1) / tile_queries<CW>();
+    const int64_t want = 4 * static_cast<int64_t>(gpu::multiprocessor_count(device));
+    p.nchunks = std::max<int64_t>(1, (want + ntiles - 1) / ntiles);
+    p.nchunks = std::min({p.nchunks, std::max<int64_t>(1, ndb / min_chunk_rows), gpu::max_grid_x()});
+    p.chunk_rows = (ndb + p.nchunks - 1) / p.nchunks;
+    p.nchunks = (ndb + p.chunk_rows - 1) / p.chunk_rows;
+    p.stage_rows = std::max<int64_t>(32, kScanStageBytes / nbytes / 32 * 32);
+    p.smem = static_cast<size_t>(p.stage_rows * nbytes);
+    p.grid = dim3(static_cast<unsigned>(p.nchunks), static_cast<unsigned>(std::min(ntiles, gpu::max_grid_yz())));
+    return p;
+  }
+};
+
+// Whether any of queries [first, first + count) (< nq) is active (every
+// thread computes the same answer, so a block can branch on it).
+__device__ __forceinline__ bool tile_has_active(const uint8_t* active, int64_t first, int64_t nq, int count) {
+  if (active == nullptr) return true;
+  for (int i = 0; i < count && first + i < nq; ++i)
+    if (active[first + i]) return true;
+  return false;
+}
+
+// The scan of chunk blockIdx.x for query tiles blockIdx.y, + gridDim.y, ...
+// `stage` is the launch's dynamic shared memory (plan.smem bytes).
+template <typename CW, typename Visitor>
+__device__ __forceinline__ void tiled_scan(const uint8_t* __restrict__ queries, const uint8_t* __restrict__ database,
+                                           int64_t nq, int64_t ndb, int64_t nbytes, int64_t chunk_rows,
+                                           int64_t stage_rows, const uint8_t* __restrict__ active,
+                                           typename CW::word_t* stage, Visitor& visitor) {
+  using Word = typename CW::word_t;
+  constexpr int QW = queries_per_warp<CW>();
+  constexpr int NW = CW::kFixedWords > 0 ? CW::kFixedWords : 1;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t nwords = words_per_row<CW>(nbytes);
+  const int64_t chunk = blockIdx.x;
+  const int64_t begin = chunk * chunk_rows;
+  const int64_t end = begin + chunk_rows < ndb ? begin + chunk_rows : ndb;
+  const Word* db = reinterpret_cast<const Word*>(database);
+  const Word* qrows = reinterpret_cast<const Word*>(queries);
+  for (int64_t tile = blockIdx.y; tile * tile_queries<CW>() < nq; tile += gridDim.y) {
+    if (!tile_has_active(active, tile * tile_queries<CW>(), nq, tile_queries<CW>())) continue;
+    // This warp's queries; a query past nq or inactive is skipped (warp-uniform).
+    int64_t q[QW];
+    bool on[QW];
+    Word qreg[QW][NW];
+    DSCH_UNROLL
+    for (int a = 0; a < QW; ++a) {
+      q[a] = tile * tile_queries<CW>() + warp * QW + a;
+      on[a] = q[a] < nq && (active == nullptr || active[q[a]]);
+      const Word* row = qrows + (q[a] < nq ? q[a] : 0) * nwords;
+      if constexpr (CW::kFixedWords > 0) {
+        DSCH_UNROLL
+        for (int w = 0; w < NW; ++w) qreg[a][w] = row[w];
+      }
+      if (on[a]) visitor.start(a, q[a], chunk);
+    }
+    for (int64_t s0 = begin; s0 < end; s0 += stage_rows) {
+      const int64_t n = end - s0 < stage_rows ? end - s0 : stage_rows;
+      __syncthreads();  // the previous stage is consumed
+      for (int64_t w = threadIdx.x; w < n * nwords; w += blockDim.x) stage[w] = db[s0 * nwords + w];
+      __syncthreads();
+      for (int64_t c0 = 0; c0 < n; c0 += 32) {
+        const int64_t c = c0 + lane;
+        const bool valid = c < n;
+        const Word* row = stage + (valid ? c : 0) * nwords;
+        DSCH_UNROLL
+        for (int a = 0; a < QW; ++a) {
+          if (!on[a]) continue;
+          int d;
+          if constexpr (CW::kFixedWords > 0) {
+            d = hamming_fixed<Word, NW>(qreg[a], row);
+          } else {
+            d = hamming_words<Word>(qrows + q[a] * nwords, row, nwords);
+          }
+          visitor.visit(a, q[a], d, valid, s0 + c);
+        }
+      }
+    }
+    DSCH_UNROLL
+    for (int a = 0; a < QW; ++a)
+      if (on[a]) visitor.finish(a, q[a], chunk);
+  }
+}
+
+// A launch of the tiled scan with `visitor` (copied per thread: its state
+// lives in registers).
+template <typename CW, typename Visitor>
+__global__ void __launch_bounds__(kScanThreads, 1)
+    tiled_scan_kernel(const uint8_t* __restrict__ queries, const uint8_t* __restrict__ database, int64_t nq,
+                      int64_t ndb, int64_t nbytes, int64_t chunk_rows, int64_t stage_rows,
+                      const uint8_t* __restrict__ active, Visitor visitor) {
+  DSCH_DYNAMIC_SHARED(typename CW::word_t, stage);
+  Visitor v = visitor;
+  tiled_scan<CW>(queries, database, nq, ndb, nbytes, chunk_rows, stage_rows, active, stage, v);
+}
+
+template <typename CW, typename Visitor>
+void launch_tiled_scan(const char* name, const TiledScanPlan& plan, gpu::Stream stream, const uint8_t* queries,
+                       const uint8_t* database, int64_t nq, int64_t ndb, int64_t nbytes, const uint8_t* active,
+                       const Visitor& visitor) {
+  gpu::launch(name, &tiled_scan_kernel<CW, Visitor>, plan.grid, kScanThreads, plan.smem, stream, queries, database, nq,
+              ndb, nbytes, plan.chunk_rows, plan.stage_rows, active, visitor);
+}
+
+// Exclusive rank of this lane among the warp's lanes with `flag`, and the
+// warp's count (every lane of the warp must call).
+__device__ __forceinline__ int warp_rank(bool flag, int* count) {
+  const unsigned ballot = __ballot_sync(kFullWarpMask, flag);
+  *count = __popc(ballot);
+  return __popc(ballot & ((1u << (threadIdx.x & 31)) - 1u));
+}
+
+// Sum over the warp (every lane gets it).
+__device__ __forceinline__ int64_t warp_sum(int64_t v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullWarpMask, v, o);
+  return v;
+}
+
+}  // namespace dsch_ext
