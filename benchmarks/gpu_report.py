@@ -5,8 +5,9 @@ in plain torch on the same GPU in the same run. Run by scripts/gpu_check.sh; pri
 
 Hamming roofline: a distance between B-bit codes costs B/32 32-bit popcounts (and as many
 xors); an H100 retires 16 popcounts per clock per SM (CUDA C Programming Guide, arithmetic
-instruction throughput, compute capability 9.0). The top-k reads every distance once for
-its histogram, so "% popc roofline" = (nq * ndb * B/32) / (SMs * 16 * clock) / time.
+instruction throughput, compute capability 9.0). "% popc roofline" = (nq * ndb * B/32) /
+(SMs * 16 * clock) / time: one popcount per word of every code pair, however many passes the
+op makes (the top-k makes two over the database plus a sample; the range search two).
 
 GMM roofline (goal: the E-step at >= 40% of fp32): the stable full-covariance E-step
 transforms every point by every precision factor, 2 N K D^2 flops (one N x D by D x KD GEMM);
@@ -56,9 +57,9 @@ def hamming_rows(check_cpu):
         ("H1", 1_000_000, 1000, 64, 1000),
         ("H2", 1_000_000, 1000, 64, 10),
         ("H3", 1_000_000, 100, 256, 10),
-        ("H1 k=5000", 1_000_000, 1000, 64, 5000),
-        ("1 query", 1_000_000, 1, 64, 100),
-        ("10M x 64b", 10_000_000, 100, 64, 1000),
+        ("H4", 10_000_000, 100, 64, 1000),
+        ("H5", 1_000_000, 1, 64, 100),
+        ("H6", 1_000_000, 1000, 64, 100_000),
     ]:
         g = torch.Generator().manual_seed(0)
         db = torch.randint(0, 256, (ndb, nbits // 8), dtype=torch.uint8, generator=g)
@@ -72,6 +73,21 @@ def hamming_rows(check_cpu):
         t = cuda_time(dsch_ext.hamming_topk, qc, dbc, k)
         popc = nq * ndb * nbits / 32
         rows.append((f"hamming_topk {wid}", f"{ndb}x{nbits}b nq={nq} k={k}", t * 1e3,
+                     f"{nq * ndb / t / 1e9:.1f} G dist/s", f"{100 * popc / peak_popc / t:.1f}%", ok))
+    ndb, nq, nbits = 1_000_000, 1000, 64
+    g = torch.Generator().manual_seed(1)
+    db = torch.randint(0, 256, (ndb, nbits // 8), dtype=torch.uint8, generator=g)
+    q = torch.randint(0, 256, (nq, nbits // 8), dtype=torch.uint8, generator=g)
+    dbc, qc = db.cuda(), q.cuda()
+    for radius in (8, 22):
+        got = dsch_ext.hamming_range(qc, dbc, radius)
+        ok = "-"
+        if check_cpu:
+            want = dsch_ext.hamming_range(q, db, radius)
+            ok = str(all(torch.equal(a, b.cpu()) for a, b in zip(want, got)))
+        t = cuda_time(dsch_ext.hamming_range, qc, dbc, radius)
+        popc = nq * ndb * nbits / 32
+        rows.append((f"hamming_range R1 r={radius}", f"{ndb}x{nbits}b nq={nq}, {int(got[0][-1])} hits", t * 1e3,
                      f"{nq * ndb / t / 1e9:.1f} G dist/s", f"{100 * popc / peak_popc / t:.1f}%", ok))
     return rows
 

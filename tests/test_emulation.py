@@ -91,6 +91,17 @@ def test_hamming_topk(emu, nbytes, ndb, k):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+@pytest.mark.parametrize("k", [1, 50, 700, 2000])
+def test_hamming_topk_sampled_bound_over_tiles(emu, k):
+    # 70 queries (several query tiles), a database far larger than the sample: the bound is
+    # sampled, most queries keep it and a few (ties, a short candidate list) are redone exactly.
+    rng = rng_for(k, 5)
+    q = torch.from_numpy(ref.random_codes(rng, 70, 8))
+    db = torch.from_numpy(ref.random_codes(rng, 2000, 8, alphabet=400))
+    got, want = emu.hamming_topk(q, db, k), cpu.hamming_topk(q, db, k)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_hamming_topk_ties_go_to_lower_index(emu):
     rng = rng_for(1)
     db = torch.from_numpy(ref.random_codes(rng, 6, 8)).repeat(40, 1)  # every code 40 times

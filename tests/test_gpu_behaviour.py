@@ -94,6 +94,19 @@ def test_ops_capture_into_a_cuda_graph(generator):
 
 
 @cuda_only
+def test_hamming_range_reads_its_output_size_once(generator):
+    # The one op whose output size depends on the data: it may synchronise (once, for the
+    # count), so it is outside the two tests above; here its small-shape run (which
+    # compute-sanitizer checks) must equal the CPU op, both conventions.
+    codes = torch.randn(300, 64, generator=generator)
+    packed = dsch_ext.pack_bits(codes)
+    for radius, exclusive in ((0, False), (26, False), (26, True), (64, False)):
+        want = dsch_ext.hamming_range(packed[:7], packed, radius, exclusive)
+        got = dsch_ext.hamming_range(packed[:7].cuda(), packed.cuda(), radius, exclusive)
+        assert all(torch.equal(a, b.cpu()) for a, b in zip(want, got))
+
+
+@cuda_only
 def test_results_ignore_the_tf32_switch(generator):
     x = torch.randn(4000, 64, generator=generator).cuda() * 10
     c = torch.randn(300, 64, generator=generator).cuda() * 10

@@ -6,8 +6,9 @@
 // whole tile of queries and few queries still fill the GPU (the database is
 // split into chunks across blocks):
 //   0. sample: per query, a histogram of the distances to a strided sample
-//      of the database gives a bound b, set so that about 1.5 k codes are
-//      expected at distance < b (the CPU scan's rule);
+//      of the database (a tiled pass over the gathered sample rows, about a
+//      16th of the database) gives a bound b, set so that about 1.5 k codes
+//      are expected at distance < b (the CPU scan's rule);
 //   1. count: per (query, chunk), the codes at distance < b;
 //   2. collect: each chunk writes those codes, in index order, to the
 //      query's candidate list (offsets from exclusive sums over chunks);
@@ -21,10 +22,9 @@
 // lowest-index codes at t. Flags and thresholds stay on the device: no host
 // synchronisation, and a tile without a flagged query is skipped whole.
 // Counts are 64-bit end to end: a database may hold 2^31 codes or more.
-#include <ATen/ops/cat.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/gather.h>
 #include <ATen/ops/minimum.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
@@ -45,43 +45,18 @@ namespace {
 
 constexpr int kBlockThreads = 256;
 constexpr int64_t kMinChunkRows = gpu::tuned(16384, 96);
-// Sample size: at least kMinSample codes and kSamplePerK per wanted neighbour.
-constexpr int64_t kMinSample = gpu::tuned(65536, 16);
+// Sample: kSamplePerK codes per wanted neighbour, at most kMaxSample and a
+// 16th of the database, at least kMinSample (or all of it).
 constexpr int64_t kSamplePerK = gpu::tuned(64, 4);
+constexpr int64_t kMinSample = gpu::tuned(65536, 16);
+constexpr int64_t kMaxSample = gpu::tuned(1 << 20, 64);
 constexpr int64_t kMinSampleHits = 4;
-// Candidate list per query: max(kListFactor k, k + kListSlack), at most ndb.
+// Candidate list per query: the largest of kListFactor k, k + kListSlack and
+// kListOverExpected times the codes expected under the bound; at most ndb.
 // Small under emulation, so that tests overflow it and take the exact redo.
 constexpr int64_t kListFactor = gpu::tuned(4, 2);
 constexpr int64_t kListSlack = gpu::tuned(1024, 3);
-
-// Scan 0: bound[q] = b, so that about want of the `sample` codes at rows 0,
-// stride, 2 stride, ... are at distance < b (b = nbins: every code).
-template <typename CW>
-__global__ void topk_sample_kernel(const uint8_t* __restrict__ queries, const uint8_t* __restrict__ database,
-                                   int64_t nq, int64_t nbytes, int64_t sample, int64_t stride, int64_t want,
-                                   int32_t* __restrict__ bound) {
-  using Word = typename CW::word_t;
-  DSCH_DYNAMIC_SHARED(unsigned, hist);
-  const int nbins = hamming_num_bins(nbytes);
-  const int64_t nwords = words_per_row<CW>(nbytes);
-  const Word* db = reinterpret_cast<const Word*>(database);
-  for (int64_t q = blockIdx.x; q < nq; q += gridDim.x) {
-    for (int b = threadIdx.x; b < nbins; b += blockDim.x) hist[b] = 0;
-    __syncthreads();
-    const Word* qrow = reinterpret_cast<const Word*>(queries) + q * nwords;
-    for (int64_t i = threadIdx.x; i < sample; i += blockDim.x) {
-      atomicAdd(&hist[CW::distance(qrow, db + i * stride * nwords, nwords)], 1u);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int64_t below = 0;
-      int t = 0;
-      while (t < nbins - 1 && below + hist[t] < want) below += hist[t++];
-      bound[q] = t + 1;  // accept distances <= t
-    }
-    __syncthreads();
-  }
-}
+constexpr int64_t kListOverExpected = gpu::tuned(4, 1);
 
 // Counts per (query, chunk): [0] codes at distance < threshold[q], [1] codes
 // at exactly threshold[q].
@@ -217,14 +192,18 @@ __global__ void topk_select_kernel(int64_t nq, int64_t k, int64_t capacity, int 
   }
 }
 
-// Sample size, stride and wanted hits of the sampled bound.
+// The sampled bound's plan: sample size and stride, the sample codes wanted
+// under the bound (about 1.5 k codes of the database expected there), and
+// the candidate list's length.
 struct SamplePlan {
-  int64_t sample, stride, want;
+  int64_t sample, stride, want, capacity;
   SamplePlan(int64_t ndb, int64_t k) {
-    sample = std::min(ndb, std::max(kMinSample, kSamplePerK * (ndb / k)));
+    sample = std::min({kSamplePerK * (ndb / k), kMaxSample, ndb / 16});
+    sample = std::max(sample, std::min(kMinSample, ndb));
     stride = std::max<int64_t>(1, ndb / sample);
-    // About 1.5 k codes of the database expected under the bound.
     want = std::max(kMinSampleHits, (3 * k * sample + 2 * ndb - 1) / (2 * ndb));
+    const int64_t expected = want * (ndb / sample);
+    capacity = std::min(ndb, std::max({kListFactor * k, k + kListSlack, kListOverExpected * expected}));
   }
 };
 
@@ -242,13 +221,13 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
   const auto long_opts = queries.options().dtype(at::kLong);
   if (nq == 0) return {at::empty({0, k}, int_opts), at::empty({0, k}, long_opts)};
   const int nbins = hamming_num_bins(nbytes);
-  const int64_t capacity = std::min(ndb, std::max(kListFactor * k, k + kListSlack));
+  const SamplePlan sampling(ndb, k);
+  const int64_t capacity = sampling.capacity;
   TORCH_CHECK(capacity <= std::numeric_limits<int32_t>::max(), "hamming_topk on CUDA supports k up to 2^29, got k = ",
               k);
   const gpu::Stream stream = gpu::current_stream();
   const uint8_t* q = queries.const_data_ptr<uint8_t>();
   const uint8_t* db = database.const_data_ptr<uint8_t>();
-  const SamplePlan sampling(ndb, k);
   const unsigned per_query_grid = static_cast<unsigned>(std::min(nq, gpu::max_grid_x()));
   at::Tensor out_dist = at::empty({nq, k}, int_opts);
   at::Tensor out_index = at::empty({nq, k}, long_opts);
@@ -256,10 +235,16 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
   dispatch_code_width(nbytes, [&](auto cw) {
     using CW = decltype(cw);
     const auto plan = TiledScanPlan::make<CW>(nq, ndb, nbytes, queries.device(), kMinChunkRows);
-    at::Tensor threshold = at::empty({nq}, int_opts);
-    gpu::launch("hamming_topk_sample", &topk_sample_kernel<CW>, per_query_grid, kBlockThreads,
-                nbins * sizeof(unsigned), stream, q, db, nq, nbytes, sampling.sample, sampling.stride, sampling.want,
-                threshold.data_ptr<int32_t>());
+    // The sampled bound: a histogram pass over rows 0, stride, 2 stride, ... gathered once;
+    // bound = 1 + the first distance where the sample's count reaches `want`.
+    const at::Tensor sample_rows = database.index_select(0, at::arange(sampling.sample, long_opts).mul_(sampling.stride));
+    const auto sample_plan = TiledScanPlan::make<CW>(nq, sampling.sample, nbytes, queries.device(), kMinChunkRows);
+    at::Tensor sample_hist = at::zeros({nq, nbins}, long_opts);
+    const HistogramVisitor sample_histogram{nbins,
+                                            reinterpret_cast<unsigned long long*>(sample_hist.data_ptr<int64_t>())};
+    launch_tiled_scan<CW>("hamming_topk_sample", sample_plan, stream, q, sample_rows.const_data_ptr<uint8_t>(), nq,
+                          sampling.sample, nbytes, nullptr, sample_histogram);
+    at::Tensor threshold = at::cumsum(sample_hist, 1).lt(sampling.want).sum(1).add_(1).clamp_max_(nbins).to(at::kInt);
     at::Tensor counts = at::empty({nq, plan.nchunks, 2}, long_opts);
     const CountVisitor count{threshold.const_data_ptr<int32_t>(), plan.nchunks, counts.data_ptr<int64_t>(), {}, {}, {}};
     launch_tiled_scan<CW>("hamming_topk_count", plan, stream, q, db, nq, ndb, nbytes, nullptr, count);
