@@ -91,13 +91,13 @@ def test_hamming_topk(emu, nbytes, ndb, k):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-@pytest.mark.parametrize("k", [1, 50, 700, 2000])
+@pytest.mark.parametrize("k", [1, 60, 600])
 def test_hamming_topk_sampled_bound_over_tiles(emu, k):
-    # 70 queries (several query tiles), a database far larger than the sample: the bound is
-    # sampled, most queries keep it and a few (ties, a short candidate list) are redone exactly.
+    # 40 queries (two query tiles), a database far larger than the sample: the bound is
+    # sampled, most queries keep it and some (ties, a short candidate list) are redone exactly.
     rng = rng_for(k, 5)
-    q = torch.from_numpy(ref.random_codes(rng, 70, 8))
-    db = torch.from_numpy(ref.random_codes(rng, 2000, 8, alphabet=400))
+    q = torch.from_numpy(ref.random_codes(rng, 40, 8))
+    db = torch.from_numpy(ref.random_codes(rng, 600, 8, alphabet=150))
     got, want = emu.hamming_topk(q, db, k), cpu.hamming_topk(q, db, k)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
@@ -117,14 +117,14 @@ def test_hamming_topk_no_queries(emu):
 
 
 @pytest.mark.parametrize("nbytes", [2, 4, 5, 8, 16, 32, 136])
-@pytest.mark.parametrize("nq,ndb", [(1, 1), (5, 101), (37, 250), (70, 333)])
+@pytest.mark.parametrize("nq,ndb", [(1, 1), (5, 101), (37, 250)])
 def test_hamming_range(emu, nbytes, nq, ndb):
     rng = rng_for(nbytes, nq, ndb, 3)
-    q = torch.from_numpy(ref.random_codes(rng, nq, nbytes))  # 37 and 70 queries: several query tiles
+    q = torch.from_numpy(ref.random_codes(rng, nq, nbytes))  # 37 queries: 2-5 query tiles, by width
     db = torch.from_numpy(ref.random_codes(rng, ndb, nbytes, alphabet=23 if ndb > 50 else None))
     db[: min(nq, ndb)] = q[: min(nq, ndb)]  # distance 0 hits
     nbits = 8 * nbytes
-    for radius, exclusive in ((0, False), (0, True), (nbits // 2 - 1, False), (nbits // 2, True), (nbits, False)):
+    for radius, exclusive in ((0, True), (nbits // 2 - 1, False), (nbits, False)):
         got = emu.hamming_range(q, db, radius, exclusive)
         want = cpu.hamming_range(q, db, radius, exclusive)
         assert all(torch.equal(a, b) for a, b in zip(got, want)), (radius, exclusive)
