@@ -41,22 +41,33 @@ def torch_topk(queries, database, k, chunk=4):
     return torch.cat(out_d), torch.cat(out_i)
 
 
+def random_codes(seed, ndb, nq, nbits):
+    """(queries, database) of random packed codes."""
+    g = torch.Generator().manual_seed(seed)
+    database = torch.randint(0, 256, (ndb, nbits // 8), dtype=torch.uint8, generator=g)
+    queries = torch.randint(0, 256, (nq, nbits // 8), dtype=torch.uint8, generator=g)
+    return queries, database
+
+
+def faiss_flat_index(database, nbits):
+    """faiss's IndexBinaryFlat over `database`, or None without faiss-cpu."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    index = faiss.IndexBinaryFlat(nbits)
+    index.add(database.numpy())
+    return index
+
+
 @functools.lru_cache(maxsize=len(WORKLOADS))
 def checked_workload(wid, quick):
     """Random codes for `wid`, with dsch_ext's answer checked against faiss and torch."""
     ndb, nq, nbits, k = WORKLOADS[wid][1 if quick else 0]
-    g = torch.Generator().manual_seed(1234)
-    database = torch.randint(0, 256, (ndb, nbits // 8), dtype=torch.uint8, generator=g)
-    queries = torch.randint(0, 256, (nq, nbits // 8), dtype=torch.uint8, generator=g)
+    queries, database = random_codes(1234, ndb, nq, nbits)
     dist, index = dsch_ext.hamming_topk(queries, database, k)
-    faiss_index = None
-    try:
-        import faiss
-    except ImportError:
-        pass
-    else:
-        faiss_index = faiss.IndexBinaryFlat(nbits)
-        faiss_index.add(database.numpy())
+    faiss_index = faiss_flat_index(database, nbits)
+    if faiss_index is not None:
         fd, fi = faiss_index.search(queries.numpy(), k)
         np.testing.assert_array_equal(dist.numpy(), fd)
         # faiss keeps the lower index among ties too; compare (distance, index) sets per row.
@@ -108,17 +119,9 @@ def checked_range_workload(quick):
     """R1's codes and faiss index, with dsch_ext's answer checked against faiss's at every
     radius (faiss's radius is exclusive: it gets r + 1 and keeps d < r + 1, i.e. d <= r)."""
     ndb, nq, nbits = RANGE_WORKLOAD[1 if quick else 0]
-    g = torch.Generator().manual_seed(4321)
-    database = torch.randint(0, 256, (ndb, nbits // 8), dtype=torch.uint8, generator=g)
-    queries = torch.randint(0, 256, (nq, nbits // 8), dtype=torch.uint8, generator=g)
-    faiss_index = None
-    try:
-        import faiss
-    except ImportError:
-        pass
-    else:
-        faiss_index = faiss.IndexBinaryFlat(nbits)
-        faiss_index.add(database.numpy())
+    queries, database = random_codes(4321, ndb, nq, nbits)
+    faiss_index = faiss_flat_index(database, nbits)
+    if faiss_index is not None:
         for radius in RANGE_RADII:
             lims, dist, index = dsch_ext.hamming_range(queries, database, radius)
             flims, fdist, findex = faiss_index.range_search(queries.numpy(), radius + 1)
