@@ -142,7 +142,7 @@ def test_hamming_range_empty(emu):
 
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine", "dot"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (37, 11, 13), (70, 3, 64)])
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (37, 11, 13), (70, 3, 64), (5, 150, 17)])  # 150: column groups
 def test_center_distances_forward_backward(emu, metric, dtype, n, k, d, generator):
     x = torch.randn(n, d, generator=generator, dtype=dtype)
     c = torch.randn(k, d, generator=generator, dtype=dtype)
@@ -180,6 +180,29 @@ def test_nearest_center_equal_centres_tie_to_lower_index(emu, generator):
     assert torch.equal(got[0], want[0]) and (got[0] < 5).all()
 
 
+def test_nearest_center_ties_across_column_groups(emu, generator):
+    # 200 centres are 4 column tiles, split over groups: centre 3 reappears as 150 and 199.
+    c = torch.randn(200, 9, generator=generator)
+    c[150] = c[3]
+    c[199] = c[3]
+    x = torch.cat([c[[3, 150, 199]], c[3:4] + 1e-4, torch.randn(4, 9, generator=generator)])
+    got, want = emu.nearest_center(x, c), cpu.nearest_center(x, c)
+    assert torch.equal(got[0], want[0]) and got[0][:3].tolist() == [3, 3, 3]
+    assert torch.equal(got[1][:3], torch.zeros(3))
+
+
+def test_nearest_center_rounding_ties_are_rechecked(emu, generator):
+    # Centre pairs m +- v around each point m, in eighths: the direct distances are exact and
+    # equal, the expanded |c|^2 - 2 <x, c> (|c|^2 ~ 4e7) rounds either way, so only the
+    # recheck on direct distances gives the lower index every time.
+    m = torch.round(torch.randn(20, 9, generator=generator) * 2**14) / 8
+    v = torch.randint(-8, 9, (20, 9), generator=generator) / 8
+    c = torch.stack([m + v, m - v], 1).reshape(40, 9)
+    got, want = emu.nearest_center(m, c), cpu.nearest_center(m, c)
+    assert torch.equal(want[0], torch.arange(0, 40, 2)) and torch.equal(got[0], want[0])
+    assert torch.equal(got[1], want[1])
+
+
 def test_nearest_center_non_finite_points(emu):
     x = torch.randn(4, 3)
     x[1, 0] = float("nan")
@@ -212,7 +235,11 @@ def gmm_params(cov, k, d, dtype, generator):
 
 @pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n,k,d,floor", [(1, 1, 1, 0.0), (40, 6, 5, 0.0), (29, 9, 8, 1e-6)])  # 33 rows a chunk
+# (29, 37, 40): 37 components are three chunks of 16 spread over column groups (fused 'full' at
+# D = 40 pads to 64); (70, 5, 20) two point tiles at D padded to 32; D = 70 takes the exact route;
+# 130 components are three column tiles of the pair scan.
+@pytest.mark.parametrize("n,k,d,floor", [(1, 1, 1, 0.0), (40, 6, 5, 0.0), (29, 9, 8, 1e-6), (29, 37, 40, 0.0),
+                                         (70, 5, 20, 1e-3), (9, 3, 70, 0.0), (6, 130, 3, 0.0)])
 def test_gmm_log_resp(emu, cov, dtype, n, k, d, floor, generator):
     means, prec, log_w = gmm_params(cov, k, d, dtype, generator)
     x = means[torch.randint(k, (n,), generator=generator)] + torch.randn(n, d, generator=generator, dtype=dtype)

@@ -31,11 +31,17 @@ constexpr double kLog2Pi = 1.8378770664093454835606594728112;
 // (spherical, p[0]), `b` = mu_k L_k, `log_const` = log det L_k + log w_k -
 // 0.5 D log 2pi.
 // y_d of one point and one component (see the table above).
+// a p - b: one coordinate of a diagonal or spherical component (tied is p = 1).
+template <typename T>
+DSCH_HOST_DEVICE T gmm_scaled_diff(T a, T p, T b) {
+  return a * p - b;
+}
+
 template <typename T>
 DSCH_HOST_DEVICE T gmm_transformed_diff(int cov, const T* __restrict__ a, const T* __restrict__ p,
                                         const T* __restrict__ b, int64_t d) {
-  if (cov == kGmmDiag) return a[d] * p[d] - b[d];
-  if (cov == kGmmSpherical) return a[d] * p[0] - b[d];
+  if (cov == kGmmDiag) return gmm_scaled_diff(a[d], p[d], b[d]);
+  if (cov == kGmmSpherical) return gmm_scaled_diff(a[d], p[0], b[d]);
   return a[d] - b[d];
 }
 

@@ -7,11 +7,14 @@
 #define DSCH_HOST_DEVICE inline
 #endif
 
-// Loop unrolling hint understood by both nvcc and gcc.
+// Loop unrolling hints understood by both nvcc and gcc: full, and by n.
+#define DSCH_PRAGMA(x) _Pragma(#x)
 #if defined(__CUDACC__)
 #define DSCH_UNROLL _Pragma("unroll")
+#define DSCH_UNROLL_BY(n) DSCH_PRAGMA(unroll n)
 #else
 #define DSCH_UNROLL _Pragma("GCC unroll 16")
+#define DSCH_UNROLL_BY(n) DSCH_PRAGMA(GCC unroll n)
 #endif
 
 // Vectorised sum reduction on the host (OpenMP SIMD; the kernels are built
