@@ -98,18 +98,20 @@ def kmeans_plusplus_ids(X: torch.Tensor, n_clusters: int, generator: torch.Gener
 
 
 def _cluster_sums(X: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """Per-cluster sums of the points. CPU: index_add_ (deterministic). CUDA: one-hot GEMMs in
-    row chunks, which, unlike atomic index_add_, give the same bits every run."""
+    """Per-cluster sums of the points, the same bits every run: ``index_add_`` on the CPU
+    (sequential there), ``_segment_sums`` on other devices (where it uses atomics)."""
     if X.device.type == "cpu":
         return X.new_zeros((k, X.shape[1])).index_add_(0, labels, X)
-    sums = X.new_zeros((k, X.shape[1]))
-    chunk = max(1, (1 << 26) // k)
-    for start in range(0, X.shape[0], chunk):
-        lab = labels[start : start + chunk]
-        onehot = torch.zeros((lab.shape[0], k), dtype=X.dtype, device=X.device)
-        onehot.scatter_(1, lab[:, None], 1)
-        sums.addmm_(onehot.t(), X[start : start + chunk])
-    return sums
+    return _segment_sums(X, labels, k)
+
+
+def _segment_sums(X: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-cluster sums from the points sorted by label (stable) and summed segment by segment:
+    ``torch.segment_reduce`` adds each output element sequentially (no atomics). O(N D) work and
+    no N x K matrix."""
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=k)
+    return torch.segment_reduce(X[order], "sum", lengths=counts, axis=0, unsafe=True, initial=0)
 
 
 def _farthest_points(dist: torch.Tensor, count: int, shard: Shard) -> torch.Tensor:

@@ -58,6 +58,22 @@ def test_deterministic_per_seed_and_devices_agree(device):
     assert torch.equal(a.labels_.cpu(), cpu.labels_)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_segment_sums_equal_index_add(dtype, device):
+    # The GPU's per-cluster sums (sorted segments, no atomics): the same values as the CPU's
+    # sequential index_add_, empty clusters included (labels 3 and 55-59 never occur).
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1000, 7, generator=g, dtype=dtype)
+    labels = torch.randint(0, 55, (1000,), generator=g)
+    labels[labels == 3] = 4
+    want = torch.zeros(60, 7, dtype=dtype).index_add_(0, labels, X)
+    got = dsch_ext.cluster._segment_sums(X.to(device), labels.to(device), 60).cpu()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    assert torch.equal(got[3], torch.zeros(7, dtype=dtype)) and torch.equal(got[55:], torch.zeros(5, 7, dtype=dtype))
+    if device != "cpu":  # the same bits every run
+        assert torch.equal(got, dsch_ext.cluster._segment_sums(X.to(device), labels.to(device), 60).cpu())
+
+
 def test_empty_clusters_are_reseeded():
     # Initial centres far from the data: most clusters start empty.
     X = blobs(n=500, k=5, d=3, seed=5)
