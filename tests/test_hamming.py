@@ -22,12 +22,32 @@ def as_device(a, device):
     return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
+# With AVX-512 VPOPCNTDQ the widest scan is the AVX-512 one and the AVX2 scan is a separate
+# path; without it the widest is AVX2 (or scalar), and "avx2" would rerun "auto".
+HAS_AVX512_POPCOUNT = {"avx512f", "avx512_vpopcntdq"} <= set(_cpu_flags())
+
+
 @pytest.fixture(params=["auto", "avx2", "scalar"])
 def cpu_scan(request, monkeypatch):
     """Run a CPU search test with each scan: the widest this CPU has (AVX-512 VPOPCNTDQ or
     AVX2), the AVX2 scan, and the portable scalar scan (the kernel reads
-    DSCH_EXT_HAMMING_SCAN on every call; a CPU without AVX2 runs the scalar scan for all)."""
+    DSCH_EXT_HAMMING_SCAN on every call; a CPU without AVX2 runs the scalar scan for all).
+    A variant that would rerun another one is skipped: all but "auto" on other devices, and
+    "avx2" where the CPU has no AVX-512 VPOPCNTDQ."""
     if request.param != "auto":
+        device = request.node.callspec.params.get("device", "cpu")
+        if device != "cpu":
+            pytest.skip("the CPU scan variants apply to CPU tensors")
+        if request.param == "avx2" and not HAS_AVX512_POPCOUNT:
+            pytest.skip("without AVX-512 VPOPCNTDQ the widest scan is already the AVX2 one")
         monkeypatch.setenv("DSCH_EXT_HAMMING_SCAN", request.param)
     return request.param
 
