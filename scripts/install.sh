@@ -12,6 +12,9 @@
 #   DSCH_BUILD   fast (default): pip install --no-build-isolation against the venv's torch;
 #                isolated: plain `pip install .` (PEP 517 isolation; slower, also supported)
 #   DSCH_EXTRAS  extras to install, e.g. "test"
+#   DSCH_VISION  1: also install the torchvision that pairs with the CUDA torch (0.29.1 with
+#                2.14.1), for the pretrained backbones; PyPI's torchvision does not load beside
+#                the CPU-only torch 2.13.0 build, so the cpu choice installs none
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${DSCH_VENV:-$ROOT/.venv}"
@@ -24,11 +27,13 @@ CUDA_HOME_GUESS="${CUDA_HOME:-/usr/local/cuda}"
 if [[ "$TORCH" == auto ]]; then
   if [[ -x "$CUDA_HOME_GUESS/bin/nvcc" ]] || command -v nvcc >/dev/null 2>&1; then TORCH=cuda; else TORCH=cpu; fi
 fi
+VISION_REQ=""
 case "$TORCH" in
-  cuda) TORCH_REQ="torch==2.14.1" ;;   # CUDA 13.0 build, matches nvcc 13.0
+  cuda) TORCH_REQ="torch==2.14.1"; VISION_REQ="torchvision==0.29.1" ;;   # CUDA 13.0 build, matches nvcc 13.0
   cpu) TORCH_REQ="torch==2.13.0" ;;    # CPU-only build (1 GB instead of 5.5 GB)
   *) TORCH_REQ="$TORCH" ;;
 esac
+[[ "${DSCH_VISION:-0}" == 1 ]] || VISION_REQ=""
 
 echo "[install] venv $VENV, $TORCH_REQ, build mode $BUILD"
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -36,7 +41,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PIP=("$VENV/bin/python" -m pip)
 "${PIP[@]}" install -q --upgrade "pip>=23" "setuptools>=64" wheel ninja numpy
-"${PIP[@]}" install -q "$TORCH_REQ"
+"${PIP[@]}" install -q "$TORCH_REQ" $VISION_REQ
 
 TARGET="$ROOT"
 [[ -n "$EXTRAS" ]] && TARGET="$ROOT[$EXTRAS]"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README "Quick start", and what .ci/run runs). On a fresh machine it:
-#  1. builds dsch_ext in .venv against the CUDA torch build (the CUDA kernels compile even
+#  1. builds dsch_ext in .venv against the CUDA torch build and its torchvision (the CUDA kernels compile even
 #     with no GPU; they are tested when one is visible), the fast --no-build-isolation way,
 #     builds the CUDA kernels for the CPU emulation (plain, ThreadSanitizer, AddressSanitizer +
 #     UBSan: tests/emulation_build.py), runs tests/ (the CMake build, the emulated kernels and
@@ -27,7 +27,7 @@ for stage in $STAGES; do
   case "$stage" in
     cuda)
       echo "=== stage cuda: CUDA torch, --no-build-isolation build, full suite"
-      DSCH_VENV="$ROOT/.venv" DSCH_TORCH=cuda DSCH_EXTRAS=test bash scripts/install.sh
+      DSCH_VENV="$ROOT/.venv" DSCH_TORCH=cuda DSCH_EXTRAS=test DSCH_VISION=1 bash scripts/install.sh
       echo "=== building the emulated CUDA kernels (plain, tsan, asan) at $((SECONDS - start)) s"
       "$ROOT/.venv/bin/python" tests/emulation_build.py --variant plain tsan asan
       DSCH_REQUIRE_SANITIZERS=1 run_suite "$ROOT/.venv" "$@"

@@ -91,6 +91,14 @@ class DSCHConfig:
         fields.update(overrides)
         return cls(**fields)
 
+    @classmethod
+    def fine_tuning(cls, **overrides) -> "DSCHConfig":
+        """The reference settings, for fine-tuning a pretrained backbone (an ImageNet VGG in
+        the paper): Adam at lr 5e-4 with epsilon 1.0, lambda 0.1, tau 1.0, batches of 15, one
+        epoch a round, 10 rounds. They are this class's defaults; the command line uses them
+        with ``--backbone``."""
+        return cls(**overrides)
+
     def effective(self) -> "DSCHConfig":
         if not self.baseline:
             return self

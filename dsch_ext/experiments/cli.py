@@ -26,6 +26,7 @@ import sys
 import torch
 
 from . import commands
+from ..dsch.backbones import BACKBONE_NAMES
 from .search_demo import search_demo
 from .errors import CliError
 
@@ -36,7 +37,7 @@ DATA_HELP = ("data set: 'embedded' (the 10,000 Fashion-MNIST test images shipped
 
 
 def _training_options(p, default_data="embedded"):
-    """DSCH's settings; unset ones take DSCHConfig.from_scratch()'s values."""
+    """DSCH's settings; unset ones take DSCHConfig.from_scratch()'s values (fine_tuning()'s with --backbone)."""
     p.add_argument("--data", default=default_data, help=f"{DATA_HELP} (default: {default_data})")
     p.add_argument("--baseline", action="store_true", help="train the contrastive baseline (lambda = 0, S = I)")
     p.add_argument("--rounds", type=int, help="EM rounds, each one E-step and the M-step epochs (default 10)")
@@ -95,6 +96,17 @@ def _add_train(sub):
     p.add_argument("--bits", type=int, default=64, help="code length (default 64)")
     p.add_argument("--out", required=True, help="run directory (model.pt, checkpoint.pt, record.json)")
     p.add_argument("--width", type=int, default=32, help="width of the small CNN (default 32)")
+    p.add_argument("--backbone", choices=BACKBONE_NAMES,
+                   help="a torchvision network instead of the small CNN (needs torchvision); the unset training "
+                        "settings then take the reference fine-tuning values (lr 5e-4, Adam eps 1.0, lambda 0.1, "
+                        "tau 1.0, one epoch a round)")
+    p.add_argument("--weights", help="the backbone's weights: a local state-dict file (nothing is downloaded; "
+                                     "default: random weights)")
+    p.add_argument("--freeze", type=int,
+                   help="backbone stages kept fixed: the first N, or -1 for all (VGG: 5 conv blocks, pooling, fc6, "
+                        "fc7; ResNet: stem, 4 layers, pooling; default 0)")
+    p.add_argument("--input-size", type=int, default=224, dest="input_size",
+                   help="side in pixels the images are resized to for the backbone (default 224)")
     p.add_argument("--device", default="cpu",
                    help="cpu or cuda; with --distributed, cuda means GPU LOCAL_RANK for each rank (NCCL)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")

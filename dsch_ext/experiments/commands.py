@@ -13,6 +13,7 @@ from .. import distributed
 from .._atomic import atomic_write
 from ..distributed.comm import LocalCommunicator
 from ..dsch.augment import AugmentConfig
+from ..dsch.backbones import BackboneError, TorchvisionBackbone
 from ..dsch.trainer import DSCHConfig
 from . import data
 from .arrays import load_array, load_codes
@@ -43,10 +44,29 @@ def _augment(args):
 
 
 def _config(args, nbits, baseline=False):
+    """From scratch by default; the reference fine-tuning settings with --backbone."""
     names = ("m1", "m2", "covariance_type", "gmm_max_iter", "lam", "tau", "batch_size", "lr", "adam_eps", "rounds",
              "epochs_per_round", "seed", "mstep_threads")
     fields = {f: getattr(args, f) for f in names if getattr(args, f, None) is not None}
-    return DSCHConfig.from_scratch(nbits=nbits, baseline=baseline or args.baseline, augment=_augment(args), **fields)
+    preset = DSCHConfig.fine_tuning if getattr(args, "backbone", None) else DSCHConfig.from_scratch
+    return preset(nbits=nbits, baseline=baseline or args.baseline, augment=_augment(args), **fields)
+
+
+def _backbone(args):
+    """The --backbone settings, checked (the architecture is built once to check the weights)."""
+    if not getattr(args, "backbone", None):
+        for flag in ("weights", "freeze"):
+            if getattr(args, flag, None) is not None:
+                raise CliError(f"--{flag} needs --backbone")
+        return None
+    spec = {"name": args.backbone, "weights": args.weights, "freeze": args.freeze or 0, "input_size": args.input_size}
+    try:
+        TorchvisionBackbone(**spec)
+    except BackboneError as exc:
+        raise CliError(str(exc)) from exc
+    if args.weights is None:
+        print(f"no --weights: {args.backbone} starts from random weights", flush=True)
+    return spec
 
 
 def _comm(args):
@@ -67,7 +87,10 @@ def _comm(args):
 def train_command(args):
     check_device(args.device)
     comm = _comm(args)
+    backbone = _backbone(args)
     dataset = _data(args.data)
+    if backbone is not None and dataset.images.dim() != 4:
+        raise CliError(f"--backbone needs images; {args.data} holds features of shape {tuple(dataset.images.shape)}")
     split = protocol_split(dataset, args.query_per_class, args.train_per_class, args.split_seed)
     if comm.rank == 0:
         print(f"data {dataset.name}: {len(dataset)} items; train {split.train.numel()}, query {split.query.numel()}, "
@@ -75,7 +98,7 @@ def train_command(args):
     try:
         record = train_dsch(dataset, split, _config(args, args.bits), args.out, width=args.width,
                             device=args.device, resume=args.resume, distributed=comm.distributed,
-                            evaluate=not args.no_eval)
+                            evaluate=not args.no_eval, backbone=backbone)
     except BaseException as exc:
         if comm.distributed:
             try:

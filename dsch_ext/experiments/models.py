@@ -9,6 +9,7 @@ from typing import Dict, Optional
 import torch
 
 from .._atomic import atomic_write
+from ..dsch.backbones import TorchvisionBackbone
 from ..dsch.networks import HashNet, MLPBackbone, small_cnn_hash_net
 from ..dsch.trainer import DSCHConfig
 from . import data
@@ -17,18 +18,31 @@ MODEL_FORMAT = "dsch_ext.model"
 MODEL_VERSION = 1
 
 
-def build_net(dataset: data.Dataset, nbits: int, width: int = 32, hidden: int = 512) -> HashNet:
-    """The small CNN for images, an MLP for feature vectors."""
+def build_net(dataset: data.Dataset, nbits: int, width: int = 32, hidden: int = 512,
+              backbone: Optional[Dict] = None) -> HashNet:
+    """The small CNN for images, an MLP for feature vectors, or a torchvision backbone
+    (``backbone``: ``{"name", "weights", "freeze", "input_size"}``, images only)."""
     x = dataset.images
+    if backbone is not None:
+        if x.dim() != 4:
+            raise ValueError(f"a torchvision backbone needs images; {dataset.name} holds features of shape "
+                             f"{tuple(x.shape)}")
+        net = TorchvisionBackbone(backbone["name"], backbone.get("weights"), backbone.get("freeze", 0),
+                                  backbone.get("input_size", 224))
+        return HashNet(net, net.out_dim, nbits)
     if x.dim() == 4:
         return small_cnn_hash_net(nbits, in_channels=x.shape[1], width=width)
     backbone = MLPBackbone(x.shape[1], hidden)
     return HashNet(backbone, backbone.out_dim, nbits)
 
 
-def architecture(dataset: data.Dataset, width: int, hidden: int) -> Dict:
-    """What ``load_model`` needs to rebuild the network ``build_net`` makes for ``dataset``."""
+def architecture(dataset: data.Dataset, width: int, hidden: int, backbone: Optional[Dict] = None) -> Dict:
+    """What ``load_model`` needs to rebuild the network ``build_net`` makes for ``dataset``
+    (a torchvision backbone's weights travel in the model file, not the weights file)."""
     x = dataset.images
+    if backbone is not None:
+        return {"kind": "torchvision", "name": backbone["name"], "freeze": int(backbone.get("freeze", 0)),
+                "input_size": int(backbone.get("input_size", 224))}
     if x.dim() == 4:
         return {"kind": "small_cnn", "in_channels": int(x.shape[1]), "width": width}
     return {"kind": "mlp", "in_dim": int(x.shape[1]), "hidden": hidden}
@@ -65,6 +79,9 @@ def load_model(path: str, nbits: Optional[int] = None, device="cpu"):
     arch = state["arch"]
     if arch["kind"] == "small_cnn":
         net = small_cnn_hash_net(state["nbits"], arch["in_channels"], arch["width"])
+    elif arch["kind"] == "torchvision":
+        backbone = TorchvisionBackbone(arch["name"], None, arch["freeze"], arch["input_size"])
+        net = HashNet(backbone, backbone.out_dim, state["nbits"])
     else:
         backbone = MLPBackbone(arch["in_dim"], arch["hidden"])
         net = HashNet(backbone, backbone.out_dim, state["nbits"])

@@ -23,13 +23,15 @@ def write_json(path: str, record: Dict) -> None:
 
 def train_dsch(dataset: data.Dataset, split: data.RetrievalSplit, config: DSCHConfig, out_dir: Optional[str] = None,
                width: int = 32, device="cpu", resume: bool = False, distributed: bool = False,
-               evaluate: bool = True, curve: bool = True, verbose: int = 1, method: Optional[str] = None) -> Dict:
+               evaluate: bool = True, curve: bool = True, verbose: int = 1, method: Optional[str] = None,
+               backbone: Optional[Dict] = None) -> Dict:
     """Train DSCH (or its baseline mode) on the split's training items, write
     ``out_dir/model.pt`` and ``out_dir/checkpoint.pt``, evaluate on the split's queries and
-    database, and return the run's record (configuration, timings, history, metrics)."""
+    database, and return the run's record (configuration, timings, history, metrics).
+    ``backbone``: a torchvision backbone instead of the small CNN (``models.build_net``)."""
     comm = get_communicator(distributed)
     torch.manual_seed(config.seed)
-    net = build_net(dataset, config.nbits, width)
+    net = build_net(dataset, config.nbits, width, backbone=backbone)
     checkpoint = os.path.join(out_dir, "checkpoint.pt") if out_dir else None
     if out_dir and comm.rank == 0:
         os.makedirs(out_dir, exist_ok=True)
@@ -45,12 +47,14 @@ def train_dsch(dataset: data.Dataset, split: data.RetrievalSplit, config: DSCHCo
                                                        "query": int(split.query.numel()),
                                                        "database": int(split.database.numel())},
         "ranks": comm.world_size, "train_seconds": t_train,
+        "architecture": architecture(dataset, width, 512, backbone),
+        "weights": (backbone or {}).get("weights"),
         "estep_seconds": sum(r.estep_seconds for r in history.rounds),
         "mstep_seconds": sum(r.mstep_seconds for r in history.rounds),
         "history": json.loads(history.to_json()),
     }
     if out_dir and comm.rank == 0:
-        save_model(os.path.join(out_dir, "model.pt"), net, config, architecture(dataset, width, 512),
+        save_model(os.path.join(out_dir, "model.pt"), net, config, architecture(dataset, width, 512, backbone),
                    {"data": dataset.name})
     if evaluate:
         t0 = time.perf_counter()
