@@ -35,7 +35,7 @@
 // The launch's dynamic shared memory as a T*.
 #define DSCH_DYNAMIC_SHARED(T, name) T* const name = static_cast<T*>(::dsch_ext::emu::dynamic_shared())
 #else
-#define DSCH_SHARED_ARRAY(T, name, n) __shared__ T name[n]
+#define DSCH_SHARED_ARRAY(T, name, n) __shared__ __align__(16) T name[n]
 #define DSCH_DYNAMIC_SHARED(T, name)                                \
   extern __shared__ __align__(16) unsigned char dsch_dynamic_smem_[]; \
   T* const name = reinterpret_cast<T*>(dsch_dynamic_smem_)
