@@ -1,4 +1,5 @@
 """Data loaders on small synthetic files of each format, the embedded default and the protocol."""
+import argparse
 import gzip
 import os
 import pickle
@@ -114,3 +115,23 @@ def test_retrieval_split_protocol():
     assert torch.equal(split.query, again.query) and torch.equal(split.train, again.train)
     with pytest.raises(data.DataError, match="class 0 has 700 items"):
         data.retrieval_split(labels, 300, 500)
+
+
+def test_training_on_the_whole_database():
+    labels = torch.arange(10).repeat_interleave(700)
+    split = data.retrieval_split(labels, 100, None, seed=0)
+    assert torch.equal(split.train, split.database) and split.database.numel() == 6000
+    assert torch.equal(split.query, data.retrieval_split(labels, 100, 500, seed=0).query)  # the same queries
+    from dsch_ext.experiments.protocol import protocol_split
+
+    scaled = protocol_split(data.Dataset(torch.zeros(7000, 1, 2, 2, dtype=torch.uint8), labels, "tiny"), 100, None)
+    assert torch.equal(scaled.train, scaled.database)
+
+
+def test_train_per_class_on_the_command_line():
+    from dsch_ext.experiments.cli import _train_count
+
+    assert _train_count("all") is None and _train_count("2000") == 2000
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive count or 'all'"):
+            _train_count(bad)

@@ -68,11 +68,25 @@ def _training_options(p, default_data="embedded"):
                    help="CPU threads of the M-step (default 0: the cores the load average leaves free)")
 
 
+def _train_count(value: str):
+    """--train-per-class: a positive count, or 'all' (None: the whole database)."""
+    if value == "all":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive count or 'all', got {value!r}")
+    return count
+
+
 def _protocol_options(p):
     p.add_argument("--query-per-class", type=int, default=100, dest="query_per_class",
                    help="queries per class (default 100)")
-    p.add_argument("--train-per-class", type=int, default=500, dest="train_per_class",
-                   help="training images per class, drawn from the database (default 500)")
+    p.add_argument("--train-per-class", type=_train_count, default=500, dest="train_per_class",
+                   help="training images per class, drawn from the database, or 'all': the whole database "
+                        "(default 500)")
     p.add_argument("--split-seed", type=int, default=0, dest="split_seed",
                    help="seed of the query/database/training split (default 0)")
 

@@ -205,28 +205,31 @@ class RetrievalSplit:
     train: torch.Tensor  # a subset of database
 
 
-def retrieval_split(labels: torch.Tensor, query_per_class: int = 100, train_per_class: int = 500,
+def retrieval_split(labels: torch.Tensor, query_per_class: int = 100, train_per_class: Optional[int] = 500,
                     seed: int = 0) -> RetrievalSplit:
     """The paper's protocol: ``query_per_class`` queries of every class, the rest is the
-    database, and ``train_per_class`` training items of every class drawn from the database.
-    Single-label data only; classes with too few items raise ``DataError``."""
+    database, and ``train_per_class`` training items of every class drawn from the database
+    (None: the whole database is the training set). Single-label data only; classes with too
+    few items raise ``DataError``."""
     if labels.dim() != 1:
         raise DataError("retrieval_split needs single-label data ([N] class ids)")
     g = torch.Generator().manual_seed(seed)
     query, train = [], []
     for c in torch.unique(labels).tolist():
         members = torch.nonzero(labels == c).flatten()
-        if members.numel() < query_per_class + train_per_class:
+        if members.numel() < query_per_class + (train_per_class or 1):
             raise DataError(f"class {c} has {members.numel()} items, the protocol needs "
                             f"{query_per_class} + {train_per_class}")
         members = members[torch.randperm(members.numel(), generator=g)]
         query.append(members[:query_per_class])
-        train.append(members[query_per_class : query_per_class + train_per_class])
+        if train_per_class is not None:
+            train.append(members[query_per_class : query_per_class + train_per_class])
     query = torch.sort(torch.cat(query)).values
     in_query = torch.zeros(labels.shape[0], dtype=torch.bool)
     in_query[query] = True
     database = torch.nonzero(~in_query).flatten()
-    return RetrievalSplit(query, database, torch.sort(torch.cat(train)).values)
+    train = database.clone() if train_per_class is None else torch.sort(torch.cat(train)).values
+    return RetrievalSplit(query, database, train)
 
 def load_data(spec: str = "embedded") -> Dataset:
     """A data set from a specification (see the module docstring); ``DataError`` says what is

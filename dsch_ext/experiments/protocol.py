@@ -17,16 +17,18 @@ from . import data
 BASELINES = {"itq": baselines.ITQ, "pcah": baselines.PCAH, "lsh": baselines.LSH}
 
 
-def protocol_split(dataset: data.Dataset, query_per_class: int = 100, train_per_class: int = 500,
+def protocol_split(dataset: data.Dataset, query_per_class: int = 100, train_per_class: Optional[int] = 500,
                    seed: int = 0) -> data.RetrievalSplit:
     """The protocol of docs/protocol.md, scaled to the data: per class ``query_per_class`` queries and
     ``train_per_class`` training items, capped so a small data set keeps at least a third of
-    each class in the database besides the training items."""
+    each class in the database besides the training items; ``train_per_class=None`` trains on
+    the whole database."""
     counts = torch.bincount(dataset.labels) if dataset.labels.dim() == 1 else None
     if counts is not None:
         smallest = int(counts[counts > 0].min())
         query_per_class = min(query_per_class, max(1, smallest // 10))
-        train_per_class = min(train_per_class, max(1, (smallest - query_per_class) * 2 // 3))
+        if train_per_class is not None:
+            train_per_class = min(train_per_class, max(1, (smallest - query_per_class) * 2 // 3))
     return data.retrieval_split(dataset.labels, query_per_class, train_per_class, seed)
 
 
