@@ -25,18 +25,13 @@ enum GmmCovariance : int { kGmmFull = 0, kGmmTied = 1, kGmmDiag = 2, kGmmSpheric
 
 constexpr double kLog2Pi = 1.8378770664093454835606594728112;
 
-// log N(x | k) + log w_k for one point and one component. `a` is the
-// transformed point (x L_k for full, x L for tied, x itself for diag /
-// spherical), `p` the diagonal precision Cholesky of k (diag) or its scalar
-// (spherical, p[0]), `b` = mu_k L_k, `log_const` = log det L_k + log w_k -
-// 0.5 D log 2pi.
-// y_d of one point and one component (see the table above).
 // a p - b: one coordinate of a diagonal or spherical component (tied is p = 1).
 template <typename T>
 DSCH_HOST_DEVICE T gmm_scaled_diff(T a, T p, T b) {
   return a * p - b;
 }
 
+// y_d of one point and one component (see the table above).
 template <typename T>
 DSCH_HOST_DEVICE T gmm_transformed_diff(int cov, const T* __restrict__ a, const T* __restrict__ p,
                                         const T* __restrict__ b, int64_t d) {
@@ -45,6 +40,11 @@ DSCH_HOST_DEVICE T gmm_transformed_diff(int cov, const T* __restrict__ a, const 
   return a[d] - b[d];
 }
 
+// log N(x | k) + log w_k for one point and one component. `a` is the
+// transformed point (x L_k for full, x L for tied, x itself for diag /
+// spherical), `p` the diagonal precision Cholesky of k (diag) or its scalar
+// (spherical, p[0]), `b` = mu_k L_k, `log_const` = log det L_k + log w_k -
+// 0.5 D log 2pi.
 template <typename T>
 DSCH_HOST_DEVICE T gmm_weighted_log_prob(int cov, const T* __restrict__ a, const T* __restrict__ p,
                                          const T* __restrict__ b, T log_const, int64_t dim) {
