@@ -266,13 +266,20 @@ def main():
     assert torch.cuda.is_available(), "gpu_report.py needs a CUDA device"
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, dsch_ext {dsch_ext.__version__}")
     check = not args.no_check
-    rows = hamming_rows(check) + gmm_rows(check) + center_rows(check) + kmeans_rows(check)
     header = ("op", "workload", "median ms", "rate", "% roofline", "equals CPU")
-    widths = [max(len(str(r[i])) if not isinstance(r[i], float) else 10 for r in rows + [header]) for i in range(6)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for r in rows:
-        cells = [f"{c:.3f}" if isinstance(c, float) else str(c) for c in r]
-        print(" | ".join(c.ljust(w) for c, w in zip(cells, widths)))
+    print_row(header)
+    # Each group's rows as soon as they are measured: a step time limit still leaves the rest.
+    for group in (hamming_rows, gmm_rows, center_rows, kmeans_rows):
+        for row in group(check):
+            print_row(row)
+
+
+WIDTHS = (34, 40, 10, 60, 10, 30)
+
+
+def print_row(row):
+    cells = [f"{c:.3f}" if isinstance(c, float) else str(c) for c in row]
+    print(" | ".join(c.ljust(w) for c, w in zip(cells, WIDTHS)), flush=True)
 
 
 if __name__ == "__main__":
