@@ -132,6 +132,27 @@ def test_results_command_writes_the_report(tmp_path):
     assert wrong.returncode != 0 and "seed 5, not 0" in wrong.stderr
 
 
+@pytest.mark.slow
+def test_results_on_a_larger_training_set_without_ablation_or_estep(tmp_path):
+    data = features_npz(tmp_path / "feats.npz")
+    args = TINY[: TINY.index("--query-per-class")] + ["--batch-size", "16", "--ablation-bits", "0",
+                                                       "--estep-iterations", "0", "--out", "res"]
+    result = run(tmp_path, "results", "--data", data, "--train-per-class", "20", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (tmp_path / "res" / "tables.md").read_text()
+    assert "80 training images (20 a class" in text and "| dsch |" in text
+    assert "Ablation" not in text and "E1" not in text
+    for run_dir in ("dsch-8", "contrastive-8", "itq-8"):
+        record = json.loads((tmp_path / "res" / run_dir / "record.json").read_text())
+        assert record["data"]["train"] == 80, run_dir
+    # Runs trained on another number of images are not mixed into the tables.
+    other = run(tmp_path, "results", "--data", data, "--train-per-class", "30", *args)
+    assert other.returncode == 2 and "trained on 80 images, not 120" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    negative = run(tmp_path, "results", "--data", data, "--ablation-bits", "-1", "--out", "res")
+    assert negative.returncode == 2 and "ablation_bits and estep_iterations must be >= 0" in negative.stderr
+
+
 def test_results_checks_its_optional_dependencies_before_training(tmp_path, monkeypatch, capsys):
     import importlib.util
 

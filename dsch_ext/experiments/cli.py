@@ -81,12 +81,16 @@ def _train_count(value: str):
     return count
 
 
-def _protocol_options(p):
-    p.add_argument("--query-per-class", type=int, default=100, dest="query_per_class",
-                   help="queries per class (default 100)")
+def _train_count_option(p):
     p.add_argument("--train-per-class", type=_train_count, default=500, dest="train_per_class",
                    help="training images per class, drawn from the database, or 'all': the whole database "
                         "(default 500)")
+
+
+def _protocol_options(p):
+    p.add_argument("--query-per-class", type=int, default=100, dest="query_per_class",
+                   help="queries per class (default 100)")
+    _train_count_option(p)
     p.add_argument("--split-seed", type=int, default=0, dest="split_seed",
                    help="seed of the query/database/training split (default 0)")
 
@@ -135,10 +139,11 @@ def _add_results(sub):
     p = sub.add_parser("results", help="every run the results report needs (long: DSCH, baselines, ablation, E-step)")
     _training_options(p, default_data="fashion-mnist")
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64], help="code lengths (default 16 32 64)")
+    _train_count_option(p)
     p.add_argument("--ablation-bits", type=int, default=32, dest="ablation_bits",
-                   help="code length of the ablation runs (default 32)")
+                   help="code length of the ablation runs (default 32; 0: no ablation)")
     p.add_argument("--estep-iterations", type=int, default=3, dest="estep_iterations",
-                   help="EM iterations of the E-step comparison with scikit-learn (default 3)")
+                   help="EM iterations of the E-step comparison with scikit-learn (default 3; 0: no comparison)")
     p.add_argument("--seeds", type=int, nargs="+",
                    help="training seeds (default: --seed); with several, the tables give mean ± sd and DSCH's "
                         "paired differences; the ablation and the E-step comparison use the first")

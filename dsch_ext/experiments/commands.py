@@ -191,7 +191,7 @@ def results_command(args):
     base = _config(args, 64)
     try:
         text = run_results(args.out, args.data, args.bits, args.ablation_bits, base,
-                           args.estep_iterations, seeds=args.seeds)
+                           args.estep_iterations, seeds=args.seeds, train_per_class=args.train_per_class)
     except (ImportError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     print(text)

@@ -63,14 +63,18 @@ def run_name(name: str, nbits: int, seed: int = 0) -> str:
 
 def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[int] = (16, 32, 64),
                 ablation_bits: int = 32, base: Optional[DSCHConfig] = None, estep_iterations: int = 3,
-                verbose: int = 1, seeds: Optional[Sequence[int]] = None) -> str:
+                verbose: int = 1, seeds: Optional[Sequence[int]] = None,
+                train_per_class: Optional[int] = 500) -> str:
     """Everything RESULTS.md reports, one run directory per (method, code length, seed) under
     ``out_dir``; a run whose ``record.json`` exists is reused, so the command can be stopped
     and started again. ``seeds`` (default: ``base.seed``) are training seeds (network
     initialisation, augmentations, validation split, the baselines' random projections and
     rotations); the retrieval split is always the protocol's (split seed 0). With several seeds
     the main table gives mean ± sd and a table of DSCH's paired differences seed by seed; the
-    ablation and the E-step comparison use the first seed. Writes the generated tables to
+    ablation and the E-step comparison use the first seed; ``ablation_bits=0`` leaves the
+    ablation out and ``estep_iterations=0`` the E-step comparison. ``train_per_class`` is the
+    protocol's training-set size (``None``: the whole database); a reused run must have been
+    trained on the same number of images. Writes the generated tables to
     ``out_dir/tables.md`` and the plot to ``out_dir/results.png`` (the hand-written analysis
     lives elsewhere and links them) and returns the tables' Markdown text."""
     check_dependencies()
@@ -78,8 +82,12 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
     seeds = list(seeds) if seeds else [base.seed]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
+    if ablation_bits < 0 or estep_iterations < 0:
+        raise ValueError(f"ablation_bits and estep_iterations must be >= 0 (0: left out), got {ablation_bits} and "
+                         f"{estep_iterations}")
     dataset = load_data(data_spec)
-    split = protocol_split(dataset)
+    split = protocol_split(dataset, train_per_class=train_per_class)
+    n_train = int(split.train.numel())
     os.makedirs(out_dir, exist_ok=True)
     records = []
 
@@ -92,6 +100,10 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
             if trained_with != seed:
                 raise ValueError(f"{path} holds a run with seed {trained_with}, not {seed}: move it away or use "
                                  "another --out")
+            trained_on = record.get("data", {}).get("train", n_train)
+            if trained_on != n_train:
+                raise ValueError(f"{path} holds a run trained on {trained_on:,} images, not {n_train:,}: move it "
+                                 "away or use another --out")
         else:
             if verbose:
                 print(f"=== {name}, {nbits} bits, seed {seed}", flush=True)
@@ -104,15 +116,15 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
     for seed in seeds:
         for nbits in bits:
             for name in ("lsh", "pcah", "itq"):
-                records.append(cached(name, nbits, seed, lambda d, n=name, b=nbits, s=seed: run_baseline(
-                    n, dataset, split, b, seed=s)))
+                records.append(cached(name, nbits, seed, lambda d, n=name, b=nbits, s=seed: dict(run_baseline(
+                    n, dataset, split, b, seed=s), data={"name": dataset.name, "train": n_train})))
             for name in ("contrastive", "dsch"):
                 cfg = dataclasses.replace(base, nbits=nbits, seed=seed, **RESULT_RUNS[name][0])
                 records.append(cached(name, nbits, seed, lambda d, c=cfg, n=name: train_dsch(
                     dataset, split, c, d, verbose=verbose, method=n)))
     first = seeds[0]
     ablations = []
-    for name in ("dsch", "no-cooccurrence", "no-fine", "no-coarse", "contrastive"):
+    for name in ("dsch", "no-cooccurrence", "no-fine", "no-coarse", "contrastive") if ablation_bits else ():
         cfg = dataclasses.replace(base, nbits=ablation_bits, seed=first, **RESULT_RUNS[name][0])
         ablations.append(cached(name, ablation_bits, first, lambda d, c=cfg, n=name: train_dsch(
             dataset, split, c, d, verbose=verbose, method=n)))
@@ -121,10 +133,10 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
     def e1(directory):
         net, _, _ = load_model(os.path.join(out_dir, run_name("dsch", e1_bits, first), "model.pt"))
         codes = net.codes(dataset.images[split.train])
-        return {"method": "estep", "nbits": e1_bits,
+        return {"method": "estep", "nbits": e1_bits, "data": {"name": dataset.name, "train": n_train},
                 **estep_comparison(codes, base.m1, base.m2, iterations=estep_iterations, seed=first)}
 
-    estep = cached("estep", e1_bits, first, e1)
+    estep = cached("estep", e1_bits, first, e1) if estep_iterations else None
     plot_results(records, os.path.join(out_dir, PLOT_FILE), f"{dataset.name}: {len(split.train)} training images")
     text = results_markdown(dataset, split, records, ablations, estep, dataclasses.replace(base, seed=first), seeds)
     atomic_write(os.path.join(out_dir, TABLES_FILE), lambda f: f.write(text.encode()))
@@ -194,26 +206,37 @@ def results_markdown(dataset, split, records, ablations, estep, base: DSCHConfig
                 if known:
                     lines.append(f"| {b} | {other} | " + " | ".join("" if d is None else f"{d:+.1f}" for d in diffs)
                                  + f" | **{sum(known) / len(known):+.1f}** |")
-    lines += ["", "![mAP@1000 vs code length and precision-recall curves](results.png)", "",
-              f"## Ablation ({ablations[0]['nbits']} bits" + (f", seed {seeds[0]})" if several else ")"), "",
-              "| run | mAP@1000 | mAP@5000 | train time (s) |",
-              "| --- | --- | --- | --- |"]
+    lines += ["", "![mAP@1000 vs code length and precision-recall curves](results.png)", ""]
+    if ablations:
+        lines += _ablation_lines(ablations, f", seed {seeds[0]}" if several else "")
+    if estep:
+        lines += _estep_lines(estep)
+    return "\n".join(lines)
+
+
+def _ablation_lines(ablations, seed_note: str):
+    lines = [f"## Ablation ({ablations[0]['nbits']} bits{seed_note})", "",
+             "| run | mAP@1000 | mAP@5000 | train time (s) |",
+             "| --- | --- | --- | --- |"]
     for r in ablations:
         lines.append(f"| {RESULT_RUNS[r['method']][1]} | {r['metrics']['mAP@1000']:.4f} | "
                      f"{r['metrics']['mAP@5000']:.4f} | {r['train_seconds']:.0f} |")
-    e = estep
-    lines += ["", f"## The E-step against scikit-learn (E1, {e['n']:,} codes of {e['nbits']} bits)", "",
-              f"GMM with {e['m1']} full-covariance components (k-means initialisation) and k-means with {e['m2']} "
-              f"clusters over its means, {e['iterations']} EM iterations on both sides (the reference runs up to 100 "
-              "a round; the time per round scales with them). Each library draws its own k-means initialisation, "
-              "so the lower bounds differ slightly:", "",
-              "| | seconds | lower bound |", "| --- | --- | --- |",
-              f"| dsch_ext (float64, sparse M-step) | {e['dsch_ext_seconds']:.2f} | {e['dsch_ext_lower_bound']:.4f} |",
-              f"| scikit-learn | {e['sklearn_seconds']:.2f} | {e['sklearn_lower_bound']:.4f} |",
-              f"| speed-up | **{e['speedup']:.1f}×** | |", ""]
+    return lines + [""]
+
+
+def _estep_lines(e):
+    lines = [f"## The E-step against scikit-learn (E1, {e['n']:,} codes of {e['nbits']} bits)", "",
+             f"GMM with {e['m1']} full-covariance components (k-means initialisation) and k-means with {e['m2']} "
+             f"clusters over its means, {e['iterations']} EM iterations on both sides (the reference runs up to 100 "
+             "a round; the time per round scales with them). Each library draws its own k-means initialisation, "
+             "so the lower bounds differ slightly:", "",
+             "| | seconds | lower bound |", "| --- | --- | --- |",
+             f"| dsch_ext (float64, sparse M-step) | {e['dsch_ext_seconds']:.2f} | {e['dsch_ext_lower_bound']:.4f} |",
+             f"| scikit-learn | {e['sklearn_seconds']:.2f} | {e['sklearn_lower_bound']:.4f} |",
+             f"| speed-up | **{e['speedup']:.1f}×** | |", ""]
     if "speedup_per_iteration" in e:
         lines += [f"Each further EM iteration (from runs of {e['iterations']} and {e['more_iterations']} iterations): "
                   f"dsch_ext {e['dsch_ext_seconds_per_iteration'] * 1e3:.0f} ms, scikit-learn "
                   f"{e['sklearn_seconds_per_iteration'] * 1e3:.0f} ms: **{e['speedup_per_iteration']:.1f}×**. A round "
                   "of many iterations (the first, or the reference's up to 100) approaches this ratio.", ""]
-    return "\n".join(lines)
+    return lines
