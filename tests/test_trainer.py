@@ -41,6 +41,21 @@ def test_trains_selects_and_encodes(tmp_path):
     assert score > 0.5  # 3 classes: random ranking gives ~0.33
 
 
+@pytest.mark.parametrize("content", [b"not a checkpoint", "tensor", "model-like dict"])
+def test_resume_from_an_unusable_checkpoint_is_one_clear_error(tmp_path, content):
+    images, labels = tiny_images(seed=1)
+    path = tmp_path / "ckpt.pt"
+    if content == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif content == "model-like dict":
+        torch.save({"format": "dsch_ext-model", "net": {}}, path)
+    else:
+        path.write_bytes(content)
+    trainer = DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=1), checkpoint=str(path), verbose=0)
+    with pytest.raises(ValueError, match="ckpt.pt is not a (readable training checkpoint|dsch_ext training checkpoint)"):
+        trainer.fit(images, labels, resume=True)
+
+
 def test_resume_continues_from_checkpoint(tmp_path):
     images, labels = tiny_images(seed=1)
     path = str(tmp_path / "ckpt.pt")

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._torch_file import read_torch_file
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG_NAMES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
@@ -124,11 +126,7 @@ def load_weights(model: nn.Module, name: str, path: str) -> None:
     torchvision's ``name``; every key and shape must match."""
     if not os.path.isfile(path):
         raise BackboneError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BackboneError(f"{path} is not a readable weights file: {reason}") from exc
+    state = read_torch_file(path, "weights file", BackboneError)
     if isinstance(state, dict) and not _is_state_dict(state):
         state = state.get("state_dict", state.get("model", state))
     if not _is_state_dict(state):

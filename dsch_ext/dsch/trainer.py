@@ -31,6 +31,7 @@ import torch
 
 from .._atomic import atomic_write
 from .._progress import progress_bar
+from .._torch_file import read_torch_file
 from ..distributed.batchnorm import convert_sync_batchnorm, gather_batch, revert_sync_batchnorm
 from ..distributed.comm import get_communicator
 from ..distributed.shard import shard_range
@@ -287,7 +288,11 @@ class DSCHTrainer:
 
     def _restore(self, run: "_Run", cfg: DSCHConfig) -> None:
         """Continue from the checkpoint: weights, optimiser, schedule, random state, best round."""
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        state = read_torch_file(self.checkpoint, "training checkpoint", map_location=self.device)
+        needed = ("config", "net", "optimizer", "scheduler", "generator", "round", "best_map", "best_net", "history")
+        if not isinstance(state, dict) or any(key not in state for key in needed):
+            raise ValueError(f"{self.checkpoint} is not a dsch_ext training checkpoint (a model.pt? --resume reads "
+                             "the checkpoint.pt that training writes)")
         if state["config"]["nbits"] != cfg.nbits:
             raise ValueError(f"checkpoint {self.checkpoint} is for {state['config']['nbits']}-bit codes, "
                              f"this run trains {cfg.nbits}-bit codes")

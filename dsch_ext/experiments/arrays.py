@@ -5,12 +5,8 @@ import os
 import numpy as np
 import torch
 
+from .._torch_file import first_line
 from .errors import CliError
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def load_array(path, what):
@@ -35,7 +31,7 @@ def load_array(path, what):
     except CliError:
         raise
     except Exception as exc:  # numpy / torch say what is wrong with the file
-        raise CliError(f"cannot read {what} file {path}: {_first_line(exc)}") from exc
+        raise CliError(f"cannot read {what} file {path}: {first_line(exc)}") from exc
     if isinstance(obj, dict):
         obj = obj.get("codes", next((v for v in obj.values() if isinstance(v, torch.Tensor)), None))
     if not isinstance(obj, torch.Tensor):

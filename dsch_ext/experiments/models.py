@@ -9,6 +9,7 @@ from typing import Dict, Optional
 import torch
 
 from .._atomic import atomic_write
+from .._torch_file import read_torch_file
 from ..dsch.backbones import TorchvisionBackbone
 from ..dsch.networks import HashNet, MLPBackbone, small_cnn_hash_net
 from ..dsch.trainer import DSCHConfig
@@ -64,11 +65,7 @@ def load_model(path: str, nbits: Optional[int] = None, device="cpu"):
         raise ValueError(f"model file {path} is a directory")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"{path} is not a readable dsch_ext model file: {reason}") from exc
+    state = read_torch_file(path, "dsch_ext model file")
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a dsch_ext model file (a training checkpoint? use the model.pt "
                          "that `dsch train` writes)")
