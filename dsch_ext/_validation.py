@@ -57,6 +57,17 @@ def positive_int(value, name: str) -> int:
     return int(value)
 
 
+def int_in_range(value, name: str, low: int, high: Optional[int] = None, valid: Optional[str] = None) -> int:
+    """An int in ``[low, high]`` (no upper bound when ``high`` is None; numpy integers
+    included); anything else is a ValueError naming the argument and ``valid`` (default: the
+    interval), never silently truncated."""
+    valid = valid or (f"in [{low}, {high}]" if high is not None else f">= {low}")
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low
+            or (high is not None and value > high)):
+        raise ValueError(f"{name} must be an int {valid}, got {value!r}")
+    return int(value)
+
+
 def _numeric_array(X, name: str) -> np.ndarray:
     """A numpy array of numbers from array-like input; object arrays of numbers become float64,
     anything else (strings, dicts, sparse matrices) is one error naming the argument."""

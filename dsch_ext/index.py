@@ -42,7 +42,7 @@ import torch
 
 from ._atomic import atomic_write
 from ._packed import packed_codes
-from ._validation import ArrayLike, positive_int
+from ._validation import ArrayLike, int_in_range, positive_int
 from .ops import hamming_range, hamming_topk
 
 MAGIC = b"DSCHBIX\x00"
@@ -112,7 +112,10 @@ class BinaryIndex:
     def ids(self) -> torch.Tensor:
         return self._ids
 
-    def _packed(self, codes: ArrayLike, name: str) -> torch.Tensor:
+    def pack(self, codes: ArrayLike, name: str = "codes") -> torch.Tensor:
+        """``codes`` (values ``[n, nbits]`` or packed bytes) as this index stores them: packed
+        ``uint8 [n, ceil(nbits / 8)]`` on its device, bits beyond ``nbits`` cleared; a wrong
+        shape or type is a ValueError naming ``name``."""
         packed = packed_codes(codes, name, self.nbits)
         packed = packed.to(self._device).contiguous()
         if self._tail_mask != 0xFF:
@@ -124,7 +127,7 @@ class BinaryIndex:
         """Add codes (``[n, nbits]`` values or ``uint8 [n, ceil(nbits/8)]`` packed). ``ids``:
         int64 ``[n]`` (unique, not already present); default: consecutive from the largest
         id so far + 1. Returns the ids added."""
-        packed = self._packed(codes, "codes")
+        packed = self.pack(codes, "codes")
         n = packed.shape[0]
         with self._lock:
             if ids is None:
@@ -174,9 +177,8 @@ class BinaryIndex:
         """Exact k nearest codes: ``(distances int32 [nq, k], ids int64 [nq, k])`` sorted by
         distance, ties by insertion order (lower position first), on the index's device."""
         codes, ids = self._snapshot()
-        q = self._packed(queries, "queries")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= codes.shape[0]:
-            raise ValueError(f"k must be an int in [1, ntotal] = [1, {codes.shape[0]}], got {k!r}")
+        q = self.pack(queries, "queries")
+        k = int_in_range(k, "k", 1, codes.shape[0], f"in [1, ntotal] = [1, {codes.shape[0]}]")
         out_d, out_i = [], []
         for start in range(0, max(q.shape[0], 1), self.query_chunk):
             chunk = q[start : start + self.query_chunk]
@@ -192,9 +194,8 @@ class BinaryIndex:
         query i are ``[lims[i], lims[i + 1])``, ordered by position in the index. One
         :func:`~dsch_ext.hamming_range` call per chunk of ``query_chunk`` queries."""
         codes, ids = self._snapshot()
-        q = self._packed(queries, "queries")
-        if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
-            raise ValueError(f"radius must be an int >= 0, got {radius!r}")
+        q = self.pack(queries, "queries")
+        radius = int_in_range(radius, "radius", 0)
         lims, dists, found = [torch.zeros(1, dtype=torch.int64, device=codes.device)], [], []
         for start in range(0, q.shape[0], self.query_chunk):
             chunk_lims, dist, pos = hamming_range(q[start : start + self.query_chunk], codes, int(radius), exclusive)

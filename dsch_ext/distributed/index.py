@@ -50,7 +50,7 @@ class ShardedBinaryIndex:
         each rank only). Returns this rank's new ids."""
         error, new_ids = None, None
         try:
-            packed = self.local._packed(codes, "codes")
+            packed = self.local.pack(codes, "codes")
         except (TypeError, ValueError) as exc:
             error, packed = exc, None
         _agree(self.comm, error, "ShardedBinaryIndex.add (codes)")
@@ -87,7 +87,7 @@ class ShardedBinaryIndex:
         Traffic per search: ``world_size x all queries x k x 12`` bytes per rank."""
         error = None
         try:
-            q = self.local._packed(queries, "queries")
+            q = self.local.pack(queries, "queries")
         except (TypeError, ValueError) as exc:
             error, q = exc, None
         _agree(self.comm, error, "ShardedBinaryIndex.search (queries)")
@@ -128,7 +128,7 @@ class ShardedBinaryIndex:
         rank receives all ranks' hits (16 bytes each) for all queries."""
         error = None
         try:
-            q = self.local._packed(queries, "queries")
+            q = self.local.pack(queries, "queries")
             if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
                 raise ValueError(f"radius must be an int >= 0, got {radius!r}")
         except (TypeError, ValueError) as exc:
