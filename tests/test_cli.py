@@ -149,6 +149,13 @@ def test_results_on_a_larger_training_set_without_ablation_or_estep(tmp_path):
     other = run(tmp_path, "results", "--data", data, "--train-per-class", "30", *args)
     assert other.returncode == 2 and "trained on 80 images, not 120" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
+    # ... nor are runs trained with other settings.
+    path = tmp_path / "res" / "dsch-8" / "record.json"
+    record = json.loads(path.read_text())
+    record["config"]["epochs_per_round"] = 3
+    path.write_text(json.dumps(record))
+    changed = run(tmp_path, "results", "--data", data, "--train-per-class", "20", *args)
+    assert changed.returncode == 2 and "epochs_per_round=3 (this call: 1)" in changed.stderr, changed.stderr
     negative = run(tmp_path, "results", "--data", data, "--ablation-bits", "-1", "--out", "res")
     assert negative.returncode == 2 and "ablation_bits and estep_iterations must be >= 0" in negative.stderr
 

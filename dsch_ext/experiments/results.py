@@ -91,19 +91,12 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
     os.makedirs(out_dir, exist_ok=True)
     records = []
 
-    def cached(name, nbits, seed, make):
+    def cached(name, nbits, seed, make, config=None):
         path = os.path.join(out_dir, run_name(name, nbits, seed), "record.json")
         if os.path.exists(path):
             with open(path) as f:
                 record = json.load(f)
-            trained_with = record.get("seed", record.get("config", {}).get("seed", seed))
-            if trained_with != seed:
-                raise ValueError(f"{path} holds a run with seed {trained_with}, not {seed}: move it away or use "
-                                 "another --out")
-            trained_on = record.get("data", {}).get("train", n_train)
-            if trained_on != n_train:
-                raise ValueError(f"{path} holds a run trained on {trained_on:,} images, not {n_train:,}: move it "
-                                 "away or use another --out")
+            _check_reused(path, record, seed, n_train, config)
         else:
             if verbose:
                 print(f"=== {name}, {nbits} bits, seed {seed}", flush=True)
@@ -121,13 +114,13 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
             for name in ("contrastive", "dsch"):
                 cfg = dataclasses.replace(base, nbits=nbits, seed=seed, **RESULT_RUNS[name][0])
                 records.append(cached(name, nbits, seed, lambda d, c=cfg, n=name: train_dsch(
-                    dataset, split, c, d, verbose=verbose, method=n)))
+                    dataset, split, c, d, verbose=verbose, method=n), cfg))
     first = seeds[0]
     ablations = []
     for name in ("dsch", "no-cooccurrence", "no-fine", "no-coarse", "contrastive") if ablation_bits else ():
         cfg = dataclasses.replace(base, nbits=ablation_bits, seed=first, **RESULT_RUNS[name][0])
         ablations.append(cached(name, ablation_bits, first, lambda d, c=cfg, n=name: train_dsch(
-            dataset, split, c, d, verbose=verbose, method=n)))
+            dataset, split, c, d, verbose=verbose, method=n), cfg))
     e1_bits = max(bits)
 
     def e1(directory):
@@ -141,6 +134,31 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
     text = results_markdown(dataset, split, records, ablations, estep, dataclasses.replace(base, seed=first), seeds)
     atomic_write(os.path.join(out_dir, TABLES_FILE), lambda f: f.write(text.encode()))
     return text
+
+
+EXECUTION_ONLY = ("mstep_threads",)  # settings that change how fast a run trains, not what it learns
+
+
+def _check_reused(path: str, record: dict, seed: int, n_train: int, config: Optional[DSCHConfig]) -> None:
+    """A finished run is reused only if it is the run this call would train: same seed, same
+    number of training images and (training runs) the same settings; else a ValueError
+    naming the file and the first differences."""
+    trained_with = record.get("seed", record.get("config", {}).get("seed", seed))
+    if trained_with != seed:
+        raise ValueError(f"{path} holds a run with seed {trained_with}, not {seed}: move it away or use another --out")
+    trained_on = record.get("data", {}).get("train", n_train)
+    if trained_on != n_train:
+        raise ValueError(f"{path} holds a run trained on {trained_on:,} images, not {n_train:,}: move it away or "
+                         "use another --out")
+    if config is None:
+        return
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
+    used = record.get("config", {})
+    differ = [f"{key}={used.get(key)!r} (this call: {value!r})" for key, value in wanted.items()
+              if key not in EXECUTION_ONLY and used.get(key) != value]
+    if differ:
+        raise ValueError(f"{path} was trained with other settings: {', '.join(differ[:3])}; pass the same options "
+                         "or use another --out")
 
 
 def results_markdown(dataset, split, records, ablations, estep, base: DSCHConfig,
