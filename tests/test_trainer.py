@@ -79,6 +79,18 @@ def test_resume_continues_from_checkpoint(tmp_path):
         wrong.fit(images, labels, resume=True)
 
 
+def test_progress_lines_give_the_time_left(capsys):
+    images, labels = tiny_images(seed=2)
+    torch.manual_seed(0)
+    DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=3), verbose=1).fit(images, labels)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round ")]
+    assert len(lines) == 3
+    # From the first round alone (k-means start, many EM iterations) the estimate is a bound.
+    assert ", at most about " in lines[0] and lines[0].endswith(" left")
+    assert ", about " in lines[1] and "at most" not in lines[1] and lines[1].endswith(" left")
+    assert "left" not in lines[2]
+
+
 def test_baseline_mode_has_no_component_terms():
     images, labels = tiny_images(n=120, seed=2)
     torch.manual_seed(0)

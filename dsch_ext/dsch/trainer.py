@@ -375,13 +375,26 @@ class DSCHTrainer:
         estep_note = (f"m1={record.m1}, m2={record.m2}, {record.gmm_iterations} EM iterations" if uses_components
                       else "codes only: no loss term uses components")
         val = f", val mAP@{cfg.val_map_k} {record.val_map:.4f}" if record.val_map is not None else ""
-        done = record.round + 1 - run.start_round
-        left = (time.perf_counter() - run.started) / done * (cfg.rounds - record.round - 1)
-        eta = f", about {_duration(left)} left" if record.round + 1 < cfg.rounds else ""
+        eta = self._time_left(run, cfg.rounds - record.round - 1)
         print(f"round {record.round + 1}/{cfg.rounds}: loss {record.loss:.4f} (ic {record.parts['ic']:.4f}, "
               f"ccf {record.parts['ccf']:.4f}, ccc {record.parts['ccc']:.4f}), E-step {record.estep_seconds:.1f} s "
               f"({estep_note}), M-step {record.mstep_seconds:.1f} s on {record.mstep_threads} thread(s){val}{eta}",
               flush=True)
+
+    def _time_left(self, run: "_Run", remaining: int) -> str:
+        """", about 12 min left": the remaining rounds at the pace of this call's rounds after
+        the first (the first round's E-step starts the mixture from k-means and runs many more
+        EM iterations than the warm-started later ones, so from it alone the estimate is an
+        upper bound), scaled up by the time spent outside the E- and M-steps (validation)."""
+        if remaining <= 0:
+            return ""
+        done = [r for r in self.history.rounds if r.round >= run.start_round]
+        later = [r for r in done if r.round > 0] or done
+        per_round = sum(r.estep_seconds + r.mstep_seconds for r in later) / len(later)
+        steps = sum(r.estep_seconds + r.mstep_seconds for r in done)
+        overhead = (time.perf_counter() - run.started) / steps if steps > 0 else 1.0
+        bound = "at most " if later is done and done[0].round == 0 else ""
+        return f", {bound}about {_duration(per_round * overhead * remaining)} left"
 
     def _save_checkpoint(self, run: "_Run", rnd: int) -> None:
         checkpoint = {
