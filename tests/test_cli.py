@@ -66,6 +66,16 @@ def test_train_encode_eval_round_trip(tmp_path):
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert {r["method"] for r in report["records"]} == {"dsch", "itq", "lsh"}
     assert (tmp_path / "ev" / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = run(tmp_path, "components", "--model", "run/model.pt", "--data", data, "--query-per-class", "5",
+                 "--train-per-class", "30", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout[result.stdout.index("{"):])
+    assert stats["points"] == 120 and stats["m1"] == 8 and 0 < stats["purity"] <= 1
+    assert stats["cooccurring_pairs_per_batch"] >= 0 and stats["batch_size"] == 16
+    # A feature model cannot encode images: one line, before any work.
+    result = run(tmp_path, "components", "--model", "run/model.pt", "--data", "embedded")
+    assert result.returncode == 2 and "takes 16 features" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -64,6 +64,8 @@ CASES = {
     "encode out is a dir": (["encode", "--model", "{d}/garbage.npy", "--out", "{d}/adir"], "not a readable"),
     "eval model garbage": (["eval", "--model", "{d}/garbage.npy"], "not a readable dsch_ext model file"),
     "eval model a dir": (["eval", "--model", "{d}/adir"], "is a directory"),
+    "components model garbage": (["components", "--model", "{d}/garbage.npy"], "not a readable dsch_ext model file"),
+    "components model a dir": (["components", "--model", "{d}/adir"], "is a directory"),
     "train NaN images": (["train", "--data", "{d}/nanimages.npz", "--out", "{d}/run"], "nanimages.npz: features contain NaN"),
     "demo k too large": (["search-demo", "-k", "500", "--database", "100"], "-k must be in [1, --database]"),
     "demo no queries": (["search-demo", "--queries", "0"], "--queries must be >= 1"),

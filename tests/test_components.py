@@ -66,3 +66,34 @@ def test_responsibility_table_rows_equal_assign(normalize):
         table.rows(torch.tensor([301]))
     with pytest.raises(ValueError, match=r"idx must be a 1-D tensor"):
         table.rows(torch.zeros(2, 2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_component_statistics_match_dense_reference(seed):
+    H, groups = clustered_codes(n=301, seed=seed)  # odd size
+    labels = groups % 3  # several groups a class: impure components exist
+    comp = components.fit_components(H, m1=20, m2=5, covariance_type="diag", max_iter=20, random_state=seed)
+    stats = components.component_statistics(comp, labels, batch_size=15)
+    p1 = comp.p1.double()
+    s = p1 @ p1.T
+    off = ~torch.eye(301, dtype=torch.bool)
+    assert stats["cooccurring_pairs_per_batch"] == pytest.approx(105 * s[off].mean().item(), rel=1e-9)
+    same = labels[:, None] == labels[None, :]
+    assert stats["same_class_share"] == pytest.approx((s[off & same].sum() / s[off].sum()).item(), rel=1e-9)
+    best = p1.argmax(1)
+    sizes = torch.bincount(best, minlength=comp.m1)
+    assert stats["median_component_size"] == sizes.double().median().item()
+    majority = sum(torch.bincount(labels[best == k]).max().item() for k in best.unique().tolist())
+    assert stats["purity"] == pytest.approx(majority / 301)
+    top = p1.max(1).values
+    assert stats["one_hot_rows"] == pytest.approx((top >= 0.99 * p1.norm(dim=1)).double().mean().item())
+    assert stats["points_per_component"] == pytest.approx(301 / comp.m1)
+
+
+def test_component_statistics_of_one_component_and_no_labels():
+    H, _ = clustered_codes(n=40)
+    comp = components.fit_components(H, m1=1, m2=1, max_iter=5)
+    stats = components.component_statistics(comp, batch_size=4)
+    # One component: every pair co-occurs fully (normalised rows), so a batch of 4 has 6 pairs.
+    assert stats["cooccurring_pairs_per_batch"] == pytest.approx(6.0)
+    assert stats["one_hot_rows"] == 1.0 and "purity" not in stats

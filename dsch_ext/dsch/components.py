@@ -25,6 +25,7 @@ of 15 cost more than the network's own step at 64 bits (53 ms against 32 ms on o
 """
 import warnings
 from dataclasses import dataclass
+from typing import Dict, Optional
 
 import torch
 
@@ -144,3 +145,44 @@ def fit_components(codes: torch.Tensor, m1: int = 1000, m2: int = 100, covarianc
         m1=m1, m2=m2, gmm_lower_bound=float(gmm.lower_bound_), gmm_iterations=int(gmm.n_iter_),
         normalize_p1=normalize_p1, codes=codes,
     )
+
+
+def component_statistics(components: Components, labels: Optional[torch.Tensor] = None,
+                         batch_size: int = 15, threshold: float = 0.0) -> Dict[str, float]:
+    """How much the fitted components can tell the M-step, from P1 of the codes they were
+    fitted on: ``points_per_component`` (N / m1), ``median_component_size`` (points whose most
+    likely component it is; empty ones counted), ``one_hot_rows`` (fraction of P1 rows whose
+    largest entry is >= 0.99 of the row's norm), ``cooccurring_pairs_per_batch`` (the expected
+    off-diagonal mass of ``S = P1 P1^T`` over the pairs of a random batch of ``batch_size``:
+    with none, L_ic is plain NT-Xent) and, given single-class ``labels``, ``purity`` (share of
+    points in their component's majority class) and ``same_class_share`` of that S mass."""
+    table = components.table(components.codes, threshold=threshold)
+    n, m1 = components.codes.shape[0], components.m1
+    row = torch.repeat_interleave(torch.arange(n, device=table.crow.device), table.crow.diff())
+    val = table.val.double()
+    norms = torch.zeros(n, dtype=torch.float64, device=val.device).index_add_(0, row, val * val).sqrt()
+    best = torch.full((n,), -1.0, dtype=torch.float64, device=val.device).scatter_reduce_(0, row, val, "amax")
+    is_best = val == best[row]
+    best_col = torch.full((n,), m1 - 1, dtype=torch.int64, device=val.device).scatter_reduce_(
+        0, row[is_best], table.col[is_best], "amin")  # the most likely component; ties: the lower one
+    sizes = torch.bincount(best_col, minlength=m1)
+
+    def off_diagonal_mass(rows_mask):
+        sums = torch.zeros(m1, dtype=torch.float64, device=val.device).index_add_(
+            0, table.col[rows_mask[row]], val[rows_mask[row]])
+        return float((sums * sums).sum() - (norms[rows_mask] ** 2).sum())
+
+    pairs = n * (n - 1)
+    total = off_diagonal_mass(torch.ones(n, dtype=torch.bool, device=val.device))
+    stats = {"points": n, "m1": m1, "m2": components.m2, "points_per_component": n / m1,
+             "median_component_size": float(sizes.double().median()),
+             "one_hot_rows": float((best >= 0.99 * norms).double().mean()),
+             "cooccurring_pairs_per_batch": batch_size * (batch_size - 1) / 2 * (total / pairs if pairs else 0.0)}
+    if labels is not None and labels.dim() == 1:
+        labels = labels.to(val.device)
+        joint = torch.zeros((m1, int(labels.max()) + 1), dtype=torch.float64, device=val.device)
+        joint.index_put_((best_col, labels), torch.ones(n, dtype=torch.float64, device=val.device), accumulate=True)
+        stats["purity"] = float(joint.max(1).values.sum() / n)
+        same = sum(off_diagonal_mass(labels == c) for c in torch.unique(labels).tolist())
+        stats["same_class_share"] = same / total if total > 0 else float("nan")
+    return stats

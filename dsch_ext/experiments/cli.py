@@ -176,6 +176,17 @@ def _add_eval(sub):
     p.set_defaults(func=commands.eval_command)
 
 
+def _add_components(sub):
+    p = sub.add_parser("components", help="what a trained model's semantic components tell the M-step: images per "
+                                          "component, purity, co-occurring pairs per batch")
+    p.add_argument("--model", required=True, help="a model.pt written by dsch train")
+    p.add_argument("--data", default="embedded", help=f"{DATA_HELP} (default: embedded)")
+    _protocol_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the mixture's k-means start (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=commands.components_command)
+
+
 def _add_search_demo(sub):
     p = sub.add_parser("search-demo", help="pack and search random binary codes, check against brute force")
     p.add_argument("--database", type=int, default=200_000, help="database size (default 200000)")
@@ -221,8 +232,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser():
     parser = _Parser(prog="dsch", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_results, _add_encode, _add_eval, _add_search_demo, _add_index,
-                _add_search):
+    for add in (_add_demo, _add_train, _add_results, _add_encode, _add_eval, _add_components, _add_search_demo,
+                _add_index, _add_search):
         add(sub)
     sub.add_parser("info", help="print how dsch_ext was built").set_defaults(func=commands.info_command)
     return parser

@@ -14,6 +14,7 @@ from .._atomic import atomic_write
 from ..distributed.comm import LocalCommunicator
 from ..dsch.augment import AugmentConfig
 from ..dsch.backbones import BackboneError, TorchvisionBackbone
+from ..dsch.components import component_statistics, fit_components
 from ..dsch.trainer import DSCHConfig
 from . import data
 from .arrays import load_array, load_codes
@@ -134,14 +135,26 @@ def _model(path, device="cpu"):
         raise CliError(str(exc)) from exc
 
 
+def _model_for(path, dataset, data_spec, device="cpu"):
+    """A model file that can encode ``dataset``: (net, config, architecture)."""
+    net, config, arch = _model(path, device)
+    if arch["kind"] in ("small_cnn", "torchvision") and dataset.images.dim() != 4:
+        raise CliError(f"{path} is an image model but {data_spec} holds features of shape "
+                       f"{tuple(dataset.images.shape)}")
+    if arch["kind"] == "small_cnn" and dataset.images.shape[1] != arch["in_channels"]:
+        raise CliError(f"{path} takes images of {arch['in_channels']} channel(s) but {data_spec} holds images of "
+                       f"shape {tuple(dataset.images.shape[1:])}")
+    if arch["kind"] == "mlp" and dataset.images[0].numel() != arch["in_dim"]:
+        raise CliError(f"{path} takes {arch['in_dim']} features but {data_spec} holds items of shape "
+                       f"{tuple(dataset.images.shape[1:])}")
+    return net, config, arch
+
+
 def encode_command(args):
     args.device = check_device(args.device)
-    net, _, _ = _model(args.model, args.device)
     dataset = _data(args.data)
-    images = dataset.images
-    if net.backbone.__class__.__name__ == "SmallCNN" and images.dim() != 4:
-        raise CliError(f"{args.model} is an image model but {args.data} holds features of shape {tuple(images.shape)}")
-    codes = encode(net, images.to(args.device)).cpu()
+    net, _, _ = _model_for(args.model, dataset, args.data, args.device)
+    codes = encode(net, dataset.images.to(args.device)).cpu()
     if args.out.endswith(".npy"):
         _save("codes file", args.out, lambda p: atomic_write(p, lambda f: np.save(f, codes.numpy())))
     else:
@@ -158,7 +171,7 @@ def eval_command(args):
     split = protocol_split(dataset, args.query_per_class, args.train_per_class, args.split_seed)
     records = []
     for path in args.model or []:
-        net, config, _ = _model(path, args.device)
+        net, config, _ = _model_for(path, dataset, args.data, args.device)
         q = encode(net, dataset.images[split.query].to(args.device))
         db = encode(net, dataset.images[split.database].to(args.device))
         record = evaluate_codes(q, db, dataset.labels[split.query], dataset.labels[split.database])
@@ -175,6 +188,26 @@ def eval_command(args):
         write_json(os.path.join(args.out, "eval.json"), {"data": dataset.name, "records": records})
         print(f"wrote {args.out}/eval.json")
         _plot(records, os.path.join(args.out, "eval.png"), dataset.name)
+    return 0
+
+
+def components_command(args):
+    dataset = _data(args.data)
+    net, config, _ = _model_for(args.model, dataset, args.data)
+    cfg = DSCHConfig(**config)
+    split = protocol_split(dataset, args.query_per_class, args.train_per_class, args.split_seed)
+    codes = net.codes(dataset.images[split.train]).double()
+    print(f"{args.model}: {cfg.nbits}-bit codes of {codes.shape[0]:,} training images; fitting the E-step "
+          f"(m1={cfg.m1}, m2={cfg.m2}, {cfg.covariance_type} covariance)", flush=True)
+    comp = fit_components(codes, cfg.m1, cfg.m2, cfg.covariance_type, cfg.gmm_max_iter,
+                          normalize_p1=cfg.normalize_p1, resp_threshold=cfg.resp_threshold, random_state=args.seed)
+    stats = component_statistics(comp, dataset.labels[split.train], cfg.batch_size, cfg.resp_threshold)
+    stats.update(model=args.model, data=dataset.name, batch_size=cfg.batch_size, gmm_iterations=comp.gmm_iterations)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        for key, value in stats.items():
+            print(f"{key:>28}  {value:.4g}" if isinstance(value, float) else f"{key:>28}  {value}")
     return 0
 
 
