@@ -66,6 +66,10 @@ def test_resume_continues_from_checkpoint(tmp_path):
     second = DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=2), checkpoint=path, verbose=0)
     history = second.fit(images, labels, resume=True)
     assert [r.round for r in history.rounds] == [0, 1]
+    # The resumed run's time counts its first round, done by the first trainer.
+    assert all(r.seconds > 0 for r in history.rounds)
+    assert second.train_seconds >= sum(r.seconds for r in history.rounds)
+    assert history.rounds[0].seconds == first.history.rounds[0].seconds
     # One round, then a resumed round, is two rounds straight through: same weights, same history.
     torch.manual_seed(0)
     straight = DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=2), verbose=0)

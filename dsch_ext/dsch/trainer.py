@@ -119,6 +119,7 @@ class RoundRecord:
     gmm_iterations: Optional[int] = None
     gmm_lower_bound: Optional[float] = None
     mstep_threads: Optional[int] = None
+    seconds: float = 0.0  # wall clock of the whole round: E-step, M-step, validation
 
 
 @dataclass
@@ -206,6 +207,7 @@ class DSCHTrainer:
         self.checkpoint = checkpoint
         self.verbose = verbose
         self.history = History()
+        self.train_seconds = 0.0  # of the last fit, a resumed run's earlier rounds included
         self.distributed = distributed
         self.process_group = process_group
 
@@ -266,6 +268,7 @@ class DSCHTrainer:
                                  mstep_threads=run.mstep_threads)
             if run.val_idx is not None:
                 self._select(record, run, images, labels, comm)
+            record.seconds = time.perf_counter() - t0
             self.history.rounds.append(record)
             if self.verbose and comm.rank == 0:
                 self._report(record, cfg, run, uses_components=not isinstance(comp, _NoComponents))
@@ -274,6 +277,8 @@ class DSCHTrainer:
             comm.barrier()  # the checkpoint is complete before any rank goes on
         if run.best_state is not None:
             self.net.load_state_dict(run.best_state)
+        earlier = sum(r.seconds for r in self.history.rounds if r.round < run.start_round)
+        self.train_seconds = earlier + time.perf_counter() - run.started  # a resumed run counts its earlier rounds
         return self.history
 
     def _start(self, n: int, labels, cfg: DSCHConfig) -> "_Run":
@@ -384,17 +389,14 @@ class DSCHTrainer:
     def _time_left(self, run: "_Run", remaining: int) -> str:
         """", about 12 min left": the remaining rounds at the pace of this call's rounds after
         the first (the first round's E-step starts the mixture from k-means and runs many more
-        EM iterations than the warm-started later ones, so from it alone the estimate is an
-        upper bound), scaled up by the time spent outside the E- and M-steps (validation)."""
+        EM iterations than the later ones, so from it alone the estimate is an upper bound)."""
         if remaining <= 0:
             return ""
         done = [r for r in self.history.rounds if r.round >= run.start_round]
         later = [r for r in done if r.round > 0] or done
-        per_round = sum(r.estep_seconds + r.mstep_seconds for r in later) / len(later)
-        steps = sum(r.estep_seconds + r.mstep_seconds for r in done)
-        overhead = (time.perf_counter() - run.started) / steps if steps > 0 else 1.0
+        per_round = sum(r.seconds for r in later) / len(later)
         bound = "at most " if later is done and done[0].round == 0 else ""
-        return f", {bound}about {_duration(per_round * overhead * remaining)} left"
+        return f", {bound}about {_duration(per_round * remaining)} left"
 
     def _save_checkpoint(self, run: "_Run", rnd: int) -> None:
         checkpoint = {

@@ -37,16 +37,14 @@ def train_dsch(dataset: data.Dataset, split: data.RetrievalSplit, config: DSCHCo
         os.makedirs(out_dir, exist_ok=True)
     comm.barrier()
     trainer = DSCHTrainer(net, config, device=device, checkpoint=checkpoint, verbose=verbose, distributed=distributed)
-    t0 = time.perf_counter()
     history = trainer.fit(dataset.images[split.train], dataset.labels[split.train], resume=resume)
-    t_train = time.perf_counter() - t0
     record = {
         "method": method or ("contrastive" if config.baseline else "dsch"), "nbits": config.nbits, "seed": config.seed,
         "config": dataclasses.asdict(config), "data": {"name": dataset.name, "items": len(dataset),
                                                        "train": int(split.train.numel()),
                                                        "query": int(split.query.numel()),
                                                        "database": int(split.database.numel())},
-        "ranks": comm.world_size, "train_seconds": t_train,
+        "ranks": comm.world_size, "train_seconds": trainer.train_seconds,
         "architecture": architecture(dataset, width, 512, backbone),
         "weights": (backbone or {}).get("weights"),
         "estep_seconds": sum(r.estep_seconds for r in history.rounds),
