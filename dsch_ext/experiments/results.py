@@ -136,6 +136,14 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
     return text
 
 
+def _threads(records) -> str:
+    """"2 threads", or what the training runs' M-steps recorded when that differs."""
+    used = sorted({r.get("mstep_threads") for rec in records for r in rec.get("history", {}).get("rounds", [])
+                   if r.get("mstep_threads")})
+    counts = used or [torch.get_num_threads()]
+    return f"{' / '.join(map(str, counts))} thread{'s' if counts != [1] else ''}" + (" (training runs)" if used else "")
+
+
 EXECUTION_ONLY = ("mstep_threads",)  # settings that change how fast a run trains, not what it learns
 
 
@@ -175,7 +183,7 @@ def results_markdown(dataset, split, records, ablations, estep, base: DSCHConfig
         f"({split.query.numel() // n_classes} a class), database the other {split.database.numel():,}, "
         f"{split.train.numel():,} training images ({split.train.numel() // n_classes} a class, from the database), "
         "split seed 0. Relevant = same class; ranking by `hamming_topk` (ties: lower database index). Machine: "
-        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Produced by "
+        f"{platform.machine()}, {_threads(records)}, torch {torch.__version__}. Produced by "
         "`dsch results`.",
         "",
         "Training settings (all DSCH runs): " + ", ".join(
