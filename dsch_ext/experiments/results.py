@@ -181,7 +181,7 @@ def results_markdown(dataset, split, records, ablations, estep, base: DSCHConfig
         "",
         f"Data: {dataset.name}, {len(dataset):,} images; the protocol of docs/protocol.md: {split.query.numel():,} queries "
         f"({split.query.numel() // n_classes} a class), database the other {split.database.numel():,}, "
-        f"{split.train.numel():,} training images ({split.train.numel() // n_classes} a class, from the database), "
+        f"{split.train.numel():,} training images ({split.train.numel() // n_classes:,} a class, from the database), "
         "split seed 0. Relevant = same class; ranking by `hamming_topk` (ties: lower database index). Machine: "
         f"{platform.machine()}, {_threads(records)}, torch {torch.__version__}. Produced by "
         "`dsch results`.",
