@@ -128,16 +128,12 @@ def _save(what, path, write):
         raise CliError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
 
 
-def _model(path, device="cpu"):
-    try:
-        return load_model(path, device=device)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CliError(str(exc)) from exc
-
-
 def _model_for(path, dataset, data_spec, device="cpu"):
     """A model file that can encode ``dataset``: (net, config, architecture)."""
-    net, config, arch = _model(path, device)
+    try:
+        net, config, arch = load_model(path, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
     if arch["kind"] in ("small_cnn", "torchvision") and dataset.images.dim() != 4:
         raise CliError(f"{path} is an image model but {data_spec} holds features of shape "
                        f"{tuple(dataset.images.shape)}")
