@@ -170,20 +170,52 @@ def mstep_thread_count(requested: int = 0) -> int:
     wait for a busy core stall every step: on a 2-core machine an idle core gives 33 steps/s
     on 2 threads against 19 on one, but with the other core busy 2 threads give 11 against 22,
     and at a load of 4 one step a second against 22. ``requested > 0`` is used as is; 0 (the
-    default) takes torch's thread count less the cores the load average says are busy, at
-    least 1, decided once when ``fit`` starts (the count changes the order of floating-point
-    sums, so it is recorded in every round's record to reproduce a run)."""
+    default) takes torch's thread count less the cores other processes keep busy
+    (``busy_cores``), at least 1, decided once when ``fit`` starts (the count changes the order
+    of floating-point sums, so it is recorded in every round's record to reproduce a run)."""
     if requested > 0:
         return int(requested)
+    cores = _usable_cores()
+    return max(1, min(torch.get_num_threads(), len(cores) - int(round(busy_cores(cores)))))
+
+
+def _usable_cores() -> List[int]:
     try:
-        cores = len(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+        return list(range(os.cpu_count() or 1))
+
+
+def busy_cores(cores: List[int], window: float = 0.3) -> float:
+    """How many of ``cores`` other processes keep busy now: the busy share of each core in
+    ``/proc/stat`` over ``window`` seconds, less this process's own CPU time. Where
+    ``/proc/stat`` cannot be read, the 1-minute load average, which lags: a run started just
+    after another one ended would still count that one."""
+    first = _cpu_ticks(cores)
+    own = sum(os.times()[:2])
+    time.sleep(window)
+    second = _cpu_ticks(cores)
+    if first is None or second is None:
+        try:
+            return float(os.getloadavg()[0])
+        except OSError:
+            return 0.0
+    busy = sum((b[0] - a[0]) / max(b[1] - a[1], 1) for a, b in zip(first, second))
+    return max(0.0, busy - (sum(os.times()[:2]) - own) / window)
+
+
+def _cpu_ticks(cores: List[int]):
+    """(busy, total) clock ticks of each of ``cores`` from /proc/stat, or None."""
     try:
-        busy = int(round(os.getloadavg()[0]))
+        with open("/proc/stat") as f:
+            lines = [line.split() for line in f if line.startswith("cpu") and line[3].isdigit()]
     except OSError:
-        busy = 0
-    return max(1, min(torch.get_num_threads(), cores - busy))
+        return None
+    ticks = {int(parts[0][3:]): [int(v) for v in parts[1:9]] for parts in lines}
+    if any(c not in ticks for c in cores):
+        return None
+    # user nice system idle iowait irq softirq steal: idle and iowait are not busy
+    return [(sum(t) - t[3] - t[4], sum(t)) for t in (ticks[c] for c in cores)]
 
 
 def _duration(seconds: float) -> str:

@@ -65,7 +65,7 @@ def _training_options(p, default_data="embedded"):
     p.add_argument("--jitter", type=float, help="brightness and contrast jitter, 1 +- this (natural: 0.3)")
     p.add_argument("--erase-p", type=float, dest="erase_p", help="random erasing probability (natural: 0.25)")
     p.add_argument("--mstep-threads", type=int, dest="mstep_threads",
-                   help="CPU threads of the M-step (default 0: the cores the load average leaves free)")
+                   help="CPU threads of the M-step (default 0: the cores other processes leave free when training starts)")
 
 
 def _train_count(value: str):
