@@ -192,9 +192,10 @@ def busy_cores(cores: List[int], window: float = 0.3) -> float:
     ``/proc/stat`` cannot be read, the 1-minute load average, which lags: a run started just
     after another one ended would still count that one."""
     first = _cpu_ticks(cores)
-    own = sum(os.times()[:2])
-    time.sleep(window)
-    second = _cpu_ticks(cores)
+    if first is not None:
+        own = sum(os.times()[:2])
+        time.sleep(window)
+        second = _cpu_ticks(cores)
     if first is None or second is None:
         try:
             return float(os.getloadavg()[0])
