@@ -16,10 +16,12 @@
 
 Submodules: :mod:`dsch_ext.evaluation` (mAP@k, PR curves), :mod:`dsch_ext.baselines` (LSH,
 PCAH, ITQ). Subpackages, each for its own audience and imported only when asked for:
-:mod:`dsch_ext.dsch` (the DSCH method: trainer, losses, E-step, networks, augmentation),
-:mod:`dsch_ext.experiments` (data sets, the retrieval protocol, model files, reports, the
-``dsch`` command; ``dsch_ext.data`` is its data module) and :mod:`dsch_ext.distributed`
-(torch.distributed: communicators, the sharded index, synchronised batch norm).
+:mod:`dsch_ext.datasets` (data sets and the retrieval protocol's split), :mod:`dsch_ext.dsch`
+(the DSCH method: trainer, losses, E-step, networks, augmentation, model files, runs),
+:mod:`dsch_ext.distributed` (torch.distributed: communicators, the sharded index,
+synchronised batch norm) and :mod:`dsch_ext.cli` (the ``dsch`` command). The reproduction
+bench behind ``dsch results`` is :mod:`dsch_ext.experiments`. docs/architecture.md shows the
+layers.
 """
 import importlib
 
@@ -49,17 +51,15 @@ __all__ = [
     "segment_gram",
     "unpack_bits",
     "baselines",
-    "data",
     "evaluation",
 ]
 
-_LAZY_SUBMODULES = {"data": ".experiments.data", "dsch": ".dsch", "experiments": ".experiments",
-                    "distributed": ".distributed"}
+_LAZY_SUBMODULES = {"datasets": ".datasets", "dsch": ".dsch", "experiments": ".experiments",
+                    "distributed": ".distributed", "cli": ".cli"}
 
 
 def __getattr__(name):
-    """``dsch_ext.data`` and the subpackages load on first use, so ``import dsch_ext`` stays the
-    library alone."""
+    """The subpackages load on first use, so ``import dsch_ext`` stays the library alone."""
     if name in _LAZY_SUBMODULES:
         module = importlib.import_module(_LAZY_SUBMODULES[name], __name__)
         globals()[name] = module

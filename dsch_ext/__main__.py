@@ -1,6 +1,6 @@
 """``python -m dsch_ext`` is the ``dsch`` command."""
 import sys
 
-from .experiments.cli import main
+from .cli.main import main
 
 sys.exit(main())

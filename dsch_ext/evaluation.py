@@ -118,3 +118,14 @@ def precision_recall_curve(query_codes: ArrayLike, db_codes: ArrayLike, query_la
         rec_sum += np.where(tr > 0, cum_rel / np.maximum(tr, 1), 0.0).sum(0)
     nq = q.shape[0]
     return np.arange(nbins), prec_sum / nq, rec_sum / nq
+
+
+def evaluate_codes(query_codes: ArrayLike, db_codes: ArrayLike, query_labels: ArrayLike, db_labels: ArrayLike,
+                   curve: bool = True) -> Dict:
+    """A run record's evaluation: ``{"metrics": retrieval_metrics(...)}`` and, with ``curve``,
+    ``"pr_curve": {"precision": [...], "recall": [...]}`` (plain lists, for JSON)."""
+    out = {"metrics": retrieval_metrics(query_codes, db_codes, query_labels, db_labels)}
+    if curve:
+        _, precision, recall = precision_recall_curve(query_codes, db_codes, query_labels, db_labels)
+        out["pr_curve"] = {"precision": precision.tolist(), "recall": recall.tolist()}
+    return out

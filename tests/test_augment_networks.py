@@ -71,7 +71,7 @@ def test_augmentation_travels_with_the_config():
     import dataclasses
 
     from dsch_ext.dsch.trainer import DSCHConfig
-    from dsch_ext.experiments import cli, commands
+    from dsch_ext.cli import commands, main as cli
 
     args = cli.build_parser().parse_args(["train", "--out", "r", "--augment", "digits", "--rotation", "5",
                                           "--jitter", "0.1", "--crop-scale", "0.7", "0.9"])

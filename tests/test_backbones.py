@@ -15,8 +15,8 @@ except Exception as exc:  # noqa: BLE001
 
 from dsch_ext.dsch.backbones import BackboneError, TorchvisionBackbone
 from dsch_ext.dsch.trainer import DSCHConfig
-from dsch_ext.experiments import data
-from dsch_ext.experiments.models import architecture, build_net, load_model, save_model
+from dsch_ext.datasets import loaders as data
+from dsch_ext.dsch.model_file import architecture, build_net, load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +93,12 @@ def test_model_file_rebuilds_the_backbone_without_the_weights_file(resnet18_file
     loaded, config, arch = load_model(str(tmp_path / "model.pt"))
     assert arch == {"kind": "torchvision", "name": "resnet18", "freeze": 1, "input_size": 32}
     assert torch.equal(loaded.codes(images), net.codes(images))
-    assert config["lr"] == 5e-4 and config["adam_eps"] == 1.0 and config["lam"] == 0.1
+    assert config["lr"] == 5e-4 and config["adam_eps"] == 1.0 and config["component_weight"] == 0.1
 
 
 def test_fine_tuning_preset_is_the_reference():
     cfg = DSCHConfig.fine_tuning(nbits=32)
-    assert (cfg.lr, cfg.adam_eps, cfg.lam, cfg.tau, cfg.batch_size, cfg.epochs_per_round) == (5e-4, 1.0, 0.1, 1.0, 15, 1)
+    assert (cfg.lr, cfg.adam_eps, cfg.component_weight, cfg.tau, cfg.batch_size, cfg.epochs_per_round) == (5e-4, 1.0, 0.1, 1.0, 15, 1)
 
 
 def run(tmp_path, *args):

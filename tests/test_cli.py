@@ -109,7 +109,7 @@ def test_results_command_writes_the_report(tmp_path):
                  *args)
     assert result.returncode == 0, result.stderr[-3000:]
     text = (tmp_path / "res" / "tables.md").read_text()
-    for needle in ("| itq |", "| dsch |", "| contrastive |", "without fine components", "E1", "speed-up"):
+    for needle in ("| itq |", "| dsch |", "| contrastive |", "without fine components", "E-step against scikit-learn", "speed-up"):
         assert needle in text, needle
     assert (tmp_path / "res" / "results.png").stat().st_size > 1000
     # A second call reuses every finished run (no training: fast, same numbers).
@@ -173,7 +173,7 @@ def test_results_on_a_larger_training_set_without_ablation_or_estep(tmp_path):
 def test_results_checks_its_optional_dependencies_before_training(tmp_path, monkeypatch, capsys):
     import importlib.util
 
-    from dsch_ext.experiments import cli
+    from dsch_ext.cli import main as cli
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else

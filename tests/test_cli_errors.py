@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dsch_ext
-from dsch_ext.experiments import cli
+from dsch_ext.cli import main as cli
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ CASES = {
     "build NaN codes": (["index", "build", "--codes", "{d}/nan.npy", "--out", "{d}/x.dbix"], "NaN or Inf"),
     "build complex codes": (["index", "build", "--codes", "{d}/complex.npy", "--out", "{d}/x.dbix"], "complex"),
     "build nbits -5": (["index", "build", "--codes", "{d}/codes.npy", "--out", "{d}/x.dbix", "--nbits", "-5"],
-                       "--nbits must be >= 1"),
+                       "argument --nbits: must be >= 1"),
     "build out missing dir": (["index", "build", "--codes", "{d}/codes.npy", "--out", "{d}/nowhere/x.dbix"],
                               "does not exist"),
     "build out is a dir": (["index", "build", "--codes", "{d}/codes.npy", "--out", "{d}/adir"], "is a directory"),
@@ -60,7 +60,7 @@ CASES = {
     "search k too large": (["search", "--index", "{d}/codes.dbix", "--queries", "{d}/codes.npy", "-k", "51"],
                            "k must be an int in [1, ntotal]"),
     "search k not an int": (["search", "--index", "{d}/codes.dbix", "--queries", "{d}/codes.npy", "-k", "2.5"],
-                            "invalid int value"),
+                            "argument -k: must be an integer"),
     "encode out is a dir": (["encode", "--model", "{d}/garbage.npy", "--out", "{d}/adir"], "not a readable"),
     "eval model garbage": (["eval", "--model", "{d}/garbage.npy"], "not a readable dsch_ext model file"),
     "eval model a dir": (["eval", "--model", "{d}/adir"], "is a directory"),
@@ -68,10 +68,10 @@ CASES = {
     "components model a dir": (["components", "--model", "{d}/adir"], "is a directory"),
     "train NaN images": (["train", "--data", "{d}/nanimages.npz", "--out", "{d}/run"], "nanimages.npz: features contain NaN"),
     "demo k too large": (["search-demo", "-k", "500", "--database", "100"], "-k must be in [1, --database]"),
-    "demo no queries": (["search-demo", "--queries", "0"], "--queries must be >= 1"),
-    "demo empty database": (["search-demo", "--database", "0"], "--database must be >= 1"),
-    "demo negative database": (["search-demo", "--database", "-5"], "--database must be >= 1"),
-    "demo zero bits": (["search-demo", "--bits", "0"], "--bits must be >= 1"),
+    "demo no queries": (["search-demo", "--queries", "0"], "argument --queries: must be >= 1"),
+    "demo empty database": (["search-demo", "--database", "0"], "argument --database: must be >= 1"),
+    "demo negative database": (["search-demo", "--database", "-5"], "argument --database: must be >= 1"),
+    "demo zero bits": (["search-demo", "--bits", "0"], "argument --bits: must be in [1, 65536]"),
     "demo device foo": (["search-demo", "--device", "foo"], "is not a device"),
     "unknown option": (["train", "--out", "r", "--colour", "red"], "unrecognized arguments"),
 }

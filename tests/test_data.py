@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dsch_ext.experiments import data
+from dsch_ext import datasets as data
+from dsch_ext.datasets import loaders
 
 
 def write_idx(path, array, gz=True):
@@ -60,7 +61,7 @@ def test_embedded_default_is_the_fashion_mnist_test_split():
     ds = data.load_embedded_fashion_mnist()
     assert ds.images.shape == (10000, 1, 28, 28)
     assert torch.equal(torch.bincount(ds.labels), torch.full((10,), 1000))
-    assert os.path.isfile(os.path.join(data.EMBEDDED_FASHION_MNIST, "LICENSE"))
+    assert os.path.isfile(os.path.join(loaders.EMBEDDED_FASHION_MNIST, "LICENSE"))
 
 
 def write_cifar_batch(path, n, rng):
@@ -122,14 +123,14 @@ def test_training_on_the_whole_database():
     split = data.retrieval_split(labels, 100, None, seed=0)
     assert torch.equal(split.train, split.database) and split.database.numel() == 6000
     assert torch.equal(split.query, data.retrieval_split(labels, 100, 500, seed=0).query)  # the same queries
-    from dsch_ext.experiments.protocol import protocol_split
+    from dsch_ext.datasets import protocol_split
 
     scaled = protocol_split(data.Dataset(torch.zeros(7000, 1, 2, 2, dtype=torch.uint8), labels, "tiny"), 100, None)
     assert torch.equal(scaled.train, scaled.database)
 
 
 def test_train_per_class_on_the_command_line():
-    from dsch_ext.experiments.cli import _train_count
+    from dsch_ext.cli.main import _train_count
 
     assert _train_count("all") is None and _train_count("2000") == 2000
     for bad in ("0", "-3", "many"):

@@ -86,13 +86,13 @@ def test_dsch_loss_parts_ablations_and_gradients():
     p2 = p1 @ p21
     mu1, mu2 = torch.sign(torch.randn(10, 16, generator=g)), torch.sign(torch.randn(3, 16, generator=g))
     log_pi1, log_pi2 = torch.full((10,), -math.log(10)), torch.full((3,), -math.log(3))
-    total, parts = losses.dsch_loss(h, p1, p2, mu1, log_pi1, mu2, log_pi2, lam=0.1, tau=0.5)
+    total, parts = losses.dsch_loss(h, p1, p2, mu1, log_pi1, mu2, log_pi2, component_weight=0.1, tau=0.5)
     torch.testing.assert_close(total, parts["ic"] + 0.1 * (parts["ccf"] + parts["ccc"]))
     total.backward()
     assert torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
-    baseline, bparts = losses.dsch_loss(h, p1, p2, mu1, log_pi1, mu2, log_pi2, lam=0.0, cooccurrence=False, tau=0.5)
+    baseline, bparts = losses.dsch_loss(h, p1, p2, mu1, log_pi1, mu2, log_pi2, component_weight=0.0, cooccurrence=False, tau=0.5)
     torch.testing.assert_close(baseline, losses.instance_correlation_loss(h, None, 0.5))
-    no_fine, nf = losses.dsch_loss(h, p1, p2, mu1, log_pi1, mu2, log_pi2, lam=0.1, tau=0.5, fine=False)
+    no_fine, nf = losses.dsch_loss(h, p1, p2, mu1, log_pi1, mu2, log_pi2, component_weight=0.1, tau=0.5, fine=False)
     assert float(nf["ccf"].detach()) == 0
     assert float(nf["ccc"].detach()) == pytest.approx(float(parts["ccc"].detach()))
 

@@ -113,29 +113,22 @@ def test_feature_inputs_with_mlp_head():
     assert np.isfinite(history.rounds[0].loss)
 
 
-def test_busy_cores_reads_proc_stat_less_its_own_time_and_falls_back_to_the_load_average(monkeypatch):
-    from dsch_ext.dsch import trainer as trainer_module
-
-    real = trainer_module.busy_cores([0])
-    assert 0.0 <= real <= 1.0  # one core's busy share, whatever else runs
-    samples = iter([[(0, 100), (0, 100)], [(100, 200), (50, 200)]])  # one core busy, one half busy
-    monkeypatch.setattr(trainer_module, "_cpu_ticks", lambda cores: next(samples))
-    assert trainer_module.busy_cores([0, 1], window=0.05) == pytest.approx(1.5, abs=0.2)
-    monkeypatch.setattr(trainer_module, "_cpu_ticks", lambda cores: None)
-    monkeypatch.setattr(trainer_module.os, "getloadavg", lambda: (3.0, 2.0, 1.0))
-    assert trainer_module.busy_cores([0, 1], window=0.01) == 3.0
-
-
-def test_mstep_threads_are_chosen_recorded_and_restored(monkeypatch):
-    from dsch_ext.dsch import trainer as trainer_module
-
-    monkeypatch.setattr(trainer_module, "busy_cores", lambda cores: 64.0)
-    assert trainer_module.mstep_thread_count(0) == 1  # every core busy: one thread
-    monkeypatch.setattr(trainer_module, "busy_cores", lambda cores: 0.2)
-    assert trainer_module.mstep_thread_count(0) == min(torch.get_num_threads(), len(trainer_module.os.sched_getaffinity(0)))
-    assert trainer_module.mstep_thread_count(3) == 3
+def test_the_trainer_runs_on_torchs_thread_setting_and_records_it():
     images, labels = tiny_images(n=90, seed=4)
     before = torch.get_num_threads()
-    history = DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=1, mstep_threads=1), verbose=0).fit(
-        images, labels)
-    assert history.rounds[0].mstep_threads == 1 and torch.get_num_threads() == before
+    torch.set_num_threads(1)
+    try:
+        history = DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=1), verbose=0).fit(images, labels)
+        assert history.rounds[0].mstep_threads == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_configs_read_back_with_their_older_names():
+    from dsch_ext.dsch.config import DSCHConfig
+
+    old = {"nbits": 16, "lam": 0.5, "mstep_threads": 2, "augment": {"crop_scale": [0.7, 0.9]}}
+    cfg = DSCHConfig.from_dict(old)
+    assert cfg.component_weight == 0.5 and cfg.augment.crop_scale == (0.7, 0.9)
+    with pytest.raises(ValueError, match="unknown DSCH settings \\['colour'\\]"):
+        DSCHConfig.from_dict({"colour": 1})

@@ -12,7 +12,8 @@ from .augment import AugmentConfig, TwoViewAugment
 from .components import Components, ResponsibilityTable, fit_components
 from .losses import component_correlation_loss, dsch_loss, instance_correlation_loss
 from .networks import HashNet, MLPBackbone, SmallCNN, small_cnn_hash_net
-from .trainer import DSCHConfig, DSCHTrainer, History, RoundRecord
+from .config import DSCHConfig, History, RoundRecord
+from .trainer import DSCHTrainer
 
 __all__ = [
     "AugmentConfig", "Components", "DSCHConfig", "DSCHTrainer", "HashNet", "History", "MLPBackbone",

@@ -80,17 +80,17 @@ def component_correlation_loss(h: torch.Tensor, p: torch.Tensor, centers: torch.
 
 
 def dsch_loss(h: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, mu1: torch.Tensor, log_pi1: torch.Tensor,
-              mu2: torch.Tensor, log_pi2: torch.Tensor, lam: float = 0.1, tau: float = 1.0,
+              mu2: torch.Tensor, log_pi2: torch.Tensor, component_weight: float = 0.1, tau: float = 1.0,
               cooccurrence: bool = True, fine: bool = True, coarse: bool = True
               ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """``L = L_ic + lam * (L_ccf + L_ccc)`` for one batch.
+    """``L = L_ic + component_weight * (L_ccf + L_ccc)`` (the paper's lambda) for one batch.
 
     Args:
         h: [2B, nbits] codes (view one of image b at row b, view two at b + B).
         p1, p2: [B, m1] and [B, m2] responsibilities of the batch's images (P1, and P2 = P1 P21).
         mu1, log_pi1, mu2, log_pi2: fine / coarse centres and log priors.
-        cooccurrence, fine, coarse: the ablations (S = I; no L_ccf; no L_ccc). ``lam=0`` with
-        ``cooccurrence=False`` is the contrastive baseline.
+        cooccurrence, fine, coarse: the ablations (S = I; no L_ccf; no L_ccc).
+        ``component_weight=0`` with ``cooccurrence=False`` is the contrastive baseline.
 
     Returns (total, {"ic": ..., "ccf": ..., "ccc": ...}).
     """
@@ -99,6 +99,7 @@ def dsch_loss(h: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, mu1: torch.Te
         raise ValueError(f"p1 and p2 need one row per image ({batch}), got {tuple(p1.shape)} and {tuple(p2.shape)}")
     parts = {"ic": instance_correlation_loss(h, batch_cooccurrence(p1) if cooccurrence else None, tau)}
     zero = h.new_zeros(())
-    parts["ccf"] = component_correlation_loss(h, p1.repeat(2, 1), mu1, log_pi1, tau) if (fine and lam) else zero
-    parts["ccc"] = component_correlation_loss(h, p2.repeat(2, 1), mu2, log_pi2, tau) if (coarse and lam) else zero
-    return parts["ic"] + lam * (parts["ccf"] + parts["ccc"]), parts
+    weighted = component_weight != 0
+    parts["ccf"] = component_correlation_loss(h, p1.repeat(2, 1), mu1, log_pi1, tau) if fine and weighted else zero
+    parts["ccc"] = component_correlation_loss(h, p2.repeat(2, 1), mu2, log_pi2, tau) if coarse and weighted else zero
+    return parts["ic"] + component_weight * (parts["ccf"] + parts["ccc"]), parts

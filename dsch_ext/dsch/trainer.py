@@ -8,7 +8,8 @@ rate multiplied by 0.99 every 200 steps, 10 rounds of (E-step, one epoch). Small
 scale m1 and m2 down (``dsch_ext.dsch.components``). ``baseline=True`` is the contrastive baseline
 (lambda = 0, S = I). Model selection uses a validation split carved from the training items
 (never the query set): the round with the best validation mAP is kept. A checkpoint is written
-atomically after every round and ``fit(resume=True)`` continues from it.
+atomically after every round and ``fit(resume=True)`` continues from it. The trainer runs on
+torch's thread setting (``torch.set_num_threads``, ``OMP_NUM_THREADS``; ``dsch train --threads``).
 
 Multi-process training (``distributed=True``, under torchrun; see dsch_ext.distributed): the
 network is wrapped in DistributedDataParallel and its batch norms synchronised; the codes of
@@ -24,8 +25,8 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, Optional
 
 import torch
 
@@ -36,102 +37,13 @@ from ..distributed.batchnorm import convert_sync_batchnorm, gather_batch, revert
 from ..distributed.comm import get_communicator
 from ..distributed.shard import shard_range
 from ..evaluation import mean_average_precision
-from .augment import AugmentConfig, TwoViewAugment
+from .augment import TwoViewAugment
 from .components import fit_components
+from .config import DSCHConfig, History, RoundRecord
 from .losses import dsch_loss
 
 
-@dataclass
-class DSCHConfig:
-    nbits: int = 64
-    m1: int = 1000
-    m2: int = 100
-    covariance_type: str = "full"
-    gmm_max_iter: int = 100
-    normalize_p1: bool = True
-    resp_threshold: float = 1e-8
-    lam: float = 0.1
-    tau: float = 1.0
-    batch_size: int = 15
-    lr: float = 5e-4
-    adam_eps: float = 1.0
-    lr_decay: float = 0.99
-    lr_decay_every: int = 200
-    rounds: int = 10
-    epochs_per_round: int = 1
-    cooccurrence: bool = True
-    fine: bool = True
-    coarse: bool = True
-    baseline: bool = False  # lambda = 0 and S = I
-    val_fraction: float = 0.1
-    val_map_k: int = 100
-    seed: int = 0
-    mstep_threads: int = 0  # CPU threads of the M-step; 0: the free cores when fit starts (mstep_thread_count)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the two views (AugmentConfig.preset)
-
-    def __post_init__(self):
-        if isinstance(self.augment, dict):  # a configuration read back from a checkpoint or record
-            self.augment = AugmentConfig(**self.augment)
-
-    @classmethod
-    def from_scratch(cls, **overrides) -> "DSCHConfig":
-        """Settings for a network trained from random weights (the small CNN, the MLP head), as
-        the command line uses them. The reference settings are for fine-tuning an ImageNet
-        VGG; from scratch, Adam's epsilon of 1.0 turns it into SGD at lr 5e-4 and training
-        crawls. Changed here: ``lr = 1e-3``, ``adam_eps = 1e-8`` and 5 epochs per round
-        (measured at 32 bits, mAP@1000: on the embedded images with 2,000 training images the
-        reference optimiser reaches 0.47 after 24 epochs where this one reaches 0.59; on the
-        full protocol, 5,000 training images, 10 rounds x 5 epochs and 30 rounds x 2 epochs
-        both end at 0.675) and ``tau = 0.3``, the temperature the paper leaves per data set,
-        chosen on the validation split (mean validation mAP@100 over the last five rounds at
-        32 bits: tau 1.0 0.676, 0.5 0.692, 0.3 0.696, 0.2 0.679), and ``lam = 1`` for the
-        component losses (the same measure at 64 bits: lambda 0.1 0.702, 1.0 0.707; a network
-        learnt from scratch needs the component terms to weigh as much as L_ic to feel them).
-        Everything else is the reference."""
-        fields = {"lr": 1e-3, "adam_eps": 1e-8, "epochs_per_round": 5, "tau": 0.3, "lam": 1.0}
-        fields.update(overrides)
-        return cls(**fields)
-
-    @classmethod
-    def fine_tuning(cls, **overrides) -> "DSCHConfig":
-        """The reference settings, for fine-tuning a pretrained backbone (an ImageNet VGG in
-        the paper): Adam at lr 5e-4 with epsilon 1.0, lambda 0.1, tau 1.0, batches of 15, one
-        epoch a round, 10 rounds. They are this class's defaults; the command line uses them
-        with ``--backbone``."""
-        return cls(**overrides)
-
-    def effective(self) -> "DSCHConfig":
-        if not self.baseline:
-            return self
-        return dataclasses.replace(self, lam=0.0, cooccurrence=False)
-
-
-@dataclass
-class RoundRecord:
-    round: int
-    loss: float
-    parts: Dict[str, float]
-    estep_seconds: float
-    mstep_seconds: float
-    m1: int
-    m2: int
-    val_map: Optional[float] = None
-    gmm_iterations: Optional[int] = None
-    gmm_lower_bound: Optional[float] = None
-    mstep_threads: Optional[int] = None
-    seconds: float = 0.0  # wall clock of the whole round: E-step, M-step, validation
-
-
-@dataclass
-class History:
-    rounds: List[RoundRecord] = field(default_factory=list)
-    best_round: Optional[int] = None
-
-    def to_json(self) -> str:
-        return json.dumps({"rounds": [dataclasses.asdict(r) for r in self.rounds], "best_round": self.best_round})
-
-
-class _NoComponents:
+class _UnusedComponents:
     """What the M-step reads from the E-step when no loss term uses it (lambda = 0, S = I)."""
 
     m1 = m2 = gmm_iterations = 0
@@ -150,7 +62,7 @@ class _NoComponents:
 
 
 @dataclass
-class _Run:
+class _FitState:
     """The state of one ``fit`` call that the checkpoint carries from round to round."""
 
     optimizer: torch.optim.Optimizer
@@ -162,61 +74,6 @@ class _Run:
     best_map: float = -1.0
     best_state: Optional[Dict[str, torch.Tensor]] = None
     started: float = 0.0
-    mstep_threads: int = 1
-
-
-def mstep_thread_count(requested: int = 0) -> int:
-    """CPU threads for the M-step. Its steps are small (a batch of 15 images), so threads that
-    wait for a busy core stall every step: on a 2-core machine an idle core gives 33 steps/s
-    on 2 threads against 19 on one, but with the other core busy 2 threads give 11 against 22,
-    and at a load of 4 one step a second against 22. ``requested > 0`` is used as is; 0 (the
-    default) takes torch's thread count less the cores other processes keep busy
-    (``busy_cores``), at least 1, decided once when ``fit`` starts (the count changes the order
-    of floating-point sums, so it is recorded in every round's record to reproduce a run)."""
-    if requested > 0:
-        return int(requested)
-    cores = _usable_cores()
-    return max(1, min(torch.get_num_threads(), len(cores) - int(round(busy_cores(cores)))))
-
-
-def _usable_cores() -> List[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return list(range(os.cpu_count() or 1))
-
-
-def busy_cores(cores: List[int], window: float = 0.3) -> float:
-    """How many of ``cores`` other processes keep busy now: the busy share of each core in
-    ``/proc/stat`` over ``window`` seconds, less this process's own CPU time. Where
-    ``/proc/stat`` cannot be read, the 1-minute load average, which lags: a run started just
-    after another one ended would still count that one."""
-    first = _cpu_ticks(cores)
-    if first is not None:
-        own = sum(os.times()[:2])
-        time.sleep(window)
-        second = _cpu_ticks(cores)
-    if first is None or second is None:
-        try:
-            return float(os.getloadavg()[0])
-        except OSError:
-            return 0.0
-    busy = sum((b[0] - a[0]) / max(b[1] - a[1], 1) for a, b in zip(first, second))
-    return max(0.0, busy - (sum(os.times()[:2]) - own) / window)
-
-
-def _cpu_ticks(cores: List[int]):
-    """(busy, total) clock ticks of each of ``cores`` from /proc/stat, or None."""
-    try:
-        with open("/proc/stat") as f:
-            lines = [line.split() for line in f if line.startswith("cpu") and line[3].isdigit()]
-    except OSError:
-        return None
-    ticks = {int(parts[0][3:]): [int(v) for v in parts[1:9]] for parts in lines}
-    if any(c not in ticks for c in cores):
-        return None
-    # user nice system idle iowait irq softirq steal: idle and iowait are not busy
-    return [(sum(t) - t[3] - t[4], sum(t)) for t in (ticks[c] for c in cores)]
 
 
 def _duration(seconds: float) -> str:
@@ -289,22 +146,17 @@ class DSCHTrainer:
             t0 = time.perf_counter()
             comp, batch_state = self._estep(images, run.train_idx, cfg, rnd, comm)
             t1 = time.perf_counter()
-            threads = torch.get_num_threads()
-            torch.set_num_threads(run.mstep_threads)
-            try:
-                loss, parts = self._mstep(images, run, batch_state, cfg, rnd, comm, model)
-            finally:
-                torch.set_num_threads(threads)
+            loss, parts = self._mstep(images, run, batch_state, cfg, rnd, comm, model)
             t2 = time.perf_counter()
             record = RoundRecord(rnd, loss, parts, t1 - t0, t2 - t1, comp.m1, comp.m2,
                                  gmm_iterations=comp.gmm_iterations, gmm_lower_bound=comp.gmm_lower_bound,
-                                 mstep_threads=run.mstep_threads)
+                                 mstep_threads=torch.get_num_threads())
             if run.val_idx is not None:
                 self._select(record, run, images, labels, comm)
             record.seconds = time.perf_counter() - t0
             self.history.rounds.append(record)
             if self.verbose and comm.rank == 0:
-                self._report(record, cfg, run, uses_components=not isinstance(comp, _NoComponents))
+                self._report(record, cfg, run, uses_components=not isinstance(comp, _UnusedComponents))
             if self.checkpoint and comm.rank == 0:
                 self._save_checkpoint(run, rnd)
             comm.barrier()  # the checkpoint is complete before any rank goes on
@@ -314,17 +166,15 @@ class DSCHTrainer:
         self.train_seconds = earlier + time.perf_counter() - run.started  # a resumed run counts its earlier rounds
         return self.history
 
-    def _start(self, n: int, labels, cfg: DSCHConfig) -> "_Run":
+    def _start(self, n: int, labels, cfg: DSCHConfig) -> "_FitState":
         generator = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         train_idx, val_idx = self._split(n, labels, generator)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay)
-        threads = mstep_thread_count(cfg.mstep_threads) if self.device.type == "cpu" else torch.get_num_threads()
-        return _Run(optimizer, scheduler, generator, train_idx, val_idx, started=time.perf_counter(),
-                    mstep_threads=threads)
+        return _FitState(optimizer, scheduler, generator, train_idx, val_idx, started=time.perf_counter())
 
-    def _restore(self, run: "_Run", cfg: DSCHConfig) -> None:
+    def _restore(self, run: "_FitState", cfg: DSCHConfig) -> None:
         """Continue from the checkpoint: weights, optimiser, schedule, random state, best round."""
         state = read_torch_file(self.checkpoint, "training checkpoint", map_location=self.device)
         needed = ("config", "net", "optimizer", "scheduler", "generator", "round", "best_map", "best_net", "history")
@@ -346,13 +196,13 @@ class DSCHTrainer:
         P1 of the (fixed) codes as a table, the centres and log priors on the device."""
         codes = self._codes(images, train_idx, comm).double()
         start, stop = shard_range(train_idx.numel(), comm)
-        if cfg.cooccurrence or (cfg.lam > 0 and (cfg.fine or cfg.coarse)):
+        if cfg.cooccurrence or (cfg.component_weight > 0 and (cfg.fine or cfg.coarse)):
             comp = fit_components(codes[start:stop], cfg.m1, cfg.m2, cfg.covariance_type, cfg.gmm_max_iter,
                                   normalize_p1=cfg.normalize_p1, resp_threshold=cfg.resp_threshold,
                                   random_state=cfg.seed + rnd, verbose=min(self.verbose, 1),
                                   distributed=comm.distributed, process_group=self.process_group)
         else:  # the contrastive baseline needs no E-step: stand-ins that the loss ignores
-            comp = _NoComponents(codes.shape[1])
+            comp = _UnusedComponents(codes.shape[1])
         on_device = [t.float().to(self.device) for t in (comp.mu1, comp.log_pi1, comp.mu2, comp.log_pi2)]
         return comp, (comp.table(codes, threshold=cfg.resp_threshold), *on_device)
 
@@ -365,7 +215,7 @@ class DSCHTrainer:
         v2 = x + 0.05 * torch.randn(x.shape, generator=generator).to(self.device)
         return v1, v2
 
-    def _mstep(self, images, run: "_Run", batch_state, cfg: DSCHConfig, rnd: int, comm, model):
+    def _mstep(self, images, run: "_FitState", batch_state, cfg: DSCHConfig, rnd: int, comm, model):
         """The round's M-step epochs; returns the mean loss and the mean of each part."""
         table, mu1, lp1, mu2, lp2 = batch_state
         self.net.train()
@@ -387,7 +237,7 @@ class DSCHTrainer:
                 a, b = shard_range(local.numel(), comm)
                 h = gather_batch(comm, model(torch.cat([v1[a:b], v2[a:b]])), b - a)
                 p1, p2 = (p.float().to(self.device) for p in table.rows(local))
-                loss, parts = dsch_loss(h, p1, p2, mu1, lp1, mu2, lp2, lam=cfg.lam, tau=cfg.tau,
+                loss, parts = dsch_loss(h, p1, p2, mu1, lp1, mu2, lp2, component_weight=cfg.component_weight, tau=cfg.tau,
                                         cooccurrence=cfg.cooccurrence, fine=cfg.fine, coarse=cfg.coarse)
                 run.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -401,7 +251,7 @@ class DSCHTrainer:
             progress.close()
         return sums["total"] / max(steps, 1), {k: sums[k] / max(steps, 1) for k in ("ic", "ccf", "ccc")}
 
-    def _select(self, record: RoundRecord, run: "_Run", images, labels, comm) -> None:
+    def _select(self, record: RoundRecord, run: "_FitState", images, labels, comm) -> None:
         """Validation mAP of the round; keep the weights of the best round so far."""
         record.val_map = self._validate(images, labels, run.val_idx, run.train_idx, comm)
         if record.val_map > run.best_map:
@@ -409,7 +259,7 @@ class DSCHTrainer:
             run.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
             self.history.best_round = record.round
 
-    def _report(self, record: RoundRecord, cfg: DSCHConfig, run: "_Run", uses_components: bool) -> None:
+    def _report(self, record: RoundRecord, cfg: DSCHConfig, run: "_FitState", uses_components: bool) -> None:
         estep_note = (f"m1={record.m1}, m2={record.m2}, {record.gmm_iterations} EM iterations" if uses_components
                       else "codes only: no loss term uses components")
         val = f", val mAP@{cfg.val_map_k} {record.val_map:.4f}" if record.val_map is not None else ""
@@ -419,7 +269,7 @@ class DSCHTrainer:
               f"({estep_note}), M-step {record.mstep_seconds:.1f} s on {record.mstep_threads} thread(s){val}{eta}",
               flush=True)
 
-    def _time_left(self, run: "_Run", remaining: int) -> str:
+    def _time_left(self, run: "_FitState", remaining: int) -> str:
         """", about 12 min left": the remaining rounds at the pace of this call's rounds after
         the first (the first round's E-step starts the mixture from k-means and runs many more
         EM iterations than the later ones, so from it alone the estimate is an upper bound)."""
@@ -431,7 +281,7 @@ class DSCHTrainer:
         bound = "at most " if later is done and done[0].round == 0 else ""
         return f", {bound}about {_duration(per_round * remaining)} left"
 
-    def _save_checkpoint(self, run: "_Run", rnd: int) -> None:
+    def _save_checkpoint(self, run: "_FitState", rnd: int) -> None:
         checkpoint = {
             "config": dataclasses.asdict(self.config), "round": rnd, "net": self.net.state_dict(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),

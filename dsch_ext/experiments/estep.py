@@ -1,5 +1,4 @@
-"""DSCH's E-step against scikit-learn's at equal EM iterations (workload E1 of
-benchmarks/WORKLOADS.md)."""
+"""DSCH's E-step against scikit-learn's at equal EM iterations."""
 import time
 import warnings
 from typing import Dict
@@ -11,12 +10,12 @@ from ..dsch.components import fit_components
 
 def estep_comparison(codes: torch.Tensor, m1: int = 1000, m2: int = 100, iterations: int = 3, seed: int = 0,
                      more_iterations: int = 10, device: str = "cpu") -> Dict:
-    """The E1 workload (benchmarks/WORKLOADS.md) at equal EM iterations: DSCH's E-step (full-covariance GMM with k-means
-    initialisation, then k-means over its means) with dsch_ext (float64, the sparse M-step the
-    trainer uses) and with scikit-learn, on the same codes, at ``iterations`` and again at
-    ``more_iterations`` (0: skip). The difference gives each side's time per EM iteration: the
-    reference runs up to 100 a round (the trainer's first round ran 46 here, later ones 2-3),
-    so a round's ratio lies between the ratio at a few iterations (where the k-means
+    """DSCH's E-step (full-covariance GMM with k-means initialisation, then k-means over its
+    means) at equal EM iterations with dsch_ext (float64, the sparse M-step the trainer uses)
+    and with scikit-learn, on the same codes, at ``iterations`` and again at
+    ``more_iterations`` (0: skip). The difference gives each side's time per EM iteration: a
+    round runs up to ``max_iter`` iterations (the first round many, later ones few), so a
+    round's ratio lies between the ratio at a few iterations (where the k-means
     initialisation weighs most) and the per-iteration ratio. ``device``: where dsch_ext runs
     (scikit-learn runs on the CPU)."""
     from sklearn.cluster import KMeans as SkKMeans

@@ -10,13 +10,12 @@ import torch
 
 from .._atomic import atomic_write
 from .._version import __version__
-from ..dsch.trainer import DSCHConfig
-from .data import load_data
+from ..datasets import load_data, protocol_split
+from ..dsch.model_file import load_model
+from ..dsch.reports import group_records, mean_sd, plot_results
+from ..dsch.runs import run_baseline, train_dsch, write_json
+from ..dsch.config import DSCHConfig
 from .estep import estep_comparison
-from .models import load_model
-from .protocol import protocol_split, run_baseline
-from .reports import group_records, mean_sd, plot_results
-from .training import train_dsch, write_json
 
 
 TABLES_FILE = "tables.md"
@@ -121,15 +120,15 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
         cfg = dataclasses.replace(base, nbits=ablation_bits, seed=first, **RESULT_RUNS[name][0])
         ablations.append(cached(name, ablation_bits, first, lambda d, c=cfg, n=name: train_dsch(
             dataset, split, c, d, verbose=verbose, method=n), cfg))
-    e1_bits = max(bits)
+    estep_bits = max(bits)
 
-    def e1(directory):
-        net, _, _ = load_model(os.path.join(out_dir, run_name("dsch", e1_bits, first), "model.pt"))
+    def estep_run(directory):
+        net, _, _ = load_model(os.path.join(out_dir, run_name("dsch", estep_bits, first), "model.pt"))
         codes = net.codes(dataset.images[split.train])
-        return {"method": "estep", "nbits": e1_bits, "data": {"name": dataset.name, "train": n_train},
+        return {"method": "estep", "nbits": estep_bits, "data": {"name": dataset.name, "train": n_train},
                 **estep_comparison(codes, base.m1, base.m2, iterations=estep_iterations, seed=first)}
 
-    estep = cached("estep", e1_bits, first, e1) if estep_iterations else None
+    estep = cached("estep", estep_bits, first, estep_run) if estep_iterations else None
     plot_results(records, os.path.join(out_dir, PLOT_FILE), f"{dataset.name}: {len(split.train)} training images")
     text = results_markdown(dataset, split, records, ablations, estep, dataclasses.replace(base, seed=first), seeds)
     atomic_write(os.path.join(out_dir, TABLES_FILE), lambda f: f.write(text.encode()))
@@ -142,9 +141,6 @@ def _threads(records) -> str:
                    if r.get("mstep_threads")})
     counts = used or [torch.get_num_threads()]
     return f"{' / '.join(map(str, counts))} thread{'s' if counts != [1] else ''}" + (" (training runs)" if used else "")
-
-
-EXECUTION_ONLY = ("mstep_threads",)  # settings that change how fast a run trains, not what it learns
 
 
 def _check_reused(path: str, record: dict, seed: int, n_train: int, config: Optional[DSCHConfig]) -> None:
@@ -160,10 +156,10 @@ def _check_reused(path: str, record: dict, seed: int, n_train: int, config: Opti
                          "use another --out")
     if config is None:
         return
-    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
-    used = record.get("config", {})
+    wanted = config.as_record()
+    used = DSCHConfig.from_dict(record.get("config", {})).as_record() if record.get("config") else {}
     differ = [f"{key}={used.get(key)!r} (this call: {value!r})" for key, value in wanted.items()
-              if key not in EXECUTION_ONLY and used.get(key) != value]
+              if used.get(key) != value]
     if differ:
         raise ValueError(f"{path} was trained with other settings: {', '.join(differ[:3])}; pass the same options "
                          "or use another --out")
@@ -251,7 +247,7 @@ def _ablation_lines(ablations, seed_note: str):
 
 
 def _estep_lines(e):
-    lines = [f"## The E-step against scikit-learn (E1, {e['n']:,} codes of {e['nbits']} bits)", "",
+    lines = [f"## The E-step against scikit-learn ({e['n']:,} codes of {e['nbits']} bits)", "",
              f"GMM with {e['m1']} full-covariance components (k-means initialisation) and k-means with {e['m2']} "
              f"clusters over its means, {e['iterations']} EM iterations on both sides (the reference runs up to 100 "
              "a round; the time per round scales with them). Each library draws its own k-means initialisation, "

@@ -1,15 +1,13 @@
-"""Data sets and the retrieval protocol.
+"""Data sets: the files and formats the command line and the trainer read.
 
 - Fashion-MNIST from its idx files: a directory given by the user, ``$DSCH_FASHION_MNIST``,
   or Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
 - The embedded default: the 10,000-image Fashion-MNIST test split shipped inside this
-  package (MIT licence in ``dsch_ext/experiments/datasets/fashion_mnist/LICENSE``), so a first run needs
+  package (MIT licence in ``dsch_ext/datasets/fashion_mnist/LICENSE``), so a first run needs
   no download.
 - CIFAR-10 in its "python batches" format (``data_batch_1..5``, ``test_batch``), read with a
   restricted unpickler that only builds dicts, lists, strings, numbers and numpy arrays.
 - Generic arrays: ``.npz`` files with ``images`` (or ``features``) and ``labels``.
-- ``retrieval_split``: the protocol of the paper (query 100 per class, database the rest,
-  training 500 per class drawn from the database, fixed seed).
 
 Images are returned as uint8 ``[N, C, H, W]`` tensors and labels as int64 ``[N]`` (or
 multi-hot ``[N, C]``). Errors name the file and what is wrong with it.
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-EMBEDDED_FASHION_MNIST = os.path.join(os.path.dirname(__file__), "datasets", "fashion_mnist")
+EMBEDDED_FASHION_MNIST = os.path.join(os.path.dirname(__file__), "fashion_mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
 
@@ -197,39 +195,6 @@ def load_arrays(path: str) -> Dataset:
     return Dataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)),
                    os.path.basename(path))
 
-
-@dataclass
-class RetrievalSplit:
-    query: torch.Tensor  # indices
-    database: torch.Tensor
-    train: torch.Tensor  # a subset of database
-
-
-def retrieval_split(labels: torch.Tensor, query_per_class: int = 100, train_per_class: Optional[int] = 500,
-                    seed: int = 0) -> RetrievalSplit:
-    """The paper's protocol: ``query_per_class`` queries of every class, the rest is the
-    database, and ``train_per_class`` training items of every class drawn from the database
-    (None: the whole database is the training set). Single-label data only; classes with too
-    few items raise ``DataError``."""
-    if labels.dim() != 1:
-        raise DataError("retrieval_split needs single-label data ([N] class ids)")
-    g = torch.Generator().manual_seed(seed)
-    query, train = [], []
-    for c in torch.unique(labels).tolist():
-        members = torch.nonzero(labels == c).flatten()
-        if members.numel() < query_per_class + (train_per_class or 1):
-            raise DataError(f"class {c} has {members.numel()} items, the protocol needs "
-                            f"{query_per_class} + {train_per_class}")
-        members = members[torch.randperm(members.numel(), generator=g)]
-        query.append(members[:query_per_class])
-        if train_per_class is not None:
-            train.append(members[query_per_class : query_per_class + train_per_class])
-    query = torch.sort(torch.cat(query)).values
-    in_query = torch.zeros(labels.shape[0], dtype=torch.bool)
-    in_query[query] = True
-    database = torch.nonzero(~in_query).flatten()
-    train = database.clone() if train_per_class is None else torch.sort(torch.cat(train)).values
-    return RetrievalSplit(query, database, train)
 
 def load_data(spec: str = "embedded") -> Dataset:
     """A data set from a specification (see the module docstring); ``DataError`` says what is

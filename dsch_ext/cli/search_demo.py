@@ -10,10 +10,7 @@ from .errors import CliError, check_device
 
 
 def search_demo(args):
-    for name in ("database", "queries", "bits"):
-        if getattr(args, name) < 1:
-            raise CliError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if not 1 <= args.k <= args.database:
+    if args.k > args.database:
         raise CliError(f"-k must be in [1, --database] = [1, {args.database}], got {args.k}")
     args.device = str(check_device(args.device))
     device = torch.device(args.device)

@@ -1,5 +1,7 @@
-"""One training run on the retrieval protocol: train DSCH (or its contrastive baseline), write
-the model, checkpoint and a JSON record, and evaluate."""
+"""Runs on the retrieval protocol (docs/protocol.md), each returning a JSON-ready record:
+:func:`train_dsch` trains DSCH (or its contrastive baseline), writes the model, checkpoint and
+record and evaluates; :func:`run_baseline` fits and evaluates LSH, PCAH or ITQ on the same split;
+:func:`encode` gives packed codes of images with a trained network."""
 import dataclasses
 import json
 import os
@@ -8,12 +10,19 @@ from typing import Dict, Optional
 
 import torch
 
+from .. import baselines
 from .._atomic import atomic_write
-from ..distributed.comm import get_communicator
-from ..dsch.trainer import DSCHConfig, DSCHTrainer
-from . import data
-from .models import architecture, build_net, save_model
-from .protocol import encode, evaluate_codes
+from ..datasets import Dataset, RetrievalSplit
+from ..distributed.comm import LocalCommunicator, get_communicator
+from ..distributed.shard import shard_range
+from ..evaluation import evaluate_codes
+from ..ops import pack_bits
+from .model_file import architecture, build_net, save_model
+from .networks import HashNet
+from .config import DSCHConfig
+from .trainer import DSCHTrainer
+
+BASELINES = {"itq": baselines.ITQ, "pcah": baselines.PCAH, "lsh": baselines.LSH}
 
 
 def write_json(path: str, record: Dict) -> None:
@@ -21,7 +30,7 @@ def write_json(path: str, record: Dict) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def train_dsch(dataset: data.Dataset, split: data.RetrievalSplit, config: DSCHConfig, out_dir: Optional[str] = None,
+def train_dsch(dataset: Dataset, split: RetrievalSplit, config: DSCHConfig, out_dir: Optional[str] = None,
                width: int = 32, device="cpu", resume: bool = False, distributed: bool = False,
                evaluate: bool = True, curve: bool = True, verbose: int = 1, method: Optional[str] = None,
                backbone: Optional[Dict] = None) -> Dict:
@@ -63,3 +72,32 @@ def train_dsch(dataset: data.Dataset, split: data.RetrievalSplit, config: DSCHCo
     if out_dir and comm.rank == 0:
         write_json(os.path.join(out_dir, "record.json"), record)
     return record
+
+
+def encode(net: HashNet, images: torch.Tensor, comm: Optional[LocalCommunicator] = None,
+           batch_size: int = 1024) -> torch.Tensor:
+    """Packed codes of ``images`` (sharded over ranks when ``comm`` is distributed: each rank
+    encodes a contiguous slice and every rank gets all codes)."""
+    comm = comm or LocalCommunicator()
+    start, stop = shard_range(images.shape[0], comm)
+    mine = pack_bits(net.codes(images[start:stop], batch_size))
+    return torch.cat(comm.all_gather_rows(mine)) if comm.distributed else mine
+
+
+def _flat(images: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] (uint8 images) or the features as they are, float64 [N, D]."""
+    x = images.flatten(1)
+    return x.double() / 255.0 if images.dtype == torch.uint8 else x.double()
+
+
+def run_baseline(name: str, dataset: Dataset, split: RetrievalSplit, nbits: int, seed: int = 0,
+                 curve: bool = True) -> Dict:
+    """Fit LSH / PCAH / ITQ on the training items' pixels (or features) and evaluate."""
+    t0 = time.perf_counter()
+    model = BASELINES[name](nbits, random_state=seed).fit(_flat(dataset.images[split.train]))
+    t_train = time.perf_counter() - t0
+    q = model.encode(_flat(dataset.images[split.query]))
+    db = model.encode(_flat(dataset.images[split.database]))
+    result = evaluate_codes(q, db, dataset.labels[split.query], dataset.labels[split.database], curve)
+    result.update(method=name, nbits=nbits, seed=seed, train_seconds=t_train)
+    return result

@@ -9,27 +9,26 @@ import torch
 
 import dsch_ext
 
-from .. import distributed
+from .. import datasets, distributed
 from .._atomic import atomic_write
 from ..distributed.comm import LocalCommunicator
 from ..dsch.augment import AugmentConfig
 from ..dsch.backbones import BackboneError, TorchvisionBackbone
 from ..dsch.components import component_statistics, fit_components
-from ..dsch.trainer import DSCHConfig
-from . import data
-from .arrays import load_array, load_codes
+from ..dsch.model_file import load_model
+from ..dsch.reports import plot_results, results_table
+from ..dsch.runs import encode, run_baseline, train_dsch, write_json
+from ..dsch.config import DSCHConfig
+from ..datasets import protocol_split
+from ..evaluation import evaluate_codes
 from .errors import CliError, check_device
-from .models import load_model
-from .protocol import encode, evaluate_codes, protocol_split, run_baseline
-from .reports import plot_results, results_table
-from .results import PLOT_FILE, TABLES_FILE, run_results
-from .training import train_dsch, write_json
+from .files import load_array, load_codes
 
 
 def _data(spec):
     try:
-        return data.load_data(spec)
-    except data.DataError as exc:
+        return datasets.load_data(spec)
+    except datasets.DataError as exc:
         raise CliError(str(exc)) from exc
 
 
@@ -46,8 +45,8 @@ def _augment(args):
 
 def _config(args, nbits, baseline=False):
     """From scratch by default; the reference fine-tuning settings with --backbone."""
-    names = ("m1", "m2", "covariance_type", "gmm_max_iter", "lam", "tau", "batch_size", "lr", "adam_eps", "rounds",
-             "epochs_per_round", "seed", "mstep_threads")
+    names = ("m1", "m2", "covariance_type", "gmm_max_iter", "component_weight", "tau", "batch_size", "lr", "adam_eps",
+             "rounds", "epochs_per_round", "seed")
     fields = {f: getattr(args, f) for f in names if getattr(args, f, None) is not None}
     preset = DSCHConfig.fine_tuning if getattr(args, "backbone", None) else DSCHConfig.from_scratch
     return preset(nbits=nbits, baseline=baseline or args.baseline, augment=_augment(args), **fields)
@@ -190,7 +189,7 @@ def eval_command(args):
 def components_command(args):
     dataset = _data(args.data)
     net, config, _ = _model_for(args.model, dataset, args.data)
-    cfg = DSCHConfig(**config)
+    cfg = DSCHConfig.from_dict(config)
     split = protocol_split(dataset, args.query_per_class, args.train_per_class, args.split_seed)
     codes = net.codes(dataset.images[split.train]).double()
     print(f"{args.model}: {cfg.nbits}-bit codes of {codes.shape[0]:,} training images; fitting the E-step "
@@ -217,6 +216,8 @@ def _plot(records, path, title):
 
 
 def results_command(args):
+    from ..experiments.results import PLOT_FILE, TABLES_FILE, run_results  # the bench, only for this command
+
     base = _config(args, 64)
     try:
         text = run_results(args.out, args.data, args.bits, args.ablation_bits, base,

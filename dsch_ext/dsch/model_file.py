@@ -10,16 +10,16 @@ import torch
 
 from .._atomic import atomic_write
 from .._torch_file import read_torch_file
-from ..dsch.backbones import TorchvisionBackbone
-from ..dsch.networks import HashNet, MLPBackbone, small_cnn_hash_net
-from ..dsch.trainer import DSCHConfig
-from . import data
+from ..datasets import Dataset
+from .backbones import TorchvisionBackbone
+from .networks import HashNet, MLPBackbone, small_cnn_hash_net
+from .config import DSCHConfig
 
 MODEL_FORMAT = "dsch_ext.model"
 MODEL_VERSION = 1
 
 
-def build_net(dataset: data.Dataset, nbits: int, width: int = 32, hidden: int = 512,
+def build_net(dataset: Dataset, nbits: int, width: int = 32, hidden: int = 512,
               backbone: Optional[Dict] = None) -> HashNet:
     """The small CNN for images, an MLP for feature vectors, or a torchvision backbone
     (``backbone``: ``{"name", "weights", "freeze", "input_size"}``, images only)."""
@@ -37,7 +37,7 @@ def build_net(dataset: data.Dataset, nbits: int, width: int = 32, hidden: int = 
     return HashNet(backbone, backbone.out_dim, nbits)
 
 
-def architecture(dataset: data.Dataset, width: int, hidden: int, backbone: Optional[Dict] = None) -> Dict:
+def architecture(dataset: Dataset, width: int, hidden: int, backbone: Optional[Dict] = None) -> Dict:
     """What ``load_model`` needs to rebuild the network ``build_net`` makes for ``dataset``
     (a torchvision backbone's weights travel in the model file, not the weights file)."""
     x = dataset.images
