@@ -11,12 +11,13 @@ import inspect
 import warnings
 
 try:  # pragma: no cover - which branch runs depends on the environment
-    from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin, TransformerMixin
+    from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, DensityMixin, TransformerMixin
     from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
     HAVE_SKLEARN = True
 except ImportError:  # pragma: no cover
     HAVE_SKLEARN = False
+    import numpy as np
 
     class NotFittedError(ValueError, AttributeError):
         """Raised when an estimator is used before ``fit``."""
@@ -67,6 +68,14 @@ except ImportError:  # pragma: no cover
     class TransformerMixin:
         pass
 
+    class ClassNamePrefixFeaturesOutMixin:
+        """``get_feature_names_out``: the lowercased class name and the output column number."""
+
+        def get_feature_names_out(self, input_features=None):
+            check_is_fitted(self, "_n_features_out")
+            prefix = type(self).__name__.lower()
+            return np.asarray([f"{prefix}{i}" for i in range(self._n_features_out)], dtype=object)
+
 
 def check_is_fitted(estimator, attribute: str) -> None:
     """Raise :class:`NotFittedError` naming the estimator when ``attribute`` is not set yet."""
@@ -79,5 +88,5 @@ def warn_not_converged(message: str) -> None:
     warnings.warn(message, ConvergenceWarning, stacklevel=3)
 
 
-__all__ = ["BaseEstimator", "ClusterMixin", "ConvergenceWarning", "DensityMixin", "HAVE_SKLEARN", "NotFittedError",
-           "TransformerMixin", "check_is_fitted", "warn_not_converged"]
+__all__ = ["BaseEstimator", "ClassNamePrefixFeaturesOutMixin", "ClusterMixin", "ConvergenceWarning", "DensityMixin",
+           "HAVE_SKLEARN", "NotFittedError", "TransformerMixin", "check_is_fitted", "warn_not_converged"]

@@ -1,7 +1,10 @@
-"""Input conversion and checks shared by the estimators (KMeans, GaussianMixture).
+"""Input conversion and checks shared by the estimators (KMeans, GaussianMixture) and the ops.
 
-Estimators take numpy arrays or torch tensors on any device, run where the data lives, and
-raise ValueError naming the argument and its shape for bad input.
+Estimators take numpy arrays, array-likes, scipy sparse matrices (densified) or torch tensors
+on any device, run where the data lives, and raise ValueError naming the argument and its
+shape for bad input. Random states in every form scikit-learn and torch users bring (int,
+None, ``np.random.RandomState``, ``np.random.Generator``, ``torch.Generator``) become one
+CPU ``torch.Generator``.
 """
 import numbers
 from typing import Optional, Union
@@ -11,26 +14,45 @@ import torch
 
 from ._sklearn import check_is_fitted as check_fitted  # noqa: F401  (NotFittedError before fit)
 
-SeedLike = Union[None, int, np.integer, torch.Generator]
+SeedLike = Union[None, int, np.integer, np.random.RandomState, np.random.Generator, torch.Generator]
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
 
 def as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
-    """A tensor as is, a numpy array without a copy when possible; anything else is a TypeError
-    naming the argument. (The ops' kernels check dtypes and shapes themselves.)"""
+    """A tensor as is, a numpy array without a copy when possible (a read-only array is
+    wrapped without torch's warning: the ops never write their inputs); anything else is a
+    TypeError naming the argument. (The ops' kernels check dtypes and shapes themselves.)"""
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
+        x = np.ascontiguousarray(x)
+        if not x.flags.writeable:
+            return _read_only_tensor(x)
+        return torch.from_numpy(x)
     raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
 
 
-def as_float_tensor(X, name: str = "X", device: Optional[torch.device] = None) -> torch.Tensor:
+def _read_only_tensor(x: np.ndarray) -> torch.Tensor:
+    """A tensor over a read-only array's memory, no copy. torch warns because a tensor is
+    writable; the callers only read it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(x)
+
+
+def as_float_tensor(X, name: str = "X", device: Optional[torch.device] = None,
+                    accept_sparse: bool = True) -> torch.Tensor:
     """2-D float32/float64 tensor on its own (or the given) device; other dtypes become float64,
-    like scikit-learn. Rejects NaN/Inf, empty and non-2-D input."""
+    like scikit-learn. Rejects NaN/Inf, empty and non-2-D input. A scipy sparse matrix is
+    densified, or with ``accept_sparse=False`` refused (TypeError saying so)."""
     if isinstance(X, torch.Tensor):
         t = X.detach()
     else:
+        if not accept_sparse and _is_sparse(X):
+            raise TypeError(f"{name} is a sparse matrix ({type(X).__name__}, shape {X.shape}): sparse input is not "
+                            "supported here; pass X.toarray()")
         t = torch.as_tensor(_numeric_array(X, name))
     if t.is_complex():
         raise ValueError(f"{name} is complex (dtype {t.dtype}, shape {tuple(t.shape)}): Complex data not supported")
@@ -68,11 +90,16 @@ def int_in_range(value, name: str, low: int, high: Optional[int] = None, valid: 
     return int(value)
 
 
+def _is_sparse(X) -> bool:
+    return hasattr(X, "toarray") and hasattr(X, "nnz")
+
+
 def _numeric_array(X, name: str) -> np.ndarray:
     """A numpy array of numbers from array-like input; object arrays of numbers become float64,
-    anything else (strings, dicts, sparse matrices) is one error naming the argument."""
-    if hasattr(X, "toarray") and hasattr(X, "nnz"):
-        raise TypeError(f"{name} is a sparse matrix ({type(X).__name__}): dense input required")
+    scipy sparse matrices are densified (the estimators work on dense data), anything else
+    (strings, dicts) is one error naming the argument."""
+    if _is_sparse(X):
+        X = X.toarray()
     a = np.asarray(X)
     if a.dtype == object or a.dtype.kind in "USV":
         try:
@@ -86,19 +113,51 @@ def _numeric_array(X, name: str) -> np.ndarray:
 
 def make_generator(random_state: SeedLike) -> torch.Generator:
     """A CPU generator: random draws happen on the CPU and move to the data's device, so a seed
-    gives the same result on every device."""
+    gives the same result on every device. An int seeds it; a ``torch.Generator`` is used
+    itself; a numpy ``RandomState`` / ``Generator`` gives it a seed drawn from its stream (so
+    it advances, and the same state gives the same fit); None seeds it from the OS."""
     if isinstance(random_state, torch.Generator):
         return random_state
     g = torch.Generator()
     if random_state is None:
         g.seed()
-    elif isinstance(random_state, numbers.Integral):
-        g.manual_seed(int(random_state))
+    elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, (bool, np.bool_)):
+        g.manual_seed(int(random_state) & 0xFFFF_FFFF_FFFF_FFFF)
+    elif isinstance(random_state, np.random.RandomState):
+        g.manual_seed(int(random_state.randint(np.iinfo(np.int32).max)))
+    elif isinstance(random_state, np.random.Generator):
+        g.manual_seed(int(random_state.integers(2**63 - 1)))
     else:
-        raise ValueError(f"random_state must be None, an int or a torch.Generator, got {random_state!r}")
+        raise ValueError("random_state must be None, an int, a numpy RandomState or Generator, or a torch.Generator, "
+                         f"got {random_state!r}")
     return g
 
 
+def numpy_random_state(generator: torch.Generator) -> np.random.RandomState:
+    """A numpy RandomState seeded from ``generator`` (for user callables that take one, as
+    scikit-learn's ``init`` callables do)."""
+    return np.random.RandomState(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+
+
+def sample_weights(sample_weight, n: int, dtype: torch.dtype, device: torch.device) -> Optional[torch.Tensor]:
+    """``sample_weight`` as a ``[n]`` tensor of ``dtype`` on ``device``: None stays None (every
+    sample weighs 1), a number weighs every sample alike; an array must be 1-D of length n,
+    finite and >= 0 (ValueError naming its shape otherwise). Never the caller's memory."""
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, numbers.Number):
+        w = torch.full((n,), float(sample_weight), dtype=dtype, device=device)
+    else:
+        t = sample_weight.detach() if isinstance(sample_weight, torch.Tensor) else torch.as_tensor(
+            _numeric_array(sample_weight, "sample_weight"))
+        if t.dim() != 1 or t.shape[0] != n:
+            raise ValueError(f"sample_weight.shape == {tuple(t.shape)}, expected {(n,)}!")
+        w = t.to(device=device, dtype=dtype).clone()
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"sample_weight must be finite and >= 0 (shape {tuple(w.shape)})")
+    if n and not bool((w > 0).any()):
+        raise ValueError("Sample weights must contain at least one non-zero number.")
+    return w
 
 
 def check_features(estimator, X: torch.Tensor, name: str = "X"):

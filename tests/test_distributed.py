@@ -97,8 +97,10 @@ def test_gmm_sharded_equals_one_process(tmp_path, world_size, covariance_type, i
         close(res["means"], ref.means_)
         close(res["covariances"], ref.covariances_)
         assert res["n_iter"] == ref.n_iter_
+        # Sharded sums round differently; an early iteration's component around one point
+        # (covariance ~ reg_covar) amplifies that by |x|^2 / reg_covar, hence 1e-8, not 1e-10.
         for a, b in zip(res["bounds"], ref.lower_bounds_):
-            assert a == pytest.approx(b, rel=1e-10)
+            assert a == pytest.approx(b, rel=1e-8)
     assert torch.equal(torch.cat([res["labels"] for res in results]), ref_labels)
 
 
