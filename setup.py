@@ -105,10 +105,10 @@ if cuda_home:
 write_build_info(cuda_home, arch_list)
 link_args = ["-fopenmp", "-g0"]
 if platform.system() == "Linux":
-    # Link the shared libstdc++ by its file name: a toolchain that finds only libstdc++.a
-    # for -lstdc++ (the GPU machines' image) otherwise puts a private copy into _C.so, whose
-    # stream code, bound to _C.so by -Bsymbolic-functions, then met the data of torch's
-    # libstdc++ and crashed at the first error message built with c10::str.
+    # Link the shared libstdc++ by its file name: a toolchain that finds only libstdc++.a for
+    # -lstdc++ (some CUDA images ship only that) would put a private copy into _C.so, whose
+    # stream code, bound to _C.so by -Bsymbolic-functions, meets the data of torch's libstdc++
+    # and crashes at the first error message built with c10::str.
     link_args.append("-l:libstdc++.so.6")
 
 ext = Extension(

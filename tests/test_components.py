@@ -20,8 +20,8 @@ def test_components_shapes_and_invariants(cov):
     assert comp.p1.shape == (600, 24) and comp.p2.shape == (600, 6)
     torch.testing.assert_close(comp.p1.norm(dim=1), torch.ones(600, dtype=comp.p1.dtype))  # L2-normalised rows
     assert set(torch.unique(comp.mu1).tolist()) <= {-1.0, 1.0} and set(torch.unique(comp.mu2).tolist()) <= {-1.0, 1.0}
-    assert torch.equal(comp.p21.sum(1), torch.ones(24, dtype=comp.p21.dtype))  # one coarse parent each
-    torch.testing.assert_close(comp.p2, comp.p1 @ comp.p21)
+    assert torch.equal(comp.fine_to_coarse.sum(1), torch.ones(24, dtype=comp.fine_to_coarse.dtype))  # one coarse parent each
+    torch.testing.assert_close(comp.p2, comp.p1 @ comp.fine_to_coarse)
     torch.testing.assert_close(comp.log_pi1.exp().sum(), torch.tensor(1.0, dtype=comp.log_pi1.dtype))
     torch.testing.assert_close(comp.log_pi2.exp().sum(), torch.tensor(1.0, dtype=comp.log_pi2.dtype))
     # Coarse components follow the data's groups: items of one group share a coarse component.

@@ -40,3 +40,33 @@ def test_every_cited_document_is_in_the_repository(path):
         cited |= set(LINK.findall(text))
     missing = sorted(t for t in cited - WRITTEN if not resolves(full, t))
     assert not missing, f"{path} cites files that are not in the repository: {missing}"
+
+
+# Paths of the repository named in code: under a top-level directory (csrc, dsch_ext, tests...)
+# or relative to the file or to csrc (an include's "../common/..."). A path whose first segment
+# is not a directory of the repository (torch/library.h, sklearn/..., faiss/...) is someone else's.
+CODE_SUFFIXES = (".py", ".h", ".cuh", ".cpp", ".cu", ".sh")
+NAMED_PATH = re.compile(r"(?<![\w/.<>-])((?:\.\./|[\w-]+/)+[\w.-]+\.(?:py|cpp|h|cuh|cu|sh|md|toml|json))\b")
+OUTPUTS = {"build", "dist", "runs"}  # directories the build and the commands create
+
+
+def project_dirs():
+    tops = {d for d in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, d)) and not d.startswith(".venv")}
+    return tops | {d for d in os.listdir(os.path.join(ROOT, "csrc")) if os.path.isdir(os.path.join(ROOT, "csrc", d))}
+
+
+@pytest.mark.parametrize("path", sorted(os.path.relpath(p, ROOT) for p in project_files() if p.endswith(CODE_SUFFIXES)))
+def test_every_path_named_in_code_exists(path):
+    full = os.path.join(ROOT, path)
+    with open(full, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    dirs = project_dirs()
+    missing = []
+    for target in sorted(set(NAMED_PATH.findall(text))):
+        first = target.split("/")[0]
+        if first != ".." and (first not in dirs or first in OUTPUTS):
+            continue
+        bases = (os.path.dirname(full), ROOT, os.path.join(ROOT, "csrc"))
+        if not any(os.path.exists(os.path.normpath(os.path.join(b, target))) for b in bases):
+            missing.append(target)
+    assert not missing, f"{path} names paths that are not in the repository: {missing}"

@@ -45,9 +45,9 @@ void dispatch_code_width(int64_t nbytes, F&& f) {
 }
 
 // Words per row for a width (rows are nbytes apart, Word divides nbytes).
-template <typename CW>
+template <typename Width>
 constexpr int64_t words_per_row(int64_t nbytes) {
-  return nbytes / static_cast<int64_t>(sizeof(typename CW::word_t));
+  return nbytes / static_cast<int64_t>(sizeof(typename Width::word_t));
 }
 
 }  // namespace dsch_ext

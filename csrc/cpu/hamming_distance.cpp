@@ -31,10 +31,10 @@ at::Tensor hamming_distance_cpu(const at::Tensor& queries_in, const at::Tensor& 
   const int64_t nqt = (nq + kQueryTile - 1) / kQueryTile;
   const int64_t ndt = (ndb + db_tile - 1) / db_tile;
 
-  dispatch_code_width(nbytes, [&](auto cw) {
-    using CW = decltype(cw);
-    using Word = typename CW::word_t;
-    const int64_t nwords = words_per_row<CW>(nbytes);
+  dispatch_code_width(nbytes, [&](auto width) {
+    using Width = decltype(width);
+    using Word = typename Width::word_t;
+    const int64_t nwords = words_per_row<Width>(nbytes);
     at::parallel_for(0, nqt * ndt, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t qa = (t / ndt) * kQueryTile, qb = std::min(nq, qa + kQueryTile);
@@ -43,7 +43,7 @@ at::Tensor hamming_distance_cpu(const at::Tensor& queries_in, const at::Tensor& 
           const Word* qi = reinterpret_cast<const Word*>(q + i * nbytes);
           const Word* base = reinterpret_cast<const Word*>(db);
           int32_t* row = o + i * ndb;
-          for (int64_t j = da; j < dbe; ++j) row[j] = CW::distance(qi, base + j * nwords, nwords);
+          for (int64_t j = da; j < dbe; ++j) row[j] = Width::distance(qi, base + j * nwords, nwords);
         }
       }
     });

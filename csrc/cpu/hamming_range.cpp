@@ -78,8 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_range_cpu(const at::Tenso
   const uint8_t* db = database.const_data_ptr<uint8_t>();
   const ScanPlan plan(nq, ndb, at::get_num_threads());
   std::vector<RangeHits> hits(static_cast<size_t>(nq * plan.nsplit));  // [query, split]
-  dispatch_code_width(nbytes, [&](auto cw) {
-    using CW = decltype(cw);
+  dispatch_code_width(nbytes, [&](auto width) {
+    using Width = decltype(width);
     at::parallel_for(0, plan.items(), 1, [&](int64_t i0, int64_t i1) {
       std::vector<RangeHits> block(static_cast<size_t>(plan.qblock));
       for (int64_t item = i0; item < i1; ++item) {
@@ -87,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_range_cpu(const at::Tenso
         const int64_t qa = b * plan.qblock, count = std::min(nq, qa + plan.qblock) - qa;
         const int64_t da = s * plan.split_rows, de = std::min(ndb, da + plan.split_rows);
         RangeSink sink{block.data(), limit};
-        scan_queries<CW>(q + qa * nbytes, nbytes, count, db, da, de, sink);
+        scan_queries<Width>(q + qa * nbytes, nbytes, count, db, da, de, sink);
         for (int64_t a = 0; a < count; ++a) hits[(qa + a) * plan.nsplit + s] = std::move(block[a]);
         for (auto& h : block) h = RangeHits();
       }

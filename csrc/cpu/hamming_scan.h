@@ -54,9 +54,9 @@ struct ScanPlan {
 // compared with each of them, which saves row loads and loop overhead even
 // when some query words spill to the stack (measured on Zen 2: 8 / 4 / 2
 // queries for 1 / 2 / 4-word codes beat both fewer and more).
-template <typename CW>
+template <typename Width>
 constexpr int queries_per_pass() {
-  constexpr int nw = CW::kFixedWords;
+  constexpr int nw = Width::kFixedWords;
   if constexpr (nw == 0) {
     return 1;
   } else {
@@ -68,17 +68,17 @@ constexpr int queries_per_pass() {
 // query a0 + a of the sink). The query words are copied to locals whose
 // address never escapes, so they live in registers even though the push
 // path stores to memory.
-template <typename CW, int NQ, typename Sink>
-void scan_tile(const uint8_t* query_rows, int64_t nbytes, const typename CW::word_t* db, int64_t nwords,
+template <typename Width, int NQ, typename Sink>
+void scan_tile(const uint8_t* query_rows, int64_t nbytes, const typename Width::word_t* db, int64_t nwords,
                int64_t t0, int64_t t1, int a0, Sink& sink) {
-  using Word = typename CW::word_t;
-  constexpr int NW = CW::kFixedWords > 0 ? CW::kFixedWords : 1;
+  using Word = typename Width::word_t;
+  constexpr int NW = Width::kFixedWords > 0 ? Width::kFixedWords : 1;
   Word qw[NQ][NW];
   const Word* qptr[NQ];
   int bound[NQ];
   for (int a = 0; a < NQ; ++a) {
     qptr[a] = reinterpret_cast<const Word*>(query_rows + a * nbytes);
-    if constexpr (CW::kFixedWords > 0) {
+    if constexpr (Width::kFixedWords > 0) {
       for (int w = 0; w < NW; ++w) qw[a][w] = qptr[a][w];
     }
     bound[a] = sink.bound(a0 + a);
@@ -88,7 +88,7 @@ void scan_tile(const uint8_t* query_rows, int64_t nbytes, const typename CW::wor
     DSCH_UNROLL
     for (int a = 0; a < NQ; ++a) {
       int d;
-      if constexpr (CW::kFixedWords > 0) {
+      if constexpr (Width::kFixedWords > 0) {
         d = hamming_fixed<Word, NW>(qw[a], row);
       } else {
         d = hamming_words<Word>(qptr[a], row, nwords);
@@ -121,10 +121,10 @@ inline ScanIsa cpu_scan_isa() {
 }
 
 // The vector scans exist for 64-, 128- and 256-bit codes.
-template <typename CW>
+template <typename Width>
 ScanIsa scan_isa() {
-  if constexpr (std::is_same_v<typename CW::word_t, uint64_t> &&
-                (CW::kFixedWords == 1 || CW::kFixedWords == 2 || CW::kFixedWords == 4)) {
+  if constexpr (std::is_same_v<typename Width::word_t, uint64_t> &&
+                (Width::kFixedWords == 1 || Width::kFixedWords == 2 || Width::kFixedWords == 4)) {
     return cpu_scan_isa();
   } else {
     return ScanIsa::kScalar;
@@ -133,12 +133,12 @@ ScanIsa scan_isa() {
 
 // Queries [0, nq) of the sink over codes [t0, t1) (a multiple of 8 codes)
 // with a vector scan, in groups of queries that share each loaded code vector.
-template <typename CW, typename Sink>
+template <typename Width, typename Sink>
 void scan_tile_vector(ScanIsa isa, const uint8_t* query_rows, int64_t nbytes, int64_t nq,
-                      const typename CW::word_t* db, int64_t t0, int64_t t1, Sink& sink) {
-  if constexpr (std::is_same_v<typename CW::word_t, uint64_t> &&
-                (CW::kFixedWords == 1 || CW::kFixedWords == 2 || CW::kFixedWords == 4)) {
-    constexpr int NW = CW::kFixedWords;
+                      const typename Width::word_t* db, int64_t t0, int64_t t1, Sink& sink) {
+  if constexpr (std::is_same_v<typename Width::word_t, uint64_t> &&
+                (Width::kFixedWords == 1 || Width::kFixedWords == 2 || Width::kFixedWords == 4)) {
+    constexpr int NW = Width::kFixedWords;
     constexpr int NQ = 4;
     auto run = [&](auto group_tag, int64_t qi) {
       constexpr int G = decltype(group_tag)::value;
@@ -168,31 +168,31 @@ void scan_tile_vector(ScanIsa isa, const uint8_t* query_rows, int64_t nbytes, in
 
 // Queries [0, nq) (rows at query_rows) over database rows [begin, end), in
 // tiles that stay in L1/L2 while every query of the block passes over them.
-template <typename CW, typename Sink>
+template <typename Width, typename Sink>
 void scan_queries(const uint8_t* query_rows, int64_t nbytes, int64_t nq, const uint8_t* database, int64_t begin,
                   int64_t end, Sink& sink) {
-  using Word = typename CW::word_t;
+  using Word = typename Width::word_t;
   const Word* db = reinterpret_cast<const Word*>(database);
-  const int64_t nwords = words_per_row<CW>(nbytes);
+  const int64_t nwords = words_per_row<Width>(nbytes);
   const int64_t tile = std::max<int64_t>(256, kScanTileBytes / nbytes);
-  constexpr int kGroup = queries_per_pass<CW>();
-  const ScanIsa isa = scan_isa<CW>();
+  constexpr int kGroup = queries_per_pass<Width>();
+  const ScanIsa isa = scan_isa<Width>();
   for (int64_t t0 = begin; t0 < end; t0 += tile) {
     const int64_t t1 = std::min(end, t0 + tile);
     if (isa != ScanIsa::kScalar) {
       // Whole groups of 8 codes with vectors; the scalar loop takes the rest.
       const int64_t t8 = t0 + (t1 - t0) / 8 * 8;
-      if (t8 > t0) scan_tile_vector<CW>(isa, query_rows, nbytes, nq, db, t0, t8, sink);
+      if (t8 > t0) scan_tile_vector<Width>(isa, query_rows, nbytes, nq, db, t0, t8, sink);
       if (t8 == t1) continue;
       for (int64_t qi = 0; qi < nq; ++qi)
-        scan_tile<CW, 1>(query_rows + qi * nbytes, nbytes, db, nwords, t8, t1, static_cast<int>(qi), sink);
+        scan_tile<Width, 1>(query_rows + qi * nbytes, nbytes, db, nwords, t8, t1, static_cast<int>(qi), sink);
       continue;
     }
     int64_t qi = 0;
     for (; qi + kGroup <= nq; qi += kGroup)
-      scan_tile<CW, kGroup>(query_rows + qi * nbytes, nbytes, db, nwords, t0, t1, static_cast<int>(qi), sink);
+      scan_tile<Width, kGroup>(query_rows + qi * nbytes, nbytes, db, nwords, t0, t1, static_cast<int>(qi), sink);
     for (; qi < nq; ++qi)
-      scan_tile<CW, 1>(query_rows + qi * nbytes, nbytes, db, nwords, t0, t1, static_cast<int>(qi), sink);
+      scan_tile<Width, 1>(query_rows + qi * nbytes, nbytes, db, nwords, t0, t1, static_cast<int>(qi), sink);
   }
 }
 

@@ -123,12 +123,12 @@ void sample_histogram(const Word* q, const Word* rows, int64_t nwords, int64_t c
 
 // Scan database rows [db_begin, db_end) for queries [q_begin, q_end) and
 // write each query's sorted top-min(k, rows) to out (row stride out_stride).
-template <typename CW>
+template <typename Width>
 void scan_range(const uint8_t* queries, const uint8_t* database, int64_t nbytes,
                 int64_t q_begin, int64_t q_end, int64_t db_begin, int64_t db_end, int64_t k,
                 int32_t* out_dist, int64_t* out_index, int64_t out_stride, int64_t* out_count) {
-  using Word = typename CW::word_t;
-  const int64_t nwords = words_per_row<CW>(nbytes);
+  using Word = typename Width::word_t;
+  const int64_t nwords = words_per_row<Width>(nbytes);
   const int nbins = hamming_num_bins(nbytes);
   const int64_t rows = db_end - db_begin;
   const int64_t keep = std::min(k, rows);
@@ -153,7 +153,7 @@ void scan_range(const uint8_t* queries, const uint8_t* database, int64_t nbytes,
   // Queries [qa, qa + count) of this range (states from &state[qa]) over every tile.
   auto scan_block = [&](int64_t qa, int64_t count) {
     TopkSink sink{state.data() + qa, hist.data(), nbins};
-    scan_queries<CW>(queries + (q_begin + qa) * nbytes, nbytes, count, database, db_begin, db_end, sink);
+    scan_queries<Width>(queries + (q_begin + qa) * nbytes, nbytes, count, database, db_begin, db_end, sink);
   };
   // A starting bound from a strided sample when k is large next to the range: without
   // one the first codes all enter the buffer and the bound only settles after many
@@ -245,14 +245,14 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries_in
   const ScanPlan plan(nq, ndb, at::get_num_threads());
   const int64_t qblock = plan.qblock, nblocks = plan.nblocks, nsplit = plan.nsplit;
 
-  dispatch_code_width(nbytes, [&](auto cw) {
-    using CW = decltype(cw);
+  dispatch_code_width(nbytes, [&](auto width) {
+    using Width = decltype(width);
     if (nsplit == 1) {
       std::vector<int64_t> counts(static_cast<size_t>(nq));
       at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t qa = b * qblock, qb = std::min(nq, qa + qblock);
-          scan_range<CW>(q, db, nbytes, qa, qb, 0, ndb, k, od + qa * k, oi + qa * k, k,
+          scan_range<Width>(q, db, nbytes, qa, qb, 0, ndb, k, od + qa * k, oi + qa * k, k,
                          counts.data() + qa);
         }
       });
@@ -270,7 +270,7 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cpu(const at::Tensor& queries_in
         const int64_t qa = b * qblock, qb = std::min(nq, qa + qblock);
         const int64_t da = s * split_rows, dbe = std::min(ndb, da + split_rows);
         // Part layout [query, split, k]: row stride nsplit * k.
-        scan_range<CW>(q, db, nbytes, qa, qb, da, dbe, k,
+        scan_range<Width>(q, db, nbytes, qa, qb, da, dbe, k,
                        part_dist.data() + (qa * nsplit + s) * k,
                        part_index.data() + (qa * nsplit + s) * k, nsplit * k, counts.data());
         for (int64_t qi = qa; qi < qb; ++qi) part_count[qi * nsplit + s] = counts[qi - qa];

@@ -1,7 +1,7 @@
-// What a CUDA op's shared code (csrc/cuda/<op>.cuh) needs from the machine it
+// What a CUDA op's code (csrc/cuda/*.cu and its *.cuh headers) needs from the machine it
 // runs on, in one place, for both builds of that code:
 //   - nvcc (csrc/cuda/<op>.cu, the CUDA dispatch key): the real runtime;
-//   - the host compiler with DSCH_EXT_EMULATION (csrc/emulation/ops.cpp, the
+//   - the host compiler with DSCH_EXT_EMULATION (tests/emulation_build.py, the
 //     test-only dsch_ext_emulated ops on CPU tensors): the CPU emulation of
 //     csrc/emulation/emulator.h.
 // Kernels use DSCH_SHARED_ARRAY / DSCH_DYNAMIC_SHARED for shared memory and

@@ -89,12 +89,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_range_cuda(const at::Tens
   const uint8_t* db = database.const_data_ptr<uint8_t>();
 
   at::Tensor lims, out_dist, out_index;
-  dispatch_code_width(nbytes, [&](auto cw) {
-    using CW = decltype(cw);
-    const auto plan = TiledScanPlan::make<CW>(nq, ndb, nbytes, queries.device(), kMinChunkRows);
+  dispatch_code_width(nbytes, [&](auto width) {
+    using Width = decltype(width);
+    const auto plan = TiledScanPlan::make<Width>(nq, ndb, nbytes, queries.device(), kMinChunkRows);
     at::Tensor counts = at::empty({nq, plan.nchunks}, long_opts);
     const RangeCountVisitor count{limit, plan.nchunks, counts.data_ptr<int64_t>(), {}};
-    launch_tiled_scan<CW>("hamming_range_count", plan, stream, q, db, nq, ndb, nbytes, nullptr, count);
+    launch_tiled_scan<Width>("hamming_range_count", plan, stream, q, db, nq, ndb, nbytes, nullptr, count);
     const at::Tensor inclusive = at::cumsum(counts.view({-1}), 0).view({nq, plan.nchunks});
     lims = at::cat({at::zeros({1}, long_opts), inclusive.select(1, plan.nchunks - 1)});
     const at::Tensor offsets = inclusive.sub(counts).contiguous();
@@ -104,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_range_cuda(const at::Tens
     if (total == 0) return;
     const RangeCollectVisitor collect{limit, plan.nchunks, offsets.const_data_ptr<int64_t>(),
                                       out_dist.data_ptr<int32_t>(), out_index.data_ptr<int64_t>(), {}};
-    launch_tiled_scan<CW>("hamming_range_collect", plan, stream, q, db, nq, ndb, nbytes, nullptr, collect);
+    launch_tiled_scan<Width>("hamming_range_collect", plan, stream, q, db, nq, ndb, nbytes, nullptr, collect);
   });
   return {lims, out_dist, out_index};
 }

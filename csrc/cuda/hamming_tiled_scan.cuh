@@ -34,19 +34,19 @@ constexpr int64_t kScanStageBytes = gpu::tuned(16384, 512);  // shared memory pe
 constexpr int64_t kMaxCudaCodeBytes = 1024;                   // 8192 bits (histograms in shared memory)
 
 // Queries a warp keeps in registers: fewer for wide codes (register budget).
-template <typename CW>
+template <typename Width>
 constexpr int queries_per_warp() {
-  constexpr int nw = CW::kFixedWords * static_cast<int>(sizeof(typename CW::word_t)) / 8;
-  if constexpr (CW::kFixedWords == 0) {
+  constexpr int nw = Width::kFixedWords * static_cast<int>(sizeof(typename Width::word_t)) / 8;
+  if constexpr (Width::kFixedWords == 0) {
     return 1;
   } else {
     return nw >= 8 ? 1 : (nw >= 4 ? 2 : kMaxQueriesPerWarp);
   }
 }
 
-template <typename CW>
+template <typename Width>
 constexpr int tile_queries() {
-  return kScanWarps * queries_per_warp<CW>();
+  return kScanWarps * queries_per_warp<Width>();
 }
 
 // The grid of a tiled scan: enough (chunk, tile) blocks to fill every SM a
@@ -56,11 +56,11 @@ struct TiledScanPlan {
   dim3 grid;
   size_t smem = 0;
 
-  template <typename CW>
+  template <typename Width>
   static TiledScanPlan make(int64_t nq, int64_t ndb, int64_t nbytes, const at::Device& device,
                             int64_t min_chunk_rows) {
     TiledScanPlan p;
-    const int64_t ntiles = (nq + tile_queries<CW>() - 1) / tile_queries<CW>();
+    const int64_t ntiles = (nq + tile_queries<Width>() - 1) / tile_queries<Width>();
     const int64_t want = 4 * static_cast<int64_t>(gpu::multiprocessor_count(device));
     p.nchunks = std::max<int64_t>(1, (want + ntiles - 1) / ntiles);
     p.nchunks = std::min({p.nchunks, std::max<int64_t>(1, ndb / min_chunk_rows), gpu::max_grid_x()});
@@ -84,33 +84,33 @@ __device__ __forceinline__ bool tile_has_active(const uint8_t* active, int64_t f
 
 // The scan of chunk blockIdx.x for query tiles blockIdx.y, + gridDim.y, ...
 // `stage` is the launch's dynamic shared memory (plan.smem bytes).
-template <typename CW, typename Visitor>
+template <typename Width, typename Visitor>
 __device__ __forceinline__ void tiled_scan(const uint8_t* __restrict__ queries, const uint8_t* __restrict__ database,
                                            int64_t nq, int64_t ndb, int64_t nbytes, int64_t chunk_rows,
                                            int64_t stage_rows, const uint8_t* __restrict__ active,
-                                           typename CW::word_t* stage, Visitor& visitor) {
-  using Word = typename CW::word_t;
-  constexpr int QW = queries_per_warp<CW>();
-  constexpr int NW = CW::kFixedWords > 0 ? CW::kFixedWords : 1;
+                                           typename Width::word_t* stage, Visitor& visitor) {
+  using Word = typename Width::word_t;
+  constexpr int QW = queries_per_warp<Width>();
+  constexpr int NW = Width::kFixedWords > 0 ? Width::kFixedWords : 1;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t nwords = words_per_row<CW>(nbytes);
+  const int64_t nwords = words_per_row<Width>(nbytes);
   const int64_t chunk = blockIdx.x;
   const int64_t begin = chunk * chunk_rows;
   const int64_t end = begin + chunk_rows < ndb ? begin + chunk_rows : ndb;
   const Word* db = reinterpret_cast<const Word*>(database);
   const Word* qrows = reinterpret_cast<const Word*>(queries);
-  for (int64_t tile = blockIdx.y; tile * tile_queries<CW>() < nq; tile += gridDim.y) {
-    if (!tile_has_active(active, tile * tile_queries<CW>(), nq, tile_queries<CW>())) continue;
+  for (int64_t tile = blockIdx.y; tile * tile_queries<Width>() < nq; tile += gridDim.y) {
+    if (!tile_has_active(active, tile * tile_queries<Width>(), nq, tile_queries<Width>())) continue;
     // This warp's queries; a query past nq or inactive is skipped (warp-uniform).
     int64_t q[QW];
     bool on[QW];
     Word qreg[QW][NW];
     DSCH_UNROLL
     for (int a = 0; a < QW; ++a) {
-      q[a] = tile * tile_queries<CW>() + warp * QW + a;
+      q[a] = tile * tile_queries<Width>() + warp * QW + a;
       on[a] = q[a] < nq && (active == nullptr || active[q[a]]);
       const Word* row = qrows + (q[a] < nq ? q[a] : 0) * nwords;
-      if constexpr (CW::kFixedWords > 0) {
+      if constexpr (Width::kFixedWords > 0) {
         DSCH_UNROLL
         for (int w = 0; w < NW; ++w) qreg[a][w] = row[w];
       }
@@ -129,7 +129,7 @@ __device__ __forceinline__ void tiled_scan(const uint8_t* __restrict__ queries, 
         for (int a = 0; a < QW; ++a) {
           if (!on[a]) continue;
           int d;
-          if constexpr (CW::kFixedWords > 0) {
+          if constexpr (Width::kFixedWords > 0) {
             d = hamming_fixed<Word, NW>(qreg[a], row);
           } else {
             d = hamming_words<Word>(qrows + q[a] * nwords, row, nwords);
@@ -146,21 +146,21 @@ __device__ __forceinline__ void tiled_scan(const uint8_t* __restrict__ queries, 
 
 // A launch of the tiled scan with `visitor` (copied per thread: its state
 // lives in registers).
-template <typename CW, typename Visitor>
+template <typename Width, typename Visitor>
 __global__ void __launch_bounds__(kScanThreads, 1)
     tiled_scan_kernel(const uint8_t* __restrict__ queries, const uint8_t* __restrict__ database, int64_t nq,
                       int64_t ndb, int64_t nbytes, int64_t chunk_rows, int64_t stage_rows,
                       const uint8_t* __restrict__ active, Visitor visitor) {
-  DSCH_DYNAMIC_SHARED(typename CW::word_t, stage);
+  DSCH_DYNAMIC_SHARED(typename Width::word_t, stage);
   Visitor v = visitor;
-  tiled_scan<CW>(queries, database, nq, ndb, nbytes, chunk_rows, stage_rows, active, stage, v);
+  tiled_scan<Width>(queries, database, nq, ndb, nbytes, chunk_rows, stage_rows, active, stage, v);
 }
 
-template <typename CW, typename Visitor>
+template <typename Width, typename Visitor>
 void launch_tiled_scan(const char* name, const TiledScanPlan& plan, gpu::Stream stream, const uint8_t* queries,
                        const uint8_t* database, int64_t nq, int64_t ndb, int64_t nbytes, const uint8_t* active,
                        const Visitor& visitor) {
-  gpu::launch(name, &tiled_scan_kernel<CW, Visitor>, plan.grid, kScanThreads, plan.smem, stream, queries, database, nq,
+  gpu::launch(name, &tiled_scan_kernel<Width, Visitor>, plan.grid, kScanThreads, plan.smem, stream, queries, database, nq,
               ndb, nbytes, plan.chunk_rows, plan.stage_rows, active, visitor);
 }
 

@@ -232,22 +232,22 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
   at::Tensor out_dist = at::empty({nq, k}, int_opts);
   at::Tensor out_index = at::empty({nq, k}, long_opts);
 
-  dispatch_code_width(nbytes, [&](auto cw) {
-    using CW = decltype(cw);
-    const auto plan = TiledScanPlan::make<CW>(nq, ndb, nbytes, queries.device(), kMinChunkRows);
+  dispatch_code_width(nbytes, [&](auto width) {
+    using Width = decltype(width);
+    const auto plan = TiledScanPlan::make<Width>(nq, ndb, nbytes, queries.device(), kMinChunkRows);
     // The sampled bound: a histogram pass over rows 0, stride, 2 stride, ... gathered once;
     // bound = 1 + the first distance where the sample's count reaches `want`.
     const at::Tensor sample_rows = database.index_select(0, at::arange(sampling.sample, long_opts).mul_(sampling.stride));
-    const auto sample_plan = TiledScanPlan::make<CW>(nq, sampling.sample, nbytes, queries.device(), kMinChunkRows);
+    const auto sample_plan = TiledScanPlan::make<Width>(nq, sampling.sample, nbytes, queries.device(), kMinChunkRows);
     at::Tensor sample_hist = at::zeros({nq, nbins}, long_opts);
     const HistogramVisitor sample_histogram{nbins,
                                             reinterpret_cast<unsigned long long*>(sample_hist.data_ptr<int64_t>())};
-    launch_tiled_scan<CW>("hamming_topk_sample", sample_plan, stream, q, sample_rows.const_data_ptr<uint8_t>(), nq,
+    launch_tiled_scan<Width>("hamming_topk_sample", sample_plan, stream, q, sample_rows.const_data_ptr<uint8_t>(), nq,
                           sampling.sample, nbytes, nullptr, sample_histogram);
     at::Tensor threshold = at::cumsum(sample_hist, 1).lt(sampling.want).sum(1).add_(1).clamp_max_(nbins).to(at::kInt);
     at::Tensor counts = at::empty({nq, plan.nchunks, 2}, long_opts);
     const CountVisitor count{threshold.const_data_ptr<int32_t>(), plan.nchunks, counts.data_ptr<int64_t>(), {}, {}, {}};
-    launch_tiled_scan<CW>("hamming_topk_count", plan, stream, q, db, nq, ndb, nbytes, nullptr, count);
+    launch_tiled_scan<Width>("hamming_topk_count", plan, stream, q, db, nq, ndb, nbytes, nullptr, count);
 
     // The exact redo of the queries the sample misled (tiles without one are skipped).
     const at::Tensor sampled_total = counts.select(2, 0).sum(1);
@@ -256,11 +256,11 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
     const uint8_t* active = redo_flags.const_data_ptr<uint8_t>();
     at::Tensor hist = at::zeros({nq, nbins}, long_opts);
     const HistogramVisitor histogram{nbins, reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>())};
-    launch_tiled_scan<CW>("hamming_topk_histogram", plan, stream, q, db, nq, ndb, nbytes, active, histogram);
+    launch_tiled_scan<Width>("hamming_topk_histogram", plan, stream, q, db, nq, ndb, nbytes, active, histogram);
     const at::Tensor exact_t = at::cumsum(hist, 1).lt(k).sum(1).to(at::kInt);  // topk_threshold per row
     threshold = at::where(redo, exact_t, threshold).contiguous();
     const CountVisitor recount{threshold.const_data_ptr<int32_t>(), plan.nchunks, counts.data_ptr<int64_t>(), {}, {}, {}};
-    launch_tiled_scan<CW>("hamming_topk_recount", plan, stream, q, db, nq, ndb, nbytes, active, recount);
+    launch_tiled_scan<Width>("hamming_topk_recount", plan, stream, q, db, nq, ndb, nbytes, active, recount);
 
     const at::Tensor offsets = at::cumsum(counts, 1).sub_(counts).contiguous();
     const at::Tensor below_total = counts.select(2, 0).sum(1).contiguous();
@@ -272,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
                                  below_total.const_data_ptr<int64_t>(), ties_wanted.const_data_ptr<int64_t>(),
                                  plan.nchunks, capacity, cand_dist.data_ptr<int32_t>(), cand_index.data_ptr<int64_t>(),
                                  {}, {}, {}};
-    launch_tiled_scan<CW>("hamming_topk_collect", plan, stream, q, db, nq, ndb, nbytes, nullptr, collect);
+    launch_tiled_scan<Width>("hamming_topk_collect", plan, stream, q, db, nq, ndb, nbytes, nullptr, collect);
     gpu::launch("hamming_topk_select", &topk_select_kernel, per_query_grid, kBlockThreads, nbins * sizeof(unsigned),
                 stream, nq, k, capacity, nbins, cand_dist.const_data_ptr<int32_t>(),
                 cand_index.const_data_ptr<int64_t>(), n_cand.const_data_ptr<int64_t>(), out_dist.data_ptr<int32_t>(),

@@ -1,7 +1,7 @@
 // The test-only library of emulated CUDA kernels: the dsch_ext schemas again,
 // as torch.ops.dsch_ext_emulated.*, implemented for CPU tensors by the CUDA
 // sources compiled with the host compiler (see emulator.h and
-// dsch_ext/testing/emulation.py, which builds this library).
+// tests/emulation_build.py, which builds this library).
 #include <torch/library.h>
 
 #include "../op_schemas.h"

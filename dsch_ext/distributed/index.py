@@ -3,9 +3,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .._validation import ArrayLike
-from ..index import BinaryIndex
-from ..ops import hamming_topk
+from .._validation import ArrayLike, int_in_range
+from ..index import BinaryIndex, id_tensor
 from .comm import Communicator, DistributedError
 from .shard import _agree
 
@@ -73,8 +72,16 @@ class ShardedBinaryIndex:
         return new_ids
 
     def remove_ids(self, ids: ArrayLike) -> int:
-        """Remove these ids wherever they are (collective); returns how many were removed in all."""
-        removed = self.local.remove_ids(ids)
+        """Remove these ids wherever they are (collective); returns how many were removed in all.
+        The ranks agree on the ids first: bad ids on one rank raise on every rank, and nothing
+        is removed anywhere."""
+        error, checked = None, None
+        try:
+            checked = id_tensor(ids, "ids")
+        except (TypeError, ValueError) as exc:
+            error = exc
+        _agree(self.comm, error, "ShardedBinaryIndex.remove_ids (ids)")
+        removed = self.local.remove_ids(checked)
         return int(self.comm.sum_(torch.tensor([removed], dtype=torch.int64)))
 
     def search(self, queries: ArrayLike, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -93,8 +100,9 @@ class ShardedBinaryIndex:
         _agree(self.comm, error, "ShardedBinaryIndex.search (queries)")
         codes, ids = self.local._snapshot()
         ntotal = sum(self.comm.sizes(codes.shape[0]))
-        if not isinstance(k, int) or not 1 <= k <= ntotal:
-            raise ValueError(f"k must be in [1, ntotal] = [1, {ntotal}] (over all ranks), got {k!r}")
+        if ntotal == 0:
+            raise ValueError("the index is empty on every rank: add codes before searching it")
+        k = int_in_range(k, "k", 1, ntotal, f"in [1, ntotal] = [1, {ntotal}] (over all ranks)")
         all_queries = self.comm.all_gather_rows(q)
         nq = [t.shape[0] for t in all_queries]
         device = codes.device
@@ -108,7 +116,7 @@ class ShardedBinaryIndex:
         kk = min(k, codes.shape[0])
         if kk:
             for s in range(0, Q.shape[0], self.local.query_chunk):
-                d, pos = hamming_topk(Q[s : s + self.local.query_chunk], codes, kk)
+                d, pos = torch.ops.dsch_ext.hamming_topk.default(Q[s : s + self.local.query_chunk], codes, kk)
                 dist[s : s + d.shape[0], :kk] = d
                 found[s : s + d.shape[0], :kk] = ids[pos]
         mine = slice(sum(nq[: self.comm.rank]), sum(nq[: self.comm.rank + 1]))
@@ -129,8 +137,7 @@ class ShardedBinaryIndex:
         error = None
         try:
             q = self.local.pack(queries, "queries")
-            if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
-                raise ValueError(f"radius must be an int >= 0, got {radius!r}")
+            radius = int_in_range(radius, "radius", 0)
         except (TypeError, ValueError) as exc:
             error, q = exc, None
         _agree(self.comm, error, "ShardedBinaryIndex.range_search (queries, radius)")

@@ -43,7 +43,7 @@ class ResponsibilityTable:
     crow: torch.Tensor
     col: torch.Tensor
     val: torch.Tensor
-    p21: torch.Tensor
+    fine_to_coarse: torch.Tensor  # [m1, m2], the paper's P21
 
     def rows(self, idx: torch.Tensor):
         idx = torch.as_tensor(idx, dtype=torch.int64, device=self.crow.device)
@@ -55,9 +55,9 @@ class ResponsibilityTable:
         row_of = torch.repeat_interleave(torch.arange(idx.numel(), device=idx.device), lengths)
         first = torch.cumsum(lengths, 0) - lengths  # where each row's entries start in the output
         pos = starts[row_of] + torch.arange(row_of.numel(), device=idx.device) - first[row_of]
-        p1 = torch.zeros((idx.numel(), self.p21.shape[0]), dtype=self.val.dtype, device=self.val.device)
+        p1 = torch.zeros((idx.numel(), self.fine_to_coarse.shape[0]), dtype=self.val.dtype, device=self.val.device)
         p1[row_of, self.col[pos]] = self.val[pos]
-        return p1, p1 @ self.p21.to(p1.dtype)
+        return p1, p1 @ self.fine_to_coarse.to(p1.dtype)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Components:
     gmm: GaussianMixture  # the fine mixture
     mu1: torch.Tensor  # [m1, nbits] sign of the GMM means
     log_pi1: torch.Tensor  # [m1]
-    p21: torch.Tensor  # [m1, m2] one-hot coarse assignment of fine components
+    fine_to_coarse: torch.Tensor  # [m1, m2] one-hot: the coarse component of each fine one (the paper's P21)
     mu2: torch.Tensor  # [m2, nbits]
     log_pi2: torch.Tensor  # [m2]
     m1: int
@@ -82,7 +82,7 @@ class Components:
         p1 = self.gmm.predict_proba(codes)
         if self.normalize_p1:
             p1 = torch.nn.functional.normalize(p1, dim=1)
-        return p1, p1 @ self.p21
+        return p1, p1 @ self.fine_to_coarse
 
     def table(self, codes: torch.Tensor, threshold: float = 0.0, chunk: int = 4096) -> ResponsibilityTable:
         """P1 of ``codes`` ``[N, nbits]`` computed once (in chunks of ``chunk`` rows) and kept as
@@ -97,7 +97,7 @@ class Components:
             vals.append(p1[r, c])
             crow.append(keep.sum(1))
         crow = torch.cumsum(torch.cat(crow), 0)
-        return ResponsibilityTable(crow, torch.cat(cols), torch.cat(vals), self.p21)
+        return ResponsibilityTable(crow, torch.cat(cols), torch.cat(vals), self.fine_to_coarse)
 
     @property
     def p1(self) -> torch.Tensor:
@@ -137,11 +137,11 @@ def fit_components(codes: torch.Tensor, m1: int = 1000, m2: int = 100, covarianc
         gmm.fit(codes)
     # The means are the same on every rank: the coarse KMeans runs locally, identically.
     km = KMeans(m2, n_init=1, random_state=random_state).fit(gmm.means_)
-    p21 = torch.nn.functional.one_hot(km.labels_, m2).to(gmm.means_.dtype)
+    fine_to_coarse = torch.nn.functional.one_hot(km.labels_, m2).to(gmm.means_.dtype)
     return Components(
-        gmm=gmm, mu1=_sign(gmm.means_), log_pi1=torch.log(gmm.weights_), p21=p21,
+        gmm=gmm, mu1=_sign(gmm.means_), log_pi1=torch.log(gmm.weights_), fine_to_coarse=fine_to_coarse,
         mu2=_sign(km.cluster_centers_), log_pi2=torch.full((m2,), -float(torch.log(torch.tensor(float(m2)))),
-                                                          dtype=p21.dtype, device=p21.device),
+                                                          dtype=fine_to_coarse.dtype, device=fine_to_coarse.device),
         m1=m1, m2=m2, gmm_lower_bound=float(gmm.lower_bound_), gmm_iterations=int(gmm.n_iter_),
         normalize_p1=normalize_p1, codes=codes,
     )

@@ -15,8 +15,8 @@ from .augment import AugmentConfig
 # Settings that differ when the network starts from random weights (the small CNN, the MLP).
 FROM_SCRATCH = {"lr": 1e-3, "adam_eps": 1e-8, "epochs_per_round": 5, "tau": 0.3, "component_weight": 1.0}
 
-# Keys that older model files, checkpoints and run records hold under another name, and keys
-# that no longer change what a run learns (read back and dropped).
+# Keys that model files, checkpoints and run records may hold under another name, and keys
+# that do not change what a run learns (read back and dropped).
 RENAMED = {"lam": "component_weight"}
 DROPPED = ("mstep_threads",)
 
