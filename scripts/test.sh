@@ -28,8 +28,8 @@ for stage in $STAGES; do
     cuda)
       echo "=== stage cuda: CUDA torch, --no-build-isolation build, full suite"
       DSCH_VENV="$ROOT/.venv" DSCH_TORCH=cuda DSCH_EXTRAS=test DSCH_VISION=1 bash scripts/install.sh
-      echo "=== building the emulated CUDA kernels (plain, tsan, asan) at $((SECONDS - start)) s"
-      "$ROOT/.venv/bin/python" tests/emulation_build.py --variant plain tsan asan
+      echo "=== building the emulated CUDA kernels (plain, production, tsan, asan) at $((SECONDS - start)) s"
+      "$ROOT/.venv/bin/python" tests/emulation_build.py --variant plain production tsan asan
       DSCH_REQUIRE_SANITIZERS=1 run_suite "$ROOT/.venv" "$@"
       echo "=== emulated CUDA kernels under the sanitizers at $((SECONDS - start)) s"
       VENV="$ROOT/.venv" bash scripts/test_emulation_sanitizers.sh

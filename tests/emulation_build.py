@@ -6,6 +6,8 @@ together with the emulator and the schemas, into ``build/emulation/<variant>/`` 
 (incremental: an unchanged tree rebuilds in a second). Variants:
 
 - ``plain``: ``-O1`` with libstdc++'s assertions (what ``tests/test_emulation.py`` loads);
+- ``production``: the same with the GPU's launch constants instead of the small ones
+  (``csrc/cuda/launch_constants.cuh``), for one test per kernel as it runs on a GPU;
 - ``tsan``: ThreadSanitizer (a missing ``__syncthreads`` shows as a data race);
 - ``asan``: AddressSanitizer + UndefinedBehaviorSanitizer (out-of-bounds indices, overflow).
 
@@ -27,6 +29,8 @@ LIB_NAME = "libdsch_ext_emulated.so"
 
 VARIANT_FLAGS = {
     "plain": ["-O1", "-D_GLIBCXX_ASSERTIONS"],
+    # The GPU's launch constants (csrc/cuda/launch_constants.cuh), not the small ones.
+    "production": ["-O1", "-D_GLIBCXX_ASSERTIONS", "-DDSCH_EMULATION_PRODUCTION_CONSTANTS"],
     "tsan": ["-O1", "-g", "-fsanitize=thread", "-D_GLIBCXX_ASSERTIONS"],
     "asan": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
              "-fno-sanitize-recover=undefined", "-D_GLIBCXX_ASSERTIONS"],
@@ -52,7 +56,7 @@ def _write_ninja(build_dir, variant):
     cxx = os.environ.get("CXX", "g++")
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     includes = " ".join(f"-isystem {shlex.quote(p)}" for p in cpp_extension.include_paths())
-    flags = " ".join(["-std=c++20", "-fPIC", "-g0" if variant == "plain" else "", "-DDSCH_EXT_EMULATION",
+    flags = " ".join(["-std=c++20", "-fPIC", "-g0" if variant in ("plain", "production") else "", "-DDSCH_EXT_EMULATION",
                       f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Wall", "-Wno-unused-function",
                       "-Wno-unknown-pragmas", *VARIANT_FLAGS[variant]])
     libdirs = " ".join(f"-L{shlex.quote(p)}" for p in cpp_extension.library_paths())

@@ -284,6 +284,55 @@ def test_results_ignore_the_tf32_switch(emu, generator):
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
 
 
+# ---------------------------------------------------------------- the GPU's launch constants
+
+# One case per CUDA kernel, run in the production emulation build (the GPU's buffer sizes,
+# chunks and samples, csrc/cuda/launch_constants.cuh) against the CPU ops.
+PRODUCTION_CASES = r"""
+import torch, dsch_ext
+emu, cpu = torch.ops.dsch_ext_emulated, torch.ops.dsch_ext
+g = torch.Generator().manual_seed(0)
+codes = torch.randint(0, 2, (300, 70), generator=g)
+packed = emu.pack_bits(codes)
+assert torch.equal(packed, cpu.pack_bits(codes)) and torch.equal(emu.unpack_bits(packed, 70), cpu.unpack_bits(packed, 70))
+q, db = packed[:20], packed[20:]
+assert torch.equal(emu.hamming_distance(q, db), cpu.hamming_distance(q, db))
+for k in (1, 17, 280):
+    for got, want in zip(emu.hamming_topk(q, db, k), cpu.hamming_topk(q, db, k)):
+        assert torch.equal(got, want), k
+for got, want in zip(emu.hamming_range(q, db, 30), cpu.hamming_range(q, db, 30)):
+    assert torch.equal(got, want)
+x, c = torch.randn(200, 9, generator=g, dtype=torch.float64), torch.randn(13, 9, generator=g, dtype=torch.float64)
+for metric in ("sqeuclidean", "cosine", "dot"):
+    out = emu.center_distances(x, c, metric)
+    torch.testing.assert_close(out, cpu.center_distances(x, c, metric), rtol=1e-10, atol=1e-10)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(emu._center_distances_backward(grad, x, c, out, metric),
+                    cpu._center_distances_backward(grad, x, c, out, metric)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+for a, b in zip(emu.nearest_center(x, c), cpu.nearest_center(x, c)):
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+chol = {"full": torch.eye(9, dtype=torch.float64).repeat(13, 1, 1) * 2, "tied": torch.eye(9, dtype=torch.float64),
+        "diag": torch.ones(13, 9, dtype=torch.float64), "spherical": torch.ones(13, dtype=torch.float64)}
+logw = torch.full((13,), -float(torch.log(torch.tensor(13.0))), dtype=torch.float64)
+for cov, p in chol.items():
+    for a, b in zip(emu.gmm_log_resp(x, c, p, logw, cov, 0.0), cpu.gmm_log_resp(x, c, p, logw, cov, 0.0)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+offsets = torch.tensor([0, 50, 50, 200])
+torch.testing.assert_close(emu.segment_gram(x, offsets), cpu.segment_gram(x, offsets), rtol=1e-10, atol=1e-10)
+print("ok")
+"""
+
+
+def test_every_kernel_with_the_gpus_launch_constants(tmp_path):
+    if os.environ.get("DSCH_EMULATION_LIBRARY"):
+        pytest.skip("a sanitizer run: the production build is tested in the plain run")
+    path = emulation_build.build("production")
+    code = f"import torch\ntorch.ops.load_library({path!r})\n" + PRODUCTION_CASES
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-4000:]
+
+
 # ---------------------------------------------------------------- the emulator's own checks
 
 

@@ -63,19 +63,28 @@ inline int multiprocessor_count(const at::Device& device) {
 inline int64_t max_grid_yz() { return 65535; }
 #endif
 
+// Under emulation, launch constants take small values (launch_constants.cuh
+// lists every one) so that test-sized inputs reach the paths large inputs
+// take on a GPU; the `production` emulation build
+// (DSCH_EMULATION_PRODUCTION_CONSTANTS) keeps the GPU's values, so the
+// kernels are also tested exactly as they run there.
+#if defined(DSCH_EXT_EMULATION) && !defined(DSCH_EMULATION_PRODUCTION_CONSTANTS)
+#define DSCH_SMALL_CONSTANTS 1
+#endif
+
 // The largest gridDim.x a launch uses (grid-stride loops cover the rest).
 inline int64_t max_grid_x() {
-#if defined(DSCH_EXT_EMULATION)
+#if defined(DSCH_SMALL_CONSTANTS)
   return 64;
 #else
   return int64_t{1} << 20;
 #endif
 }
 
-// A value for the GPU and a small one under emulation (buffer sizes, chunk
-// lengths), so tests reach the paths large inputs take.
-constexpr int64_t tuned(int64_t on_gpu, int64_t emulated) {
-#if defined(DSCH_EXT_EMULATION)
+// `on_gpu` on a GPU (and in the production emulation build), `emulated` in
+// the emulation build the tests mostly run.
+constexpr int64_t small_under_emulation(int64_t on_gpu, int64_t emulated) {
+#if defined(DSCH_SMALL_CONSTANTS)
   (void)on_gpu;
   return emulated;
 #else

@@ -31,13 +31,14 @@
 #include "../common/gmm_prepare.h"
 #include "block_scan.cuh"
 #include "device_runtime.cuh"
+#include "launch_constants.cuh"
 #include "pair_tile.cuh"
 
 namespace dsch_ext {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kFullBufferElements = gpu::tuned(32 << 20, 1000);  // 128 MB of float32 per block of points
+constexpr int64_t kFullBufferElements = launch::kGmmFullBufferElements;
 constexpr int kFusedMaxDim = 64;
 constexpr int kFusedRows = 64;         // points a block keeps
 constexpr int kFusedComponents = 16;   // log probabilities buffered before a write

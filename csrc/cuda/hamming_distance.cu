@@ -10,12 +10,13 @@
 #include "../common/checks.h"
 #include "../common/code_width.h"
 #include "device_runtime.cuh"
+#include "launch_constants.cuh"
 
 namespace dsch_ext {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kQueriesPerBlock = static_cast<int>(gpu::tuned(16, 3));
+constexpr int kQueriesPerBlock = launch::kDistanceQueriesPerBlock;
 
 template <typename Width>
 __device__ __forceinline__ void distances_of_row(const uint8_t* __restrict__ queries, const typename Width::word_t* row,

@@ -21,12 +21,13 @@
 #include "../common/checks.h"
 #include "../common/code_width.h"
 #include "device_runtime.cuh"
+#include "launch_constants.cuh"
 #include "hamming_tiled_scan.cuh"
 
 namespace dsch_ext {
 namespace {
 
-constexpr int64_t kMinChunkRows = gpu::tuned(16384, 96);
+constexpr int64_t kMinChunkRows = launch::kScanMinChunkRows;
 
 // Count pass: counts[q, chunk] = hits (distance < limit).
 struct RangeCountVisitor {

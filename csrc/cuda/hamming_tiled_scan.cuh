@@ -24,13 +24,14 @@
 #include "../common/code_width.h"
 #include "block_scan.cuh"
 #include "device_runtime.cuh"
+#include "launch_constants.cuh"
 
 namespace dsch_ext {
 
 constexpr int kScanWarps = 8;
 constexpr int kScanThreads = kScanWarps * 32;
 constexpr int kMaxQueriesPerWarp = 4;
-constexpr int64_t kScanStageBytes = gpu::tuned(16384, 512);  // shared memory per stage
+constexpr int64_t kScanStageBytes = launch::kScanStageBytes;  // shared memory per stage
 constexpr int64_t kMaxCudaCodeBytes = 1024;                   // 8192 bits (histograms in shared memory)
 
 // Queries a warp keeps in registers: fewer for wide codes (register budget).

@@ -38,25 +38,17 @@
 #include "../common/checks.h"
 #include "../common/code_width.h"
 #include "device_runtime.cuh"
+#include "launch_constants.cuh"
 #include "hamming_tiled_scan.cuh"
 
 namespace dsch_ext {
 namespace {
 
 constexpr int kBlockThreads = 256;
-constexpr int64_t kMinChunkRows = gpu::tuned(16384, 96);
-// Sample: kSamplePerK codes per wanted neighbour, at most kMaxSample and a
-// 16th of the database, at least kMinSample (or all of it).
-constexpr int64_t kSamplePerK = gpu::tuned(64, 4);
-constexpr int64_t kMinSample = gpu::tuned(65536, 16);
-constexpr int64_t kMaxSample = gpu::tuned(1 << 20, 64);
+constexpr int64_t kMinChunkRows = launch::kScanMinChunkRows;
+using launch::kListFactor, launch::kListOverExpected, launch::kListSlack, launch::kMaxSample, launch::kMinSample,
+    launch::kSamplePerK;
 constexpr int64_t kMinSampleHits = 4;
-// Candidate list per query: the largest of kListFactor k, k + kListSlack and
-// kListOverExpected times the codes expected under the bound; at most ndb.
-// Small under emulation, so that tests overflow it and take the exact redo.
-constexpr int64_t kListFactor = gpu::tuned(4, 2);
-constexpr int64_t kListSlack = gpu::tuned(1024, 3);
-constexpr int64_t kListOverExpected = gpu::tuned(4, 1);
 
 // Counts per (query, chunk): [0] codes at distance < threshold[q], [1] codes
 // at exactly threshold[q].

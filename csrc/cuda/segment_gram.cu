@@ -18,12 +18,13 @@
 
 #include "../common/segment_gram.h"
 #include "device_runtime.cuh"
+#include "launch_constants.cuh"
 
 namespace dsch_ext {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kPartialElements = gpu::tuned(int64_t{64} << 20, 4096);  // buffer budget, elements
+constexpr int64_t kPartialElements = launch::kSegmentPartialElements;
 
 __device__ __forceinline__ int64_t clamped_offset(const int64_t* offsets, int64_t c, int64_t m) {
   const int64_t v = offsets[c];
