@@ -8,8 +8,11 @@ import collections
 import os
 import sys
 
-import pytest
-import torch
+# scikit-learn's array API path (the GMM anchor on torch tensors) needs this before scipy loads.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import dsch_ext  # noqa: F401
 

@@ -10,6 +10,10 @@ G2: GaussianMixture.fit, same data, same initial parameters, equal iterations (t
     sklearn vs dsch_ext dense (float64, same lower bound to 1e-6) and dsch_ext with the
     sparse M-step (resp_threshold = 1e-8, which also prunes the E-steps).
 G3: G1 with diagonal covariance.
+G1/G2 on torch tensors: scikit-learn's own array-API path (``sklearn.set_config(
+    array_api_dispatch=True)``, torch CPU tensors, init_params='random') as the second anchor: its
+    E-step (predict_proba) and its fit at equal iterations from the same start, against
+    dsch_ext on the same tensors.
 M2: the sparse M-step's second moments: the segment_gram kernel vs the torch route (packed
     products + index_add_), same pairs, same answer.
 E1: DSCH's E-step at equal EM iterations (dsch_ext.experiments.estep.estep_comparison's two sides): GMM with
@@ -18,6 +22,7 @@ E1: DSCH's E-step at equal EM iterations (dsch_ext.experiments.estep.estep_compa
     trained network's codes.
 """
 import functools
+import os
 import warnings
 
 import numpy as np
@@ -107,6 +112,71 @@ def test_gmm_fit(impl, quick, timed):
               rounds=2, resp_threshold=1e-8)
 
 
+def _array_api_sklearn():
+    """scikit-learn's config context for its array API path, or a skip saying what is missing."""
+    import sklearn
+
+    pytest.importorskip("array_api_compat")
+    if os.environ.get("SCIPY_ARRAY_API") != "1":
+        pytest.skip("scikit-learn's array API path needs SCIPY_ARRAY_API=1")
+    return sklearn.config_context(array_api_dispatch=True)
+
+
+def _sklearn_on_tensors(X, gm, max_iter):
+    """scikit-learn's GaussianMixture on torch tensors from gm's parameters: fit max_iter
+    iterations (0: the start itself) under its array API dispatch."""
+    init = {k: torch.from_numpy(np.asarray(v)) for k, v in
+            dict(weights_init=gm.weights_, means_init=gm.means_, precisions_init=gm.precisions_).items()}
+    with _array_api_sklearn(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sk_mixture.GaussianMixture(gm.n_components, covariance_type=gm.covariance_type, init_params="random",
+                                          max_iter=max_iter, tol=0, **init).fit(torch.from_numpy(X))
+
+
+@functools.lru_cache(maxsize=1)
+def tensor_model(quick):
+    """scikit-learn's mixture fitted one EM step on torch tensors (its array API path) from
+    G1's parameters, and the op's arguments for the same parameters (float64, float32)."""
+    X, gm, _, _ = model("full", quick)
+    sk = _sklearn_on_tensors(X, gm, max_iter=1)
+    args64 = [torch.from_numpy(X), sk.means_, sk.precisions_cholesky_, torch.log(sk.weights_)]
+    with _array_api_sklearn():
+        proba = sk.predict_proba(args64[0])
+    np.testing.assert_allclose(proba.numpy(), np.exp(dsch_ext.gmm_log_resp(*args64, "full")[0].numpy()), atol=1e-8)
+    return sk, args64, [a.float() for a in args64]
+
+
+@pytest.mark.parametrize("impl", ["sklearn-array-api", "dsch_ext-f64", "dsch_ext-f32"])
+def test_gmm_estep_on_tensors(impl, quick, timed):
+    sk, args64, args32 = tensor_model(quick)
+    X = args64[0]
+    group = f"G1 on torch tensors: E-step full N={X.shape[0]} K={sk.n_components} D={X.shape[1]}"
+    if impl == "sklearn-array-api":
+        with _array_api_sklearn():
+            timed(group, "anchor", "sklearn array API (float64)", sk.predict_proba, X, rounds=2)
+    elif impl == "dsch_ext-f64":
+        timed(group, "ours", "dsch_ext float64", dsch_ext.gmm_log_resp, *args64, "full")
+    else:
+        timed(group, "ours", "dsch_ext float32", dsch_ext.gmm_log_resp, *args32, "full")
+
+
+@pytest.mark.parametrize("impl", ["sklearn-array-api", "dsch_ext", "dsch_ext-sparse"])
+def test_gmm_fit_on_tensors(impl, quick, timed):
+    X, gm = fit_checked(quick)
+    Xt = torch.from_numpy(X)
+    group = f"G2 on torch tensors: fit full N={X.shape[0]} K={gm.n_components} {FIT_ITERS} iters f64"
+    if impl == "sklearn-array-api":
+        ref = _sklearn_on_tensors(X, gm, FIT_ITERS)
+        ours = _fit(dsch_ext.GaussianMixture, Xt, gm)
+        assert ours.lower_bound_ == pytest.approx(float(ref.lower_bound_), rel=1e-6)
+        timed(group, "anchor", "sklearn array API fit", _sklearn_on_tensors, X, gm, FIT_ITERS, rounds=1)
+    elif impl == "dsch_ext":
+        timed(group, "ours", "dsch_ext fit (dense)", _fit, dsch_ext.GaussianMixture, Xt, gm, rounds=2)
+    else:
+        timed(group, "ours", "dsch_ext fit (resp>=1e-8)", _fit, dsch_ext.GaussianMixture, Xt, gm, rounds=2,
+              resp_threshold=1e-8)
+
+
 @functools.lru_cache(maxsize=1)
 def dsch_codes(quick):
     """E1's input: 5,000 codes of 64 bits shaped like a trained hash network's (tanh of
@@ -164,12 +234,12 @@ def moment_pairs(quick):
 
 def _moments_torch(X, point, comp, weight, k):
     """The torch route: packed products of the weighted points, scattered with index_add_."""
-    from dsch_ext.mixture import _packed_products
+    from dsch_ext.mixture._statistics import packed_products
 
     d = X.shape[1]
     rows, cols = torch.triu_indices(d, d)
     packed = X.new_zeros((k, rows.shape[0]))
-    packed.index_add_(0, comp, _packed_products(X[point] * weight.sqrt()[:, None]))
+    packed.index_add_(0, comp, packed_products(X[point] * weight.sqrt()[:, None]))
     out = X.new_empty((k, d, d))
     out[:, rows, cols] = packed
     out[:, cols, rows] = packed
@@ -177,12 +247,10 @@ def _moments_torch(X, point, comp, weight, k):
 
 
 def _moments_ours(X, point, comp, weight, k):
-    from dsch_ext.distributed.comm import LocalCommunicator
-    from dsch_ext.distributed import Shard
-    from dsch_ext.mixture import SparseResp, _full_second_moments
+    from dsch_ext.mixture import SparseResp
+    from dsch_ext.mixture._statistics import full_second_moments
 
-    ones = torch.ones(k, dtype=X.dtype)
-    return _full_second_moments(X, SparseResp(point, comp, weight, k), ones, Shard(LocalCommunicator(), X.shape[0]))
+    return full_second_moments(X, SparseResp(point, comp, weight, k))
 
 
 @pytest.mark.parametrize("impl", ["torch", "dsch_ext"])
