@@ -37,11 +37,13 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.errno is not None:  # name the target, not the temporary file
+            raise OSError(exc.errno, exc.strerror, path) from exc
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(directory, os.O_RDONLY)

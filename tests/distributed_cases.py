@@ -111,6 +111,25 @@ def bad_search(comm, nbits):
     return {"error_type": None}
 
 
+def bad_remove(comm, nbits):
+    """Only rank 1 passes ids that are not ids: every rank raises at once, nothing is removed,
+    and the index still answers (numpy integers for k too)."""
+    import numpy as np
+
+    from dsch_ext.distributed import ShardedBinaryIndex
+
+    index = ShardedBinaryIndex(nbits)
+    index.add(torch.randint(0, 2, (5, nbits)))
+    start = time.monotonic()
+    try:
+        index.remove_ids([1.5] if comm.rank == 1 else [0])
+    except Exception as exc:
+        dist, ids = index.search(torch.zeros(1, nbits), np.int64(3))
+        return {"error_type": type(exc).__name__, "error": str(exc), "seconds": time.monotonic() - start,
+                "ntotal": index.ntotal(), "k": dist.shape[1]}
+    return {"error_type": None}
+
+
 def rank_dies(comm, how):
     """Rank 1 exits (how='dies') or stalls (how='hangs') before a collective; the others time it."""
     from dsch_ext import KMeans

@@ -71,11 +71,11 @@ def test_augmentation_travels_with_the_config():
     import dataclasses
 
     from dsch_ext.dsch.trainer import DSCHConfig
-    from dsch_ext.cli import commands, main as cli
+    from dsch_ext.cli import common, main as cli
 
     args = cli.build_parser().parse_args(["train", "--out", "r", "--augment", "digits", "--rotation", "5",
                                           "--jitter", "0.1", "--crop-scale", "0.7", "0.9"])
-    cfg = commands._config(args, 16)
+    cfg = common.training_config(args, 16)
     assert (cfg.augment.flip_p, cfg.augment.max_rotation_deg, cfg.augment.brightness) == (0.0, 5.0, 0.1)
     assert cfg.augment.crop_scale == (0.7, 0.9)
     saved = dataclasses.asdict(cfg)  # what the checkpoint, model file and record.json hold

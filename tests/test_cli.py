@@ -83,7 +83,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.returncode == 2 and "data not found" in result.stderr and "Traceback" not in result.stderr
     (tmp_path / "bad.npz").write_bytes(b"not a zip file")
     result = run(tmp_path, "train", "--data", str(tmp_path / "bad.npz"), "--out", "run")
-    assert result.returncode == 2 and "cannot read" in result.stderr
+    assert result.returncode == 2 and "is not a .npz file" in result.stderr
     (tmp_path / "model.pt").write_bytes(b"garbage")
     result = run(tmp_path, "encode", "--model", "model.pt", "--out", "c.npy")
     assert result.returncode == 2 and "not a readable dsch_ext model file" in result.stderr
@@ -168,6 +168,14 @@ def test_results_on_a_larger_training_set_without_ablation_or_estep(tmp_path):
     assert changed.returncode == 2 and "epochs_per_round=3 (this call: 1)" in changed.stderr, changed.stderr
     negative = run(tmp_path, "results", "--data", data, "--ablation-bits", "-1", "--out", "res")
     assert negative.returncode == 2 and "ablation_bits and estep_iterations must be >= 0" in negative.stderr
+    # ... nor runs of another data set, even one under the same file name.
+    record["config"]["epochs_per_round"] = 1
+    path.write_text(json.dumps(record))
+    features_npz(tmp_path / "feats.npz", seed=1)
+    mixed = run(tmp_path, "results", "--data", data, "--train-per-class", "20", *args)
+    assert mixed.returncode == 2 and "holds a run of other data" in mixed.stderr, mixed.stderr
+    embedded = run(tmp_path, "results", "--data", "embedded", "--train-per-class", "20", *args)
+    assert embedded.returncode == 2 and "holds a run of other data (feats.npz" in embedded.stderr, embedded.stderr
 
 
 def test_results_checks_its_optional_dependencies_before_training(tmp_path, monkeypatch, capsys):
@@ -193,3 +201,104 @@ def test_demo_prints_the_table(tmp_path):
     for method in ("lsh", "pcah", "itq", "contrastive", "dsch"):
         assert f"| {method} |" in result.stdout
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["records"][-1]["method"] == "dsch"
+
+
+@pytest.mark.slow
+def test_resume_continues_only_the_run_it_saved(tmp_path):
+    data = features_npz(tmp_path / "feats.npz")
+    first = run(tmp_path, "train", "--data", data, "--out", "run", *TINY, "--no-eval")
+    assert first.returncode == 0, first.stderr
+    again = run(tmp_path, "train", "--data", data, "--out", "run", "--resume", *TINY[:2], "--rounds", "3", *TINY[4:],
+                "--no-eval")
+    assert again.returncode == 0, again.stderr  # the same data and split: it continues
+    other = features_npz(tmp_path / "other.npz", seed=3)
+    for argv in (["--data", other], ["--data", data, "--train-per-class", "20"]):
+        result = run(tmp_path, "train", "--out", "run", "--resume", *TINY, *argv, "--no-eval")
+        assert result.returncode == 2 and "was trained on other training data" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["data"]["name"] == "feats.npz" and len(record["history"]["rounds"]) == 3
+
+
+@pytest.mark.slow
+def test_encode_writes_what_the_suffix_says_and_components_json_is_json(tmp_path):
+    import numpy as np
+
+    import dsch_ext
+
+    data = features_npz(tmp_path / "feats.npz")
+    assert run(tmp_path, "train", "--data", data, "--out", "run", *TINY, "--no-eval").returncode == 0
+    for out, kind in (("c.npz", "npz"), ("C.NPY", "npy"), ("i.DBIX", "index")):
+        result = run(tmp_path, "encode", "--model", "run/model.pt", "--data", data, "--out", out)
+        assert result.returncode == 0, result.stderr
+        if kind == "npz":
+            assert np.load(tmp_path / out)["codes"].shape == (240, 1)
+        elif kind == "npy":
+            assert np.load(tmp_path / out).shape == (240, 1)
+        else:
+            assert len(dsch_ext.BinaryIndex.load(tmp_path / out)) == 240
+    result = run(tmp_path, "components", "--model", "run/model.pt", "--data", data, "--json", "--query-per-class", "5",
+                 "--train-per-class", "30")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["points"] > 0  # standard output is the JSON alone
+
+
+@pytest.mark.slow
+def test_failed_commands_leave_the_output_location_as_they_found_it(tmp_path):
+    data = features_npz(tmp_path / "feats.npz")
+    # An evaluation that fails (a baseline it cannot fit): no eval directory either.
+    result = run(tmp_path, "eval", "--data", data, "--baselines", "lsh", "itq", "--bits", "8", "17", "--out", "ev",
+                 "--query-per-class", "5", "--train-per-class", "30")
+    assert result.returncode == 2 and "exceeds the number of features 16" in result.stderr
+    assert not (tmp_path / "ev").exists()
+    # A search whose output cannot be finished leaves an existing output file as it was.
+    import numpy as np
+
+    import dsch_ext
+
+    index = dsch_ext.BinaryIndex(16)
+    index.add(np.random.default_rng(0).standard_normal((50, 16)))
+    index.save(tmp_path / "c.dbix")
+    (tmp_path / "res.csv").write_text("an earlier result\n")
+    np.save(tmp_path / "q.npy", np.random.default_rng(1).standard_normal((3, 16)))
+    result = run(tmp_path, "search", "--index", "c.dbix", "--queries", "q.npy", "-k", "99", "--format", "csv",
+                 "--out", "res.csv")
+    assert result.returncode == 2 and (tmp_path / "res.csv").read_text() == "an earlier result\n"
+    result = run(tmp_path, "search", "--index", "c.dbix", "--queries", "q.npy", "-k", "3", "--format", "csv",
+                 "--out", "res.csv")
+    assert result.returncode == 0 and len((tmp_path / "res.csv").read_text().splitlines()) == 10
+
+
+def test_a_run_that_fails_before_its_first_round_leaves_no_directory(tmp_path, monkeypatch):
+    from dsch_ext.dsch import trainer
+
+    def fail(self, *args, **kwargs):
+        raise RuntimeError("the first round failed")
+
+    monkeypatch.setattr(trainer.DSCHTrainer, "fit", fail)
+    from dsch_ext.cli import main as cli
+
+    with pytest.raises(RuntimeError, match="the first round failed"):
+        cli.main(["train", "--data", features_npz(tmp_path / "feats.npz"), "--out", str(tmp_path / "gone"), *TINY])
+    assert not (tmp_path / "gone").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_is_one_line_saying_what_was_saved(tmp_path):
+    import signal
+    import time
+
+    data = features_npz(tmp_path / "feats.npz", n=2000)
+    proc = subprocess.Popen([sys.executable, "-m", "dsch_ext", "train", "--data", data, "--out", "run", *TINY[:2],
+                             "--rounds", "50", *TINY[4:], "--no-eval"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("dsch: interrupted: the last finished round is saved in") and "--resume" in lines[-1]
+    assert "Traceback" not in err
+

@@ -151,6 +151,14 @@ def test_bad_input_on_one_rank_raises_on_every_rank(tmp_path):
 
 
 @SLOW
+def test_bad_ids_to_remove_on_one_rank_raise_on_every_rank_at_once(tmp_path):
+    results = run_ranks("bad_remove", 2, tmp_path, timeout=60.0, nbits=16)[0]
+    assert results[1]["error_type"] == "ValueError" and "ids must be integers" in results[1]["error"]
+    assert results[0]["error_type"] == "DistributedError" and "rank(s) [1]" in results[0]["error"]
+    assert all(r["seconds"] < 30 and r["ntotal"] == 10 and r["k"] == 3 for r in results), results
+
+
+@SLOW
 @pytest.mark.parametrize("how", ["dies", "hangs"])
 def test_a_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
     timeout = 5.0
@@ -220,3 +228,19 @@ def test_nccl_needs_a_gpu_per_local_rank(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", str(torch.cuda.device_count()))
     with pytest.raises(DistributedError, match=r"one GPU per local rank: LOCAL_RANK=\d+ but \d+ GPU"):
         dsch_ext.distributed.init(backend="nccl")
+
+
+def test_synchronised_batch_norm_trains_without_warnings():
+    import warnings
+
+    from dsch_ext.distributed import LocalCommunicator, SyncBatchNorm
+
+    bn = SyncBatchNorm(4, comm=LocalCommunicator())
+    x = torch.randn(8, 4, 3, 3, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Converting a tensor with requires_grad=True to a scalar"
+        bn(x).sum().backward()
+    reference = torch.nn.BatchNorm2d(4)
+    reference(x.detach())
+    torch.testing.assert_close(bn.running_mean, reference.running_mean)
+    torch.testing.assert_close(bn.running_var, reference.running_var)

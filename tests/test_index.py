@@ -395,3 +395,107 @@ def test_saved_files_keep_the_mode_or_follow_the_umask(tmp_path):
         index.save(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         index.save(tmp_path / "missing" / "x.dbix")
+
+
+# ---------------------------------------------------------------- ids at the edges, memory, messages
+
+def test_ids_outside_int64_or_the_next_id_are_refused_at_add(tmp_path):
+    index = dsch_ext.BinaryIndex(8)
+    for bad in (np.array([2**63], np.uint64), [2**63 - 1], [-1], np.array([2**64 - 1], np.uint64)):
+        with pytest.raises(ValueError, match=r"ids must be in \[0, 2\^63 - 2\]"):
+            index.add(torch.zeros(1, 8), ids=bad)
+    assert len(index) == 0  # nothing was added
+    index.add(torch.zeros(2, 8), ids=np.array([2**63 - 2, 7], np.uint64))
+    assert index.ids.tolist() == [2**63 - 2, 7]
+    with pytest.raises(ValueError, match="no room for 1 more default ids"):
+        index.add(torch.zeros(1, 8))
+    index.save(tmp_path / "edge.dbix")
+    assert dsch_ext.BinaryIndex.load(tmp_path / "edge.dbix").ids.tolist() == [2**63 - 2, 7]
+
+
+def test_remove_no_ids_and_search_an_empty_index():
+    index = dsch_ext.BinaryIndex(64)
+    assert index.remove_ids([]) == 0 and index.remove_ids(np.array([], np.int64)) == 0
+    with pytest.raises(ValueError, match="the index is empty"):
+        index.search(torch.zeros(1, 64), 10)
+
+
+def test_read_only_numpy_input_needs_no_copy_and_no_warning(tmp_path):
+    import warnings
+
+    codes = np.random.default_rng(0).integers(0, 256, (100, 8), dtype=np.uint8)
+    np.save(tmp_path / "db.npy", codes)
+    mapped = np.load(tmp_path / "db.npy", mmap_mode="r")
+    frozen = np.frombuffer(codes.tobytes(), np.uint8).reshape(100, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "The given NumPy array is not writable"
+        for db in (mapped, frozen):
+            d, i = dsch_ext.hamming_topk(db[:3], db, 5)
+            assert torch.equal(i[:, 0], torch.arange(3))
+            lims, _, _ = dsch_ext.hamming_range(db[:3], db, 0)
+            assert lims.tolist()[-1] >= 3
+            index = dsch_ext.BinaryIndex(64)
+            index.add(db)
+            assert index.search(db[:2], 1)[1][:, 0].tolist() == [0, 1]
+
+
+def test_mapped_load_maps_the_ids_too(tmp_path, monkeypatch):
+    from dsch_ext.index import _binary_index, _file_format
+
+    index = dsch_ext.BinaryIndex(16)
+    index.add(torch.randint(0, 2, (500, 16)))
+    index.save(tmp_path / "m.dbix")
+    read, original = {}, _file_format.read_index
+
+    def reading(*args, **kwargs):
+        read["arrays"] = original(*args, **kwargs)
+        return read["arrays"]
+
+    monkeypatch.setattr(_binary_index._file_format, "read_index", reading)
+    loaded = dsch_ext.BinaryIndex.load(tmp_path / "m.dbix", mmap=True)
+    _, codes, ids, increasing = read["arrays"]
+    assert increasing and isinstance(codes, np.memmap) and isinstance(ids.base if ids.base is not None else ids,
+                                                                      np.memmap)
+    # The index's tensors are those mapped arrays, not copies of them.
+    assert loaded.codes.data_ptr() == codes.ctypes.data and loaded.ids.data_ptr() == ids.ctypes.data
+    assert loaded.search(index.codes[:4], 1)[1][:, 0].tolist() == [0, 1, 2, 3]
+
+
+def test_range_search_that_cannot_fit_is_refused_before_the_scan(monkeypatch):
+    from dsch_ext.index import _range
+
+    index = dsch_ext.BinaryIndex(8)
+    index.add(torch.zeros(70_000, 8))  # every code at distance 0 of a zero query
+    monkeypatch.setattr(_range, "available_bytes", lambda device: 10_000_000)
+    with pytest.raises(MemoryError, match=r"would return about 70,000,000 results \(0.8 GB"):
+        index.range_search(torch.zeros(1000, 8), 0)
+
+
+def test_range_search_maps_ids_and_keeps_the_order_over_query_chunks():
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 2, (300, 12), generator=g)
+    index = dsch_ext.BinaryIndex(12, query_chunk=7)
+    index.add(codes, ids=torch.arange(300) * 3 + 11)
+    index.remove_ids([11, 14])
+    queries = torch.randint(0, 2, (20, 12), generator=g)
+    lims, dist, ids = index.range_search(queries, 4)
+    want_lims, want_dist, want_pos = dsch_ext.hamming_range(index.pack(queries), index.codes, 4)
+    assert torch.equal(lims, want_lims) and torch.equal(dist, want_dist) and torch.equal(ids, index.ids[want_pos])
+
+
+def test_a_failed_save_names_the_target_and_keeps_the_old_file(tmp_path, monkeypatch):
+    from dsch_ext import _atomic
+
+    path = tmp_path / "keep.dbix"
+    index = dsch_ext.BinaryIndex(8)
+    index.add(torch.zeros(3, 8))
+    index.save(path)
+    before = path.read_bytes()
+
+    def no_space(*args):
+        raise OSError(28, "No space left on device", "/tmp/.keep.dbix.tmp-abc")
+
+    monkeypatch.setattr(_atomic.os, "fsync", no_space)
+    with pytest.raises(OSError) as caught:
+        index.save(path)
+    assert caught.value.filename == str(path) and path.read_bytes() == before

@@ -132,3 +132,29 @@ def test_configs_read_back_with_their_older_names():
     assert cfg.component_weight == 0.5 and cfg.augment.crop_scale == (0.7, 0.9)
     with pytest.raises(ValueError, match="unknown DSCH settings \\['colour'\\]"):
         DSCHConfig.from_dict({"colour": 1})
+
+
+def test_resume_refuses_other_data_and_a_missing_checkpoint(tmp_path):
+    images, labels = tiny_images(n=90, seed=5)
+    path = str(tmp_path / "ckpt.pt")
+    DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=1), checkpoint=path, verbose=0).fit(images, labels)
+    other_images, other_labels = tiny_images(n=90, seed=6)
+    again = DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=2), checkpoint=path, verbose=0)
+    with pytest.raises(ValueError, match="was trained on other training data"):
+        again.fit(other_images, other_labels, resume=True)
+    with pytest.raises(ValueError, match="was trained on other training data"):
+        again.fit(images[:60], labels[:60], resume=True)
+    nowhere = DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=2),
+                          checkpoint=str(tmp_path / "none.pt"), verbose=0)
+    with pytest.raises(FileNotFoundError, match="no training checkpoint to resume"):
+        nowhere.fit(images, labels, resume=True)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("rounds", 0, "rounds must be an int >= 1"), ("rounds", -1, "rounds must be an int >= 1"),
+    ("batch_size", 1, "batch_size must be an int >= 2"), ("tau", 0.0, "tau must be > 0"),
+    ("nbits", 0, "nbits must be an int >= 1"), ("covariance_type", "banded", "covariance_type must be"),
+])
+def test_settings_no_training_can_run_with_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        config(**{field: value})

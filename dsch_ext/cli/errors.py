@@ -8,6 +8,10 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C: printed as one line saying what was kept, exit status 130."""
+
+
 def check_device(name: str) -> torch.device:
     """``--device`` as a torch device this copy of dsch_ext can run on, or a CliError saying why not."""
     try:

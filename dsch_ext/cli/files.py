@@ -5,8 +5,11 @@ import os
 import numpy as np
 import torch
 
-from .._torch_file import first_line
+from .._torch_file import first_line, read_torch_file
 from .errors import CliError
+
+_MAGIC = {".npy": ((b"\x93NUMPY",), "a .npy file (numpy.save)"),
+          ".npz": ((b"PK\x03\x04", b"PK\x05\x06"), "a .npz file (numpy.savez)")}  # a zip archive, or an empty one
 
 
 def load_array(path, what):
@@ -16,21 +19,27 @@ def load_array(path, what):
         raise CliError(f"{what} file {path} is a directory")
     if not os.path.isfile(path):
         raise CliError(f"{what} file not found: {path}")
-    lower = path.lower()
-    if not lower.endswith((".npy", ".npz", ".pt", ".pth")):
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".npy", ".npz", ".pt", ".pth"):
         raise CliError(f"{what} file {path}: unknown format (use .npy, .npz or .pt)")
+    if suffix in _MAGIC:
+        magics, kind = _MAGIC[suffix]
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if not head.startswith(magics):
+            raise CliError(f"cannot read {what} file {path}: it is not {kind}")
     try:
-        if lower.endswith(".npy"):
+        if suffix == ".npy":
             return torch.from_numpy(np.load(path, allow_pickle=False))
-        if lower.endswith(".npz"):
+        if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 if not z.files:
                     raise CliError(f"{what} file {path} holds no arrays")
                 return torch.from_numpy(z["codes" if "codes" in z.files else z.files[0]])
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = read_torch_file(path, f"{what} file", error=CliError)
     except CliError:
         raise
-    except Exception as exc:  # numpy / torch say what is wrong with the file
+    except Exception as exc:  # numpy says what is wrong with the file
         raise CliError(f"cannot read {what} file {path}: {first_line(exc)}") from exc
     if isinstance(obj, dict):
         obj = obj.get("codes", next((v for v in obj.values() if isinstance(v, torch.Tensor)), None))

@@ -19,7 +19,8 @@ Subcommands:
   dsch search        search an index file with query codes; JSON or CSV out.
   dsch info          what this copy of dsch_ext was built with.
 
-This module parses the arguments; ``commands.py`` does the work through the library. Every
+This module parses the arguments; ``training.py``, ``evaluation.py`` and ``indexes.py`` do the work
+through the library. Every
 default a help text shows is read from where it is defined: the parser's own defaults, and the
 training settings of :class:`~dsch_ext.dsch.DSCHConfig` (from scratch, or with ``--backbone``).
 """
@@ -29,10 +30,12 @@ import sys
 
 import torch
 
+from ..datasets import DataError
 from ..dsch.backbones import BACKBONE_NAMES
 from ..dsch.config import DSCHConfig
-from . import commands
-from .errors import CliError
+from ..index import IndexFormatError
+from . import evaluation, indexes, training
+from .errors import CliError, Interrupted
 from .search_demo import search_demo
 
 DESCRIPTION = "dsch: train DSCH hash networks, evaluate them against baselines, build and search binary indexes."
@@ -170,7 +173,7 @@ def _add_demo(sub):
                    help="training images per class")
     p.add_argument("--out", default="", help="directory for demo.json, demo.png and the models (default: none)")
     p.add_argument("--verbose", type=_int_type(0, 1), default=1, help="0: quiet, 1: progress")
-    p.set_defaults(func=commands.demo_command)
+    p.set_defaults(func=training.demo_command)
 
 
 def _add_train(sub):
@@ -197,7 +200,7 @@ def _add_train(sub):
     p.add_argument("--distributed", action="store_true", help="one process per rank (launch with torchrun)")
     p.add_argument("--timeout", type=_float_type(0.0, low_open=True), default=600.0,
                    help="seconds before a silent rank is an error")
-    p.set_defaults(func=commands.train_command)
+    p.set_defaults(func=training.train_command)
 
 
 def _add_results(sub):
@@ -213,7 +216,7 @@ def _add_results(sub):
                    help="training seeds (default: --seed); with several, the tables give mean ± sd and DSCH's "
                         "paired differences; the ablation and the E-step comparison use the first")
     p.add_argument("--out", default="results", help="directory for the run directories, tables.md and results.png")
-    p.set_defaults(func=commands.results_command)
+    p.set_defaults(func=training.results_command)
 
 
 def _add_encode(sub):
@@ -222,7 +225,7 @@ def _add_encode(sub):
     p.add_argument("--data", default="embedded", help=DATA_HELP)
     p.add_argument("--out", required=True, help="a .npy file (packed uint8 codes) or an index file for dsch search")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.set_defaults(func=commands.encode_command)
+    p.set_defaults(func=evaluation.encode_command)
 
 
 def _add_eval(sub):
@@ -236,7 +239,7 @@ def _add_eval(sub):
     p.add_argument("--seed", type=int, default=0, help="seed of the baselines' projections")
     p.add_argument("--out", default="", help="directory for eval.json and eval.png (default: none)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.set_defaults(func=commands.eval_command)
+    p.set_defaults(func=evaluation.eval_command)
 
 
 def _add_components(sub):
@@ -247,7 +250,7 @@ def _add_components(sub):
     _protocol_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the mixture's k-means start")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=commands.components_command)
+    p.set_defaults(func=evaluation.components_command)
 
 
 def _add_search_demo(sub):
@@ -272,7 +275,7 @@ def _add_index(sub, common):
                        help="code length (default: the codes' columns; x 8 for uint8 packed codes)")
     build.add_argument("--packed", action="store_true", help="the codes are uint8 packed bytes (pack_bits' layout)")
     build.add_argument("--ids", help="optional int64 ids [n] (.npy/.npz/.pt)")
-    build.set_defaults(func=commands.index_build_command)
+    build.set_defaults(func=indexes.index_build_command)
 
 
 def _add_search(sub):
@@ -283,7 +286,7 @@ def _add_search(sub):
     p.add_argument("--format", choices=("json", "csv"), default="json", help="output format")
     p.add_argument("--out", default="-", help="output file (default: standard output)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.set_defaults(func=commands.search_command)
+    p.set_defaults(func=indexes.search_command)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -310,7 +313,7 @@ def build_parser():
                 _add_search):
         add(sub)
     _add_index(sub, common)
-    sub.add_parser("info", help="print how dsch_ext was built").set_defaults(func=commands.info_command)
+    sub.add_parser("info", help="print how dsch_ext was built").set_defaults(func=indexes.info_command)
     return parser
 
 
@@ -320,9 +323,18 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     try:
         code = args.func(args)
-    except CliError as exc:
+    except (CliError, DataError, IndexFormatError) as exc:
         print(f"dsch: error: {exc}", file=sys.stderr)
         code = 2
+    except MemoryError as exc:
+        print(f"dsch: error: out of memory: {exc or 'the data or result does not fit'}", file=sys.stderr)
+        code = 2
+    except Interrupted as exc:
+        print(f"dsch: interrupted: {exc}", file=sys.stderr)
+        code = 130
+    except KeyboardInterrupt:
+        print("dsch: interrupted (outputs are written whole or not at all)", file=sys.stderr)
+        code = 130
     except BrokenPipeError:
         # The reader went away (`dsch search ... | head`): say so once, and keep Python from
         # reporting the broken pipe again when it flushes stdout at exit.

@@ -22,6 +22,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from .._fingerprint import fingerprint
+
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 EMBEDDED_FASHION_MNIST = os.path.join(os.path.dirname(__file__), "fashion_mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -40,6 +42,11 @@ class Dataset:
 
     def __len__(self):
         return int(self.labels.shape[0])
+
+    def fingerprint(self) -> str:
+        """A content hash of the images and labels (SHA-256 of shapes, dtypes and bytes): what
+        a run record keeps to say which data it was trained and evaluated on."""
+        return fingerprint(self.images, self.labels)
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -168,11 +175,56 @@ def load_cifar10(root: str, split: str = "all") -> Dataset:
                    torch.from_numpy(np.concatenate([p[1] for p in parts])), f"cifar10-{split}")
 
 
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first entry, or an empty archive
+MIN_IMAGE_SIDE = 8  # the small CNN pools three times
+
+
+def check_arrays(x: np.ndarray, y: np.ndarray, key: str, where: str) -> np.ndarray:
+    """``x`` as the data set holds it (images ``[N, C, H, W]``, C = 1 or 3; features
+    ``[N, D]``), or a DataError naming ``where``, the array and its shape: no items, images
+    that are not 2-D pictures of at least 8 x 8 pixels (channels last is named as such),
+    features that are not rows of numbers, labels that are not class ids (integers >= 0) or
+    multi-hot rows."""
+    if x.shape[0] == 0:
+        raise DataError(f"{where}: {key} is empty (shape {x.shape})")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{where}: {x.shape[0]} {key} but {y.shape[0]} labels")
+    if x.dtype.kind not in "biuf" or x.dtype.kind == "b":
+        raise DataError(f"{where}: {key} must be real numbers, got dtype {x.dtype} (shape {x.shape})")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DataError(f"{where}: {key} contain NaN or Inf (shape {x.shape})")
+    if key == "images":
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4:
+            raise DataError(f"{where}: images must be [N, H, W] or [N, C, H, W], got shape {x.shape}")
+        if x.shape[1] not in (1, 3):
+            hint = " (channels last? store x.transpose(0, 3, 1, 2))" if x.shape[-1] in (1, 3) else ""
+            raise DataError(f"{where}: images must have 1 or 3 channels, [N, C, H, W], got shape {x.shape}{hint}")
+        if min(x.shape[2:]) < MIN_IMAGE_SIDE:
+            raise DataError(f"{where}: images of {x.shape[2]} x {x.shape[3]} pixels (shape {x.shape}); the networks "
+                            f"need at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE}")
+    elif x.ndim != 2 or x.shape[1] == 0:
+        raise DataError(f"{where}: features must be 2-D [N, D], got shape {x.shape}")
+    if y.ndim == 1:
+        if y.dtype.kind not in "iu":
+            raise DataError(f"{where}: labels must be integer class ids, got dtype {y.dtype} (shape {y.shape})")
+        if int(y.min()) < 0:
+            raise DataError(f"{where}: labels must be class ids >= 0, got {int(y.min())}")
+    elif y.ndim != 2 or y.dtype.kind not in "biu" or not np.isin(y, (0, 1)).all():
+        raise DataError(f"{where}: labels must be class ids [N] or multi-hot rows [N, C] of 0 and 1, got shape "
+                        f"{y.shape}")
+    return x
+
+
 def load_arrays(path: str) -> Dataset:
-    """An ``.npz`` with ``images`` (uint8 [N, H, W] or [N, C, H, W]) or ``features`` ([N, D])
-    and ``labels`` ([N] ids or [N, C] multi-hot)."""
+    """An ``.npz`` with ``images`` (uint8 or float, [N, H, W] or [N, C, H, W]) or ``features``
+    ([N, D]) and ``labels`` ([N] class ids or [N, C] multi-hot), checked (:func:`check_arrays`)."""
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path}")
+    with open(path, "rb") as f:
+        if not f.read(4).startswith(ZIP_MAGIC):
+            raise DataError(f"{path} is not a .npz file (not a zip archive of arrays)")
     try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
@@ -184,15 +236,8 @@ def load_arrays(path: str) -> Dataset:
         raise
     except Exception as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
-    if x.shape[0] != y.shape[0]:
-        raise DataError(f"{path}: {x.shape[0]} {key} but {y.shape[0]} labels")
-    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biu":
-        raise DataError(f"{path}: {key} must be real numbers and labels integers, got {x.dtype} and {y.dtype}")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise DataError(f"{path}: {key} contain NaN or Inf (shape {x.shape})")
-    if key == "images" and x.ndim == 3:
-        x = x[:, None]
-    return Dataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)),
+    x = check_arrays(x, y, key, path)
+    return Dataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y).astype(np.int64)),
                    os.path.basename(path))
 
 

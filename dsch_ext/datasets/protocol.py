@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from .._fingerprint import fingerprint
 from .loaders import DataError, Dataset
 
 
@@ -13,6 +14,10 @@ class RetrievalSplit:
     query: torch.Tensor  # indices
     database: torch.Tensor
     train: torch.Tensor  # a subset of database
+
+    def fingerprint(self) -> str:
+        """A content hash of the three index sets (which items are queries, database, training)."""
+        return fingerprint(self.query, self.database, self.train)
 
 
 def retrieval_split(labels: torch.Tensor, query_per_class: int = 100, train_per_class: Optional[int] = 500,
@@ -48,9 +53,10 @@ def protocol_split(dataset: Dataset, query_per_class: int = 100, train_per_class
     ``train_per_class`` training items, capped so a small data set keeps at least a third of
     each class in the database besides the training items; ``train_per_class=None`` trains on
     the whole database."""
-    counts = torch.bincount(dataset.labels) if dataset.labels.dim() == 1 else None
+    # Class sizes by unique ids, not bincount: ids may be large numbers.
+    counts = torch.unique(dataset.labels, return_counts=True)[1] if dataset.labels.dim() == 1 else None
     if counts is not None:
-        smallest = int(counts[counts > 0].min())
+        smallest = int(counts.min())
         query_per_class = min(query_per_class, max(1, smallest // 10))
         if train_per_class is not None:
             train_per_class = min(train_per_class, max(1, (smallest - query_per_class) * 2 // 3))

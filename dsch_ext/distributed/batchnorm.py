@@ -35,7 +35,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         local_count = torch.tensor([x.numel() // max(1, x.shape[1])], dtype=x.dtype, device=x.device)
         stats = self.comm.sum_autograd(torch.cat([x.sum(dims), local_count]))
         count = stats[-1]
-        if float(count) < 2:
+        if float(count.detach()) < 2:
             raise ValueError(f"expected more than 1 value per channel over all ranks when training, got input "
                              f"of shape {tuple(x.shape)} on this rank")
         mean = stats[:-1] / count
@@ -48,7 +48,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                n = float(count)
+                n = float(count.detach())
                 self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
                 self.running_var.mul_(1 - factor).add_(var.detach() * n / (n - 1), alpha=factor)
         return y

@@ -49,12 +49,33 @@ class DSCHConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the two views (AugmentConfig.preset)
 
     def __post_init__(self):
+        self._check()
         if isinstance(self.augment, dict):  # a configuration read back from a checkpoint or record
             augment = dict(self.augment)
             for key in ("crop_scale", "crop_ratio", "erase_scale"):  # JSON gives lists
                 if isinstance(augment.get(key), list):
                     augment[key] = tuple(augment[key])
             self.augment = AugmentConfig(**augment)
+
+    def _check(self) -> None:
+        """A ValueError naming the first setting no training could run with."""
+        at_least_one = ("nbits", "m1", "m2", "rounds", "epochs_per_round", "lr_decay_every", "val_map_k")
+        for name in at_least_one:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        checks = [("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 2, "an int >= 2"),
+                  ("gmm_max_iter", isinstance(self.gmm_max_iter, int) and self.gmm_max_iter >= 0, "an int >= 0"),
+                  ("covariance_type", self.covariance_type in ("full", "tied", "diag", "spherical"),
+                   "'full', 'tied', 'diag' or 'spherical'"),
+                  ("resp_threshold", 0 <= self.resp_threshold < 1, "in [0, 1)"),
+                  ("component_weight", self.component_weight >= 0, ">= 0"), ("tau", self.tau > 0, "> 0"),
+                  ("lr", self.lr > 0, "> 0"), ("adam_eps", self.adam_eps > 0, "> 0"),
+                  ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1]"), ("val_fraction", 0 <= self.val_fraction < 1,
+                                                                     "in [0, 1)")]
+        for name, ok, valid in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, values: Dict) -> "DSCHConfig":

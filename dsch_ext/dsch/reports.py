@@ -20,8 +20,16 @@ def mean_sd(values: Sequence[float]):
 
 
 def plot_results(records: Sequence[Dict], path: str, title: str = "") -> None:
+    """:func:`results_png` written to ``path`` atomically."""
+    png = results_png(records, title)
+    atomic_write(path, lambda f: f.write(png))
+
+
+def results_png(records: Sequence[Dict], title: str = "") -> bytes:
     """One PNG: mAP@1000 against code length for every method (left) and the precision-recall
-    curves of the longest codes (right)."""
+    curves of the longest codes (right). ImportError without matplotlib."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,7 +57,9 @@ def plot_results(records: Sequence[Dict], path: str, title: str = "") -> None:
         fig.suptitle(title)
     fig.tight_layout()
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        return buffer.getvalue()
     finally:
         plt.close(fig)
 

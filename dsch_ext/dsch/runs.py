@@ -5,6 +5,7 @@ record and evaluates; :func:`run_baseline` fits and evaluates LSH, PCAH or ITQ o
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Dict, Optional
 
@@ -30,6 +31,14 @@ def write_json(path: str, record: Dict) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def data_record(dataset: Dataset, split: RetrievalSplit) -> Dict:
+    """What a run record says of its data: the data set's name and size, the split's sizes, and
+    content hashes of both, so that a finished run is never reused for other data."""
+    return {"name": dataset.name, "items": len(dataset), "train": int(split.train.numel()),
+            "query": int(split.query.numel()), "database": int(split.database.numel()),
+            "fingerprint": dataset.fingerprint(), "split": split.fingerprint()}
+
+
 def train_dsch(dataset: Dataset, split: RetrievalSplit, config: DSCHConfig, out_dir: Optional[str] = None,
                width: int = 32, device="cpu", resume: bool = False, distributed: bool = False,
                evaluate: bool = True, curve: bool = True, verbose: int = 1, method: Optional[str] = None,
@@ -37,22 +46,27 @@ def train_dsch(dataset: Dataset, split: RetrievalSplit, config: DSCHConfig, out_
     """Train DSCH (or its baseline mode) on the split's training items, write
     ``out_dir/model.pt`` and ``out_dir/checkpoint.pt``, evaluate on the split's queries and
     database, and return the run's record (configuration, timings, history, metrics).
-    ``backbone``: a torchvision backbone instead of the small CNN (``models.build_net``)."""
+    ``backbone``: a torchvision backbone instead of the small CNN (``models.build_net``).
+    A run that fails before its first round is saved leaves no ``out_dir`` behind it it did
+    not find; one interrupted later keeps its checkpoint, to resume."""
     comm = get_communicator(distributed)
     torch.manual_seed(config.seed)
     net = build_net(dataset, config.nbits, width, backbone=backbone)
     checkpoint = os.path.join(out_dir, "checkpoint.pt") if out_dir else None
+    created = bool(out_dir) and not os.path.exists(out_dir)
     if out_dir and comm.rank == 0:
         os.makedirs(out_dir, exist_ok=True)
     comm.barrier()
     trainer = DSCHTrainer(net, config, device=device, checkpoint=checkpoint, verbose=verbose, distributed=distributed)
-    history = trainer.fit(dataset.images[split.train], dataset.labels[split.train], resume=resume)
+    try:
+        history = trainer.fit(dataset.images[split.train], dataset.labels[split.train], resume=resume)
+    except BaseException:
+        if created and comm.rank == 0 and not os.path.exists(checkpoint):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     record = {
         "method": method or ("contrastive" if config.baseline else "dsch"), "nbits": config.nbits, "seed": config.seed,
-        "config": dataclasses.asdict(config), "data": {"name": dataset.name, "items": len(dataset),
-                                                       "train": int(split.train.numel()),
-                                                       "query": int(split.query.numel()),
-                                                       "database": int(split.database.numel())},
+        "config": dataclasses.asdict(config), "data": data_record(dataset, split),
         "ranks": comm.world_size, "train_seconds": trainer.train_seconds,
         "architecture": architecture(dataset, width, 512, backbone),
         "weights": (backbone or {}).get("weights"),

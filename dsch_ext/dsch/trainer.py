@@ -31,6 +31,7 @@ from typing import Dict, Optional
 import torch
 
 from .._atomic import atomic_write
+from .._fingerprint import fingerprint
 from .._progress import progress_bar
 from .._torch_file import read_torch_file
 from ..distributed.batchnorm import convert_sync_batchnorm, gather_batch, revert_sync_batchnorm
@@ -74,6 +75,7 @@ class _FitState:
     best_map: float = -1.0
     best_state: Optional[Dict[str, torch.Tensor]] = None
     started: float = 0.0
+    data: str = ""  # fingerprint of the images and labels the run trains on
 
 
 def _duration(seconds: float) -> str:
@@ -140,7 +142,10 @@ class DSCHTrainer:
 
     def _fit(self, images, labels, resume, cfg, comm, model) -> History:
         run = self._start(images.shape[0], labels, cfg)
-        if resume and self.checkpoint and os.path.exists(self.checkpoint):
+        run.data = fingerprint(images, labels if labels is not None else torch.empty(0))
+        if resume:
+            if not self.checkpoint or not os.path.exists(self.checkpoint):
+                raise FileNotFoundError(f"no training checkpoint to resume at {self.checkpoint!r}")
             self._restore(run, cfg)
         for rnd in range(run.start_round, cfg.rounds):
             t0 = time.perf_counter()
@@ -184,6 +189,10 @@ class DSCHTrainer:
         if state["config"]["nbits"] != cfg.nbits:
             raise ValueError(f"checkpoint {self.checkpoint} is for {state['config']['nbits']}-bit codes, "
                              f"this run trains {cfg.nbits}-bit codes")
+        if state.get("data") != run.data:
+            raise ValueError(f"checkpoint {self.checkpoint} was trained on other training data (another data set, "
+                             "split or training-set size): resume with the data it was trained on, or train a new "
+                             "run in another directory")
         self.net.load_state_dict(state["net"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
@@ -286,6 +295,7 @@ class DSCHTrainer:
             "config": dataclasses.asdict(self.config), "round": rnd, "net": self.net.state_dict(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "generator": run.generator.get_state(), "best_map": run.best_map, "best_net": run.best_state,
+            "data": run.data,
             "history": json.loads(self.history.to_json()),
         }
         atomic_write(self.checkpoint, lambda f: torch.save(checkpoint, f))

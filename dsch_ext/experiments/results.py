@@ -13,7 +13,7 @@ from .._version import __version__
 from ..datasets import load_data, protocol_split
 from ..dsch.model_file import load_model
 from ..dsch.reports import group_records, mean_sd, plot_results
-from ..dsch.runs import run_baseline, train_dsch, write_json
+from ..dsch.runs import data_record, run_baseline, train_dsch, write_json
 from ..dsch.config import DSCHConfig
 from .estep import estep_comparison
 
@@ -87,6 +87,7 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
     dataset = load_data(data_spec)
     split = protocol_split(dataset, train_per_class=train_per_class)
     n_train = int(split.train.numel())
+    data = data_record(dataset, split)
     os.makedirs(out_dir, exist_ok=True)
     records = []
 
@@ -95,7 +96,7 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
         if os.path.exists(path):
             with open(path) as f:
                 record = json.load(f)
-            _check_reused(path, record, seed, n_train, config)
+            _check_reused(path, record, seed, data, config)
         else:
             if verbose:
                 print(f"=== {name}, {nbits} bits, seed {seed}", flush=True)
@@ -109,7 +110,7 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
         for nbits in bits:
             for name in ("lsh", "pcah", "itq"):
                 records.append(cached(name, nbits, seed, lambda d, n=name, b=nbits, s=seed: dict(run_baseline(
-                    n, dataset, split, b, seed=s), data={"name": dataset.name, "train": n_train})))
+                    n, dataset, split, b, seed=s), data=data)))
             for name in ("contrastive", "dsch"):
                 cfg = dataclasses.replace(base, nbits=nbits, seed=seed, **RESULT_RUNS[name][0])
                 records.append(cached(name, nbits, seed, lambda d, c=cfg, n=name: train_dsch(
@@ -125,7 +126,7 @@ def run_results(out_dir: str, data_spec: str = "fashion-mnist", bits: Sequence[i
     def estep_run(directory):
         net, _, _ = load_model(os.path.join(out_dir, run_name("dsch", estep_bits, first), "model.pt"))
         codes = net.codes(dataset.images[split.train])
-        return {"method": "estep", "nbits": estep_bits, "data": {"name": dataset.name, "train": n_train},
+        return {"method": "estep", "nbits": estep_bits, "data": data,
                 **estep_comparison(codes, base.m1, base.m2, iterations=estep_iterations, seed=first)}
 
     estep = cached("estep", estep_bits, first, estep_run) if estep_iterations else None
@@ -143,17 +144,27 @@ def _threads(records) -> str:
     return f"{' / '.join(map(str, counts))} thread{'s' if counts != [1] else ''}" + (" (training runs)" if used else "")
 
 
-def _check_reused(path: str, record: dict, seed: int, n_train: int, config: Optional[DSCHConfig]) -> None:
+def _check_reused(path: str, record: dict, seed: int, data: dict, config: Optional[DSCHConfig]) -> None:
     """A finished run is reused only if it is the run this call would train: same seed, same
-    number of training images and (training runs) the same settings; else a ValueError
-    naming the file and the first differences."""
+    data (its content hash and the split's, where the record has them; else the data set's
+    name and sizes), and (training runs) the same settings; else a ValueError naming the file
+    and the first differences."""
     trained_with = record.get("seed", record.get("config", {}).get("seed", seed))
     if trained_with != seed:
         raise ValueError(f"{path} holds a run with seed {trained_with}, not {seed}: move it away or use another --out")
-    trained_on = record.get("data", {}).get("train", n_train)
-    if trained_on != n_train:
-        raise ValueError(f"{path} holds a run trained on {trained_on:,} images, not {n_train:,}: move it away or "
-                         "use another --out")
+    used = record.get("data", {})
+    if "name" not in used:
+        raise ValueError(f"{path} holds no record of its data: move it away or use another --out")
+    other_data = used.get("fingerprint", data["fingerprint"]) != data["fingerprint"] or used["name"] != data["name"] or \
+        used.get("items", data["items"]) != data["items"]
+    if other_data:
+        raise ValueError(f"{path} holds a run of other data ({used['name']}, {used.get('items', '?')} items; this call: "
+                         f"{data['name']}, {data['items']} items): move it away or use another --out")
+    if used.get("train", data["train"]) != data["train"]:
+        raise ValueError(f"{path} holds a run trained on {used['train']:,} images, not {data['train']:,}: move it "
+                         "away or use another --out")
+    if used.get("split", data["split"]) != data["split"]:
+        raise ValueError(f"{path} holds a run on another split of the same data: move it away or use another --out")
     if config is None:
         return
     wanted = config.as_record()

@@ -6,8 +6,8 @@ from typing import Optional, Tuple
 
 import torch
 
-_SAMPLE_QUERIES = 256
-_SAMPLE_CODES = 1 << 16
+_SAMPLE_QUERIES = 64
+_SAMPLE_CODES = 1 << 14  # at most a million sampled hits (20 MB)
 _BYTES_PER_HIT = 20  # the kernel's hit lists (8 B) and its output (4 B distance + 8 B index)
 
 
@@ -22,8 +22,8 @@ def available_bytes(device: torch.device) -> Optional[int]:
 
 
 def estimated_hits(q: torch.Tensor, codes: torch.Tensor, radius: int, exclusive: bool) -> int:
-    """The number of hits of ``q`` against ``codes``, extrapolated from up to 256 queries
-    against up to 65,536 codes spread evenly over each."""
+    """The number of hits of ``q`` against ``codes``, extrapolated from up to 64 queries
+    against up to 16,384 codes spread evenly over each."""
     nq, ndb = q.shape[0], codes.shape[0]
     q_step, c_step = max(1, nq // _SAMPLE_QUERIES), max(1, ndb // _SAMPLE_CODES)
     lims, _, _ = torch.ops.dsch_ext.hamming_range.default(q[::q_step].contiguous(), codes[::c_step].contiguous(),
