@@ -46,6 +46,18 @@ def timed(benchmark):
     return run
 
 
+@pytest.fixture
+def record_times():
+    """record_times(group, anchor_label, anchor_s, ours_label, ours_s): a pair timed by the test
+    itself (interleaved rounds, best of each), listed with the others after the run."""
+
+    def record(group, anchor_label, anchor_s, ours_label, ours_s):
+        _medians[group][("anchor", anchor_label)] = anchor_s
+        _medians[group][("ours", ours_label)] = ours_s
+
+    return record
+
+
 def pytest_terminal_summary(terminalreporter):
     if not _medians:
         return

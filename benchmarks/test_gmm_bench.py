@@ -3,7 +3,7 @@
 G1: one E-step, N = 10,000 points in [-1, 1]^64, K = 1000, full covariance:
     scikit-learn's GaussianMixture.predict_proba (float64) vs dsch_ext.gmm_log_resp in
     float32 (checked within 1e-4 of sklearn) and float64 (checked to 1e-8; the expanded GEMM
-    route, and the stable form alone with DSCH_EXT_GMM_STABLE=1, and with resp_floor=1e-14 as
+    route, and the stable form alone with DSCH_EXT_GMM_ROUTE=stable, and with resp_floor=1e-14 as
     the fit's E-steps run it: two thirds of these points lie outside every component, which
     the pruning cannot use).
 G2: GaussianMixture.fit, same data, same initial parameters, equal iterations (tol = 0):
@@ -72,7 +72,7 @@ def test_gmm_estep(cov, wid, impl, quick, timed, monkeypatch):
     elif cov != "full":
         pytest.skip("the float64 routes differ for 'full' only")
     elif impl == "dsch_ext-f64-stable":
-        monkeypatch.setenv("DSCH_EXT_GMM_STABLE", "1")
+        monkeypatch.setenv("DSCH_EXT_GMM_ROUTE", "stable")
         timed(group, "ours", "dsch_ext float64 stable form", dsch_ext.gmm_log_resp, *args64, cov)
     else:
         want_norm = gm.score_samples(X)

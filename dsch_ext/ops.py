@@ -175,10 +175,11 @@ def gmm_log_resp(x: ArrayLike, means: ArrayLike, precisions_chol: ArrayLike, log
         Not differentiable: inputs that require grad are used detached. On the CPU, NaN or Inf
         in x, means or precisions_chol (or NaN / +Inf in log_weights) raises.
 
-    Full covariances with D >= 8 are computed on the CPU as one GEMM of the expanded
-    quadratic form, with every entry that can carry responsibility recomputed in the stable
-    form (its rounding error bound decides), in float32 and float64 alike;
-    ``DSCH_EXT_GMM_STABLE=1`` forces the stable form for every entry.
+    On the CPU, full covariances with K >= 512 (8 <= D <= 128 in float64, <= 64 in float32,
+    where it pays) are computed as one GEMM of the expanded quadratic form, with every entry
+    that can carry responsibility recomputed in the stable form (its rounding error bound
+    decides); elsewhere the stable form alone. ``DSCH_EXT_GMM_ROUTE=stable`` or ``=expanded``
+    forces one route wherever it applies (tests, benchmarks).
     """
     if covariance_type not in GMM_COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {GMM_COVARIANCE_TYPES}, got {covariance_type!r}")

@@ -115,21 +115,44 @@ def tight_mixture(d, k, n_per, seed, spread=1e-3):
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("d,k", [(8, 5), (16, 40), (64, 30)])
 def test_full_routes_match_sklearn(d, k, dtype, tol, monkeypatch):
-    # 'full' with D >= 8 runs the expanded GEMM on the CPU (and in float64 the pruned route
+    # 'full' with D >= 8 can run the expanded GEMM on the CPU (and in float64 the pruned route
     # with a floor); every route must give the stable form's answer: 1e-8 in float64, 1e-4
     # (relative) in float32, on tight clusters where the expanded form cancels.
     X, gm = tight_mixture(d, k, 9, seed=d + k)
     want_norm, want_resp = gm.score_samples(X), gm.predict_proba(X)
     args = op_args(gm, X, dtype, "cpu")
     results = {}
-    for stable in ("0", "1"):
-        monkeypatch.setenv("DSCH_EXT_GMM_STABLE", stable)
-        results[stable] = dsch_ext.gmm_log_resp(*args, "full")
-        lr, lpn = results[stable]
+    for route in ("expanded", "stable", "auto"):
+        monkeypatch.setenv("DSCH_EXT_GMM_ROUTE", route)
+        results[route] = dsch_ext.gmm_log_resp(*args, "full")
+        lr, lpn = results[route]
         np.testing.assert_allclose(lpn.double().numpy(), want_norm, rtol=tol, atol=tol)
         np.testing.assert_allclose(np.exp(lr.double().numpy()), want_resp, rtol=tol, atol=tol)
-    np.testing.assert_allclose(results["0"][0].double().exp().numpy(), results["1"][0].double().exp().numpy(),
-                               rtol=tol * 1e-2, atol=tol * 1e-6)
+    np.testing.assert_allclose(results["expanded"][0].double().exp().numpy(),
+                               results["stable"][0].double().exp().numpy(), rtol=tol * 1e-2, atol=tol * 1e-6)
+
+
+@pytest.mark.parametrize("d,k,n", [(1024, 3, 700), (600, 2, 5)])
+def test_wide_stable_route_matches_sklearn(d, k, n):
+    # D >= 512: the stable route's GEMMs take 512 points and one component at a time (and
+    # fewer points per task when N is small); n = 700 leaves a partial block.
+    rng = np.random.default_rng(d)
+    X = rng.standard_normal((n, d))
+    centres = rng.standard_normal((k, d))
+    prec_chol = np.triu(rng.uniform(0.1, 1, (k, d, d))) * (np.eye(d) + 0.01)
+    gm = sk_mixture.GaussianMixture(k, covariance_type="full")
+    gm.weights_, gm.means_, gm.precisions_cholesky_ = np.full(k, 1 / k), centres, prec_chol
+    lr, lpn = dsch_ext.gmm_log_resp(*op_args(gm, X, torch.float64, "cpu"), "full")
+    np.testing.assert_allclose(lpn.numpy(), gm.score_samples(X), rtol=1e-10)
+    np.testing.assert_allclose(lr.exp().numpy(), gm.predict_proba(X), atol=1e-10)
+
+
+def test_bad_route_setting(monkeypatch):
+    monkeypatch.setenv("DSCH_EXT_GMM_ROUTE", "fastest")
+    x = torch.randn(10, 8, dtype=torch.float64)
+    gm = fitted_sklearn(x.numpy(), 2, "full", seed=0)
+    with pytest.raises(RuntimeError, match="DSCH_EXT_GMM_ROUTE must be stable, expanded or auto, got 'fastest'"):
+        dsch_ext.gmm_log_resp(*op_args(gm, x.numpy(), torch.float64, "cpu"), "full")
 
 
 def floored_reference(log_resp, log_prob_norm, floor):
@@ -148,7 +171,11 @@ def floored_reference(log_resp, log_prob_norm, floor):
 @pytest.mark.parametrize("cov", COV_TYPES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("floor", [1e-3, 1e-14])
-def test_resp_floor_cuts_exactly_the_far_components(cov, dtype, floor, device):
+@pytest.mark.parametrize("route", ["auto", "expanded"])
+def test_resp_floor_cuts_exactly_the_far_components(cov, dtype, floor, route, device, monkeypatch):
+    if route != "auto" and (cov != "full" or device != "cpu"):
+        pytest.skip("the CPU's 'full' E-step alone has routes")
+    monkeypatch.setenv("DSCH_EXT_GMM_ROUTE", route)
     X, gm = tight_mixture(16, 12, 20, seed=3, spread=0.05)
     if cov != "full":
         gm = fitted_sklearn(X, 12, cov, seed=1)
@@ -166,10 +193,11 @@ def test_resp_floor_cuts_exactly_the_far_components(cov, dtype, floor, device):
 
 
 @pytest.mark.parametrize("case", ["tight", "duplicates", "identical-components", "one-point"])
-def test_pruned_route_edge_cases(case):
+def test_pruned_route_edge_cases(case, monkeypatch):
     # The pruned float64 route (CPU, full, D >= 8, resp_floor > 0) against the dense answer:
     # rows it settles itself, rows it hands to the expanded GEMM (points no component
     # explains), and blocks where the bound rules nothing out (identical components).
+    monkeypatch.setenv("DSCH_EXT_GMM_ROUTE", "expanded")  # 50 components: not the route's own choice
     rng = np.random.default_rng(5)
     X, gm = tight_mixture(24, 50, 6, seed=11)
     args = op_args(gm, X, torch.float64, "cpu")
@@ -214,6 +242,27 @@ def test_sparse_statistics_equal_dense(cov):
     assert torch.equal(sparse.to_dense(X.shape[0]), dense)  # what the GPU path sums with GEMMs
     for a, b in zip(local_statistics(Xt, sparse, cov), local_statistics(Xt, dense, cov)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("k,d", [(1, 1), (4, 33), (130, 9), (70, 16), (3, 600)])
+def test_dense_second_moments_both_routes(k, d):
+    # One Gram matrix per component (few components) or one GEMM against the packed products
+    # (many): sum_i r_ik x_i x_i^T either way, to rounding, exactly symmetric, with empty and
+    # one-point components.
+    from dsch_ext.mixture._statistics import full_second_moments, packed_products_pay
+
+    rng = np.random.default_rng(k * 1000 + d)
+    X = rng.standard_normal((max(2 * k, 57), d))
+    resp = rng.dirichlet(np.ones(k), X.shape[0])
+    if k > 2:
+        resp[:, 0] = 0
+        resp[:, 1] = 0
+        resp[5, 1] = 1
+    want = np.einsum("nk,ni,nj->kij", resp, X, X)
+    got = full_second_moments(torch.from_numpy(X), torch.from_numpy(resp))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(got, got.transpose(1, 2))
+    assert packed_products_pay(k, d) == (k >= 70)
 
 
 # ---------------------------------------------------------------- segment_gram
@@ -413,3 +462,53 @@ def test_warm_start_with_other_features_or_dtype_is_a_value_error():
         gm.fit(np.zeros((60, 4)))
     with pytest.raises(ValueError, match="warm_start continues a fit in torch.float64 on cpu, got X in torch.float32"):
         gm.fit(torch.as_tensor(X, dtype=torch.float32))
+
+
+_PEAK_SCRIPT = """
+import sys, warnings
+import numpy as np
+if sys.argv[1] == "dsch_ext":
+    from dsch_ext import GaussianMixture
+else:
+    from sklearn.mixture import GaussianMixture
+
+def status(field):  # kB; VmHWM is this process's own peak (ru_maxrss counts the forking parent's)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+rng = np.random.default_rng(0)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    GaussianMixture(2, max_iter=2).fit(rng.standard_normal((64, 600)))  # libraries loaded, BLAS buffers made
+n, k, d = 1500, 4, 1024
+X = rng.standard_normal((n, d)) + rng.integers(0, 3, (n, 1))
+precisions = np.broadcast_to(np.eye(d), (k, d, d)).copy()
+means = X[:k].copy()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak starts again from here
+base = status("VmRSS")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    GaussianMixture(k, max_iter=2, tol=0, means_init=means, precisions_init=precisions).fit(X)
+print((status("VmHWM") - base) * 1024)
+"""
+
+
+@pytest.mark.slow
+def test_fit_memory_at_large_dimension_near_sklearn(tmp_path):
+    # K = 4, D = 1024: the [K, D, D] matrices are 34 MB each. The fit's peak stays within 2x
+    # of scikit-learn's (1.6x here): no [rows, D^2/2] products on either step's routes, the
+    # checks and factorisations a chunk of components at a time, the old parameters freed
+    # before the M-step. (Packed products in both steps made it 10x.)
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure a process's peak memory")
+    peaks = {}
+    for cls in ("sklearn", "dsch_ext"):
+        run = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, cls], capture_output=True, text=True, check=True,
+                             cwd=tmp_path)  # not the source tree's dsch_ext
+        peaks[cls] = int(run.stdout.split()[-1])
+    assert peaks["dsch_ext"] <= 2 * peaks["sklearn"], peaks

@@ -1,16 +1,14 @@
 // Host-side preparation of the GMM E-step, shared by both backends: checks,
 // and the per-component tensors (b_k = mu_k L_k, log constants) computed with
 // torch ops on the data's device. O(K D^2), negligible next to the E-step.
-// Only the CPU backend scans x for NaN / Inf (check_finite): on CUDA that scan
-// would stop the stream, so non-finite points there get NaN log-likelihoods.
+// Only the CPU backend scans the inputs for NaN / Inf (gmm_log_resp.cpp): on
+// CUDA that scan would stop the stream, so non-finite points there get NaN
+// log-likelihoods.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/diagonal.h>
-#include <ATen/ops/isfinite.h>
-#include <ATen/ops/isnan.h>
-#include <ATen/ops/isposinf.h>
 #include <ATen/ops/log.h>
 #include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
@@ -36,7 +34,7 @@ struct GmmPrepared {
 };
 
 inline GmmPrepared prepare_gmm(const at::Tensor& x, const at::Tensor& means, const at::Tensor& prec_chol,
-                               const at::Tensor& log_weights, c10::string_view cov_name, bool check_finite) {
+                               const at::Tensor& log_weights, c10::string_view cov_name) {
   const int cov = parse_gmm_covariance(cov_name);
   check_float_matrix(x, "x", "[N, D]");
   const int64_t d = x.size(1);
@@ -67,16 +65,6 @@ inline GmmPrepared prepare_gmm(const at::Tensor& x, const at::Tensor& means, con
                 x.scalar_type(), ", got ", t->scalar_type(), " with shape ", t->sizes());
     TORCH_CHECK(t->device() == x.device(), "all inputs must be on x's device ", x.device(), ", got a tensor of shape ",
                 t->sizes(), " on ", t->device());
-  }
-
-  if (check_finite) {
-    TORCH_CHECK(at::isfinite(x).all().item<bool>(), "x contains NaN or Inf (shape ", x.sizes(), ")");
-    TORCH_CHECK(at::isfinite(means).all().item<bool>(), "means contains NaN or Inf (shape ", means.sizes(), ")");
-    TORCH_CHECK(at::isfinite(prec_chol).all().item<bool>(), "precisions_chol contains NaN or Inf (shape ",
-                prec_chol.sizes(), ")");
-    // A log weight of -inf is a component of weight 0 (never responsible); NaN or +inf is not a weight.
-    TORCH_CHECK(!at::isnan(log_weights).logical_or(at::isposinf(log_weights)).any().item<bool>(),
-                "log_weights contains NaN or +Inf (shape ", log_weights.sizes(), ")");
   }
 
   GmmPrepared g;

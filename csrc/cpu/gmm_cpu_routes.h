@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -17,6 +18,9 @@ constexpr int64_t kRowBlock = 64;            // points per task
 constexpr int64_t kFullBlockColumns = 4096;  // transformed columns per GEMM (64 components at D = 64)
 constexpr int64_t kExpandedRowBlock = 128;   // points per task on the expanded float64 route
 constexpr int64_t kExpandedMinDim = 8;       // below this the stable GEMM is as cheap
+constexpr int64_t kExpandedMinComponents = 512;  // below this the stable route is as fast (see choose_route)
+constexpr int64_t kWideDim = 512;            // from here the stable route works a component at a time
+constexpr int64_t kWideRowBlock = 512;       // points per stable GEMM at D >= kWideDim
 constexpr double kExpandedMargin = 40.0;     // nats: exp(-40) = 4e-18
 constexpr int64_t kPruneColumns = 8;         // columns of L_k in the pruned route's bound
 constexpr int64_t kPruneRowBlock = 128;      // points per bound GEMM on the pruned route
@@ -34,7 +38,40 @@ struct Workspace {
   std::vector<int64_t> cand, best, hard;
 };
 
+// Which route the 'full' E-step takes (DSCH_EXT_GMM_ROUTE=stable|expanded
+// overrides the choice, for tests and benchmarks).
+enum class FullRoute { kStable, kExpanded };
+
+// The expanded (and, with a floor, pruned) route reads the points' packed
+// products, D(D+1)/2 numbers per point whatever K is, so it only pays once K
+// is large: measured on two cores against the stable GEMM it is 1.6-2x faster
+// at K = 1000 and D = 16-64, level at K = 256 and slower below (at K = 4,
+// D = 64 2.6x slower; at D = 1024 9x, with a [rows, D^2/2] buffer). In float32
+// the stable GEMM catches up again from D = 128.
+inline FullRoute choose_route(int64_t k, int64_t dim, bool is_double) {
+  const bool fits = dim >= kExpandedMinDim && dim <= (is_double ? 128 : 64);
+  return fits && k >= kExpandedMinComponents ? FullRoute::kExpanded : FullRoute::kStable;
+}
+
 // --- the stable route (gmm_log_resp.cpp)
+
+// Points per task on the stable route, and per GEMM ([rows, D] x [D, C D])
+// for 'full'. Below kWideDim: about kTaskEntries transformed numbers (64
+// points by 4096 columns at K D >= 2048, up to 2048 points for few small
+// components, where a task's fixed costs would dominate), L2-sized, so the
+// transformed points and their log probabilities stay in cache until the
+// row is normalised. At D >= kWideDim the GEMM is all the cost and the D x D
+// panel dominates it: 512 points amortise packing it (64 ran at ~60% of BLAS
+// speed), one component at a time keeps the buffer at 512 x D.
+constexpr int64_t kTaskEntries = int64_t{1} << 17;
+constexpr int64_t kMaxRowBlock = 2048;
+inline int64_t stable_rows_per_task(int64_t k, int64_t dim) {
+  if (dim >= kWideDim) return kWideRowBlock;
+  return std::clamp<int64_t>(kTaskEntries / std::max<int64_t>(1, k * dim), kRowBlock, kMaxRowBlock);
+}
+inline int64_t stable_full_components_per_gemm(int64_t dim) {
+  return dim >= kWideDim ? 1 : std::max<int64_t>(1, kFullBlockColumns / dim);
+}
 
 // Log probabilities of the rows of `x_rows` ([rows, D], contiguous) into
 // `orow` (row stride K), not yet normalised; `buffer` is the task's scratch.

@@ -34,7 +34,9 @@
 // computed exactly, and only the components whose bound reaches within the
 // floor of it are computed exactly too (about one per point on mixtures of
 // tight components). The cut entries would be -inf under the floor anyway.
-// DSCH_EXT_GMM_STABLE=1 forces the stable form everywhere (benchmarks, tests).
+// The expanded and pruned routes only pay for many components
+// (choose_route); DSCH_EXT_GMM_ROUTE=stable or =expanded forces one route
+// wherever it applies (benchmarks, tests).
 //
 // This file: the stable route, the normalisation and the choice of route;
 // the expanded route is gmm_log_resp_expanded.cpp, the pruned one
@@ -44,6 +46,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/isfinite.h>
+#include <ATen/ops/isnan.h>
+#include <ATen/ops/isposinf.h>
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
@@ -55,6 +59,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "finite_scan.h"
 #include "gmm_cpu_routes.h"
 
 namespace dsch_ext::gmm_cpu {
@@ -190,17 +195,20 @@ void normalize_rows_dispatch(double* out, double* norm, int64_t rows, int64_t k,
 
 // The stable 'full' route for the rows of `x_rows` ([rows, D], contiguous
 // rows): log probabilities into `orow` (row stride k), not yet normalised.
-// `buffer` is the task's [kRowBlock, C D] scratch.
+// `buffer` is the task's [rows per GEMM, C D] scratch.
 template <typename scalar_t>
 void stable_full_rows(const GmmPrepared& g, const at::Tensor& x_rows, at::Tensor& buffer, scalar_t* orow) {
   const int64_t rows = x_rows.size(0), dim = g.x.size(1), k = g.b.size(0);
   const scalar_t* p = g.p.const_data_ptr<scalar_t>();
   const scalar_t* b = g.b.const_data_ptr<scalar_t>();
   const scalar_t* lc = g.log_const.const_data_ptr<scalar_t>();
-  const int64_t comp_block = std::max<int64_t>(1, kFullBlockColumns / dim);
-  if (!buffer.defined()) buffer = at::empty({kRowBlock, std::min(k, comp_block) * dim}, g.x.options());
-  for (int64_t s0 = 0; s0 < rows; s0 += kRowBlock) {
-    const int64_t srows = std::min(kRowBlock, rows - s0);
+  const int64_t comp_block = stable_full_components_per_gemm(dim);
+  const int64_t gemm_rows = std::min(rows, stable_rows_per_task(k, dim));
+  if (!buffer.defined() || buffer.size(0) < gemm_rows) {
+    buffer = at::empty({gemm_rows, std::min(k, comp_block) * dim}, g.x.options());
+  }
+  for (int64_t s0 = 0; s0 < rows; s0 += gemm_rows) {
+    const int64_t srows = std::min(gemm_rows, rows - s0);
     const at::Tensor xr = x_rows.narrow(0, s0, srows);
     for (int64_t c0 = 0; c0 < k; c0 += comp_block) {
       const int64_t c1 = std::min(k, c0 + comp_block);
@@ -219,6 +227,17 @@ namespace {
 
 // The stable route for rows [r0, r0 + rows): log probabilities into `orow`
 // (row stride k), not yet normalised. `a_all` holds the transformed points for 'tied'.
+// choose_route, unless DSCH_EXT_GMM_ROUTE says otherwise.
+FullRoute full_route(int64_t k, int64_t dim, bool is_double) {
+  const char* env = std::getenv("DSCH_EXT_GMM_ROUTE");
+  const c10::string_view route = env == nullptr ? "" : env;
+  if (route == "stable") return FullRoute::kStable;
+  if (route == "expanded") return FullRoute::kExpanded;
+  TORCH_CHECK(route.empty() || route == "auto", "DSCH_EXT_GMM_ROUTE must be stable, expanded or auto, got '",
+              route, "'");
+  return choose_route(k, dim, is_double);
+}
+
 template <typename scalar_t>
 void stable_block(const GmmPrepared& g, const at::Tensor& a_all, at::Tensor& buffer, int64_t r0, int64_t rows,
                   scalar_t* orow) {
@@ -231,16 +250,21 @@ void stable_block(const GmmPrepared& g, const at::Tensor& a_all, at::Tensor& buf
 std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, const at::Tensor& means,
                                                     const at::Tensor& prec_chol, const at::Tensor& log_weights,
                                                     c10::string_view covariance_type, double resp_floor) {
-  const GmmPrepared g = prepare_gmm(x_in, means, prec_chol, log_weights, covariance_type, /*check_finite=*/true);
+  const GmmPrepared g = prepare_gmm(x_in, means, prec_chol, log_weights, covariance_type);
+  TORCH_CHECK(all_finite_cpu(g.x), "x contains NaN or Inf (shape ", x_in.sizes(), ")");
+  TORCH_CHECK(all_finite_cpu(means), "means contains NaN or Inf (shape ", means.sizes(), ")");
+  TORCH_CHECK(all_finite_cpu(prec_chol), "precisions_chol contains NaN or Inf (shape ", prec_chol.sizes(), ")");
+  // A log weight of -inf is a component of weight 0 (never responsible); NaN or +inf is not a weight.
+  TORCH_CHECK(!at::isnan(log_weights).logical_or(at::isposinf(log_weights)).any().item<bool>(),
+              "log_weights contains NaN or +Inf (shape ", log_weights.sizes(), ")");
   TORCH_CHECK(resp_floor >= 0.0 && resp_floor < 1.0, "resp_floor must be in [0, 1), got ", resp_floor);
   const double log_floor = resp_floor > 0 ? std::log(resp_floor) : -std::numeric_limits<double>::infinity();
   const int64_t n = g.x.size(0), dim = g.x.size(1), k = g.b.size(0);
   at::Tensor out = at::empty({n, k}, g.x.options());
   at::Tensor out_norm = at::empty({n}, g.x.options());
   if (n == 0) return {out, out_norm};
-  const char* stable_env = std::getenv("DSCH_EXT_GMM_STABLE");
   const bool fast = g.cov == kGmmFull && dim >= kExpandedMinDim &&
-                    !(stable_env != nullptr && stable_env[0] != '\0' && stable_env[0] != '0');
+                    full_route(k, dim, g.x.scalar_type() == at::kDouble) == FullRoute::kExpanded;
   const at::Tensor means_c = means.contiguous();
   ExpandedFull e;
   bool expanded = false, prepared = false;  // e prepared; with finite coefficients
@@ -275,7 +299,12 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cpu(const at::Tensor& x_in, cons
     // factors with a single-threaded GEMM into a small per-task buffer
     // (L2-sized), so neither the transformed points nor the log
     // probabilities ever leave the cache before the row is normalised.
-    const int64_t block = expanded ? kExpandedRowBlock : kRowBlock;
+    int64_t block = kExpandedRowBlock;
+    if (!expanded) {
+      // At least two tasks a thread, for balance.
+      const int64_t per_task = (n + 2 * at::get_num_threads() - 1) / (2 * at::get_num_threads());
+      block = std::max(kRowBlock, std::min(stable_rows_per_task(k, dim), per_task));
+    }
     const int64_t nblocks = (n + block - 1) / block;
     at::parallel_for(0, nblocks, 1, [&](int64_t t0, int64_t t1) {
       at::Tensor buffer;

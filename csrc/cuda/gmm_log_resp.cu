@@ -321,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cuda(const at::Tensor& x_in, con
                                                      c10::string_view covariance_type, double resp_floor) {
   const gpu::DeviceGuard guard(x_in.device());
   const at::NoTF32Guard full_fp32;  // b_k = mu_k L_k and and the 'tied' and exact-route GEMMs
-  const GmmPrepared g = prepare_gmm(x_in, means, prec_chol, log_weights, covariance_type, /*check_finite=*/false);
+  const GmmPrepared g = prepare_gmm(x_in, means, prec_chol, log_weights, covariance_type);
   TORCH_CHECK(resp_floor >= 0.0 && resp_floor < 1.0, "resp_floor must be in [0, 1), got ", resp_floor);
   const double log_floor = resp_floor > 0 ? std::log(resp_floor) : -INFINITY;
   const int64_t n = g.x.size(0), dim = g.x.size(1), k = g.b.size(0);
