@@ -145,3 +145,39 @@ def test_hamming_range_vs_faiss(radius, impl, quick, timed):
         timed(group, "anchor", "faiss range_search", faiss_index.range_search, queries.numpy(), radius + 1)
     else:
         timed(group, "ours", "dsch_ext.hamming_range", dsch_ext.hamming_range, queries, database, radius)
+
+
+# ---------------------------------------------------------------- the faiss-compatible layer
+
+@pytest.mark.parametrize("wid", sorted(WORKLOADS))
+def test_faiss_compat_costs_under_5_percent(wid, quick, record_times):
+    """H1-H3 through ``dsch_ext.faiss_compat.IndexBinaryFlat.search`` (numpy in and out, faiss's
+    conventions) against ``BinaryIndex.search`` on the same codes: the same answers, and timed,
+    at most 5 % slower (best of 5 interleaved rounds each)."""
+    import time
+
+    import dsch_ext.faiss_compat as faiss_compat
+
+    queries, database, k, _ = checked_workload(wid, quick)
+    nbits = database.shape[1] * 8
+    index = dsch_ext.BinaryIndex(nbits)
+    index.add(database)
+    compat = faiss_compat.IndexBinaryFlat(nbits)
+    compat.add(database.numpy())
+    q = queries.numpy()
+    dist, ids = index.search(queries, k)
+    cd, ci = compat.search(q, k)
+    np.testing.assert_array_equal(cd, dist.numpy())
+    np.testing.assert_array_equal(ci, ids.numpy())
+    if quick:
+        return
+    best = {"BinaryIndex": np.inf, "faiss_compat": np.inf}
+    for _ in range(5):
+        for name, run in (("BinaryIndex", lambda: index.search(queries, k)),
+                          ("faiss_compat", lambda: compat.search(q, k))):
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    record_times(f"{wid} faiss_compat vs BinaryIndex", "BinaryIndex.search", best["BinaryIndex"],
+                 "faiss_compat.IndexBinaryFlat", best["faiss_compat"])
+    assert best["faiss_compat"] <= 1.05 * best["BinaryIndex"], best

@@ -19,7 +19,9 @@ PCAH, ITQ). Subpackages, each for its own audience and imported only when asked 
 :mod:`dsch_ext.datasets` (data sets and the retrieval protocol's split), :mod:`dsch_ext.dsch`
 (the DSCH method: trainer, losses, E-step, networks, augmentation, model files, runs),
 :mod:`dsch_ext.distributed` (torch.distributed: communicators, the sharded index,
-synchronised batch norm) and :mod:`dsch_ext.cli` (the ``dsch`` command). The reproduction
+synchronised batch norm), :mod:`dsch_ext.faiss_compat` (faiss's binary flat indexes and index
+files, for ``import dsch_ext.faiss_compat as faiss``) and :mod:`dsch_ext.cli` (the ``dsch``
+command). The reproduction
 bench behind ``dsch results`` is :mod:`dsch_ext.experiments`. docs/architecture.md shows the
 layers.
 """
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 _LAZY_SUBMODULES = {"datasets": ".datasets", "dsch": ".dsch", "experiments": ".experiments",
-                    "distributed": ".distributed", "cli": ".cli"}
+                    "distributed": ".distributed", "faiss_compat": ".faiss_compat", "cli": ".cli"}
 
 
 def __getattr__(name):

@@ -30,19 +30,34 @@ def _int_arg(value, name: str, valid: str) -> int:
     return int(value)
 
 
-def pack_bits(codes: ArrayLike) -> torch.Tensor:
+def pack_bits(codes: ArrayLike, nonnegative: bool = False) -> torch.Tensor:
     """Pack binary codes into bytes, faiss's layout.
 
     Args:
         codes: ``[N, B]`` float, integer or bool tensor; a value is the bit 1 when it is
             ``> 0`` (``True`` for bool), so ``sign`` codes and ``{0, 1}`` codes both work.
             NaN is an error.
+        nonnegative: the bit is 1 when the value is ``>= 0`` instead, faiss's binarisers'
+            rule (``IndexLSH``, ``fvecs2bitvecs``): 0.0 (and -0.0) becomes 1, not 0. Bool
+            codes are bits already and are packed as they are.
 
     Returns:
         ``uint8 [N, ceil(B / 8)]``: bit ``i`` of byte ``j`` is dimension ``8 j + i``; the
         unused high bits of the last byte are 0. ``faiss.IndexBinaryFlat`` reads it as is.
     """
-    return torch.ops.dsch_ext.pack_bits.default(_as_tensor(codes, "codes"))
+    t = _as_tensor(codes, "codes")
+    if not isinstance(nonnegative, (bool, np.bool_)):
+        raise ValueError(f"nonnegative must be a bool, got {nonnegative!r}")
+    if not nonnegative or t.dtype == torch.bool:
+        return torch.ops.dsch_ext.pack_bits.default(t)
+    if not t.is_floating_point():
+        return torch.ops.dsch_ext.pack_bits.default(t >= 0)
+    # x >= 0 is "not -x > 0": the kernel's rule on -x, its bits inverted (NaN stays an error).
+    packed = torch.ops.dsch_ext.pack_bits.default(-t).bitwise_not_()
+    tail = t.shape[1] % 8
+    if tail and packed.numel():
+        packed[:, -1] &= (1 << tail) - 1
+    return packed
 
 
 def unpack_bits(packed: ArrayLike, nbits: int) -> torch.Tensor:

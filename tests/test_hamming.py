@@ -396,6 +396,23 @@ def test_range_same_answer_for_any_thread_count():
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
+@pytest.mark.parametrize("nbytes", [8192, 8200])
+def test_range_distances_past_16_bits(nbytes):
+    # Codes of 65,536 bits and more (the CPU takes any width): a distance of 65,536 and the
+    # index beside it both come back whole.
+    q = np.zeros((1, nbytes), np.uint8)
+    db = np.zeros((3, nbytes), np.uint8)
+    db[0] = 0xFF
+    db[2, :5] = 0x01
+    lims, d, i = dsch_ext.hamming_range(q, db, 8 * nbytes)
+    assert lims.tolist() == [0, 3]
+    assert d.tolist() == [8 * nbytes, 0, 5] and i.tolist() == [0, 1, 2]
+    index = dsch_ext.BinaryIndex(8 * nbytes)
+    index.add(db)
+    lims, d, i = index.range_search(q, 8 * nbytes)
+    assert d.tolist() == [8 * nbytes, 0, 5] and i.tolist() == [0, 1, 2]
+
+
 def test_range_bad_input(device):
     db = torch.zeros(10, 8, dtype=torch.uint8, device=device)
     with pytest.raises(RuntimeError, match=r"queries must be packed codes of dtype uint8.*Float.*\[2, 8\]"):

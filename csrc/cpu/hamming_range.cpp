@@ -23,16 +23,22 @@
 namespace dsch_ext {
 namespace {
 
-constexpr int kDistanceBits = 16;  // distances are at most 8192
+// Bits a hit keeps for its distance: enough for the code width's largest,
+// 8 * nbytes (16 bits up to 65,535-bit codes; the index has the rest).
+int distance_bits(int64_t nbytes) {
+  int bits = 1;
+  while ((int64_t{1} << bits) <= 8 * nbytes) ++bits;
+  return bits;
+}
 
-// Hits of one (query, database split), each packed as index << 16 |
-// distance. An append is a compare, a store and an increment: the growth
+// Hits of one (query, database split), each packed as index << distance bits
+// | distance. An append is a compare, a store and an increment: the growth
 // path is out of line, so a hit in the scan's hot loop stays cheap.
 class RangeHits {
  public:
-  void push(int d, int64_t j) {
+  void push(int d, int64_t j, int shift) {
     if (size_ == static_cast<int64_t>(store_.size())) grow();
-    store_[size_++] = static_cast<uint64_t>(j) << kDistanceBits | static_cast<uint64_t>(d);
+    store_[size_++] = static_cast<uint64_t>(j) << shift | static_cast<uint64_t>(d);
   }
   int64_t size() const { return size_; }
   const uint64_t* begin() const { return store_.data(); }
@@ -52,9 +58,10 @@ class RangeHits {
 struct RangeSink {
   RangeHits* hits;  // one per query of the block
   int limit;        // accept distance < limit
+  int shift;        // distance_bits
   int bound(int) const { return limit; }
   int push(int a, int d, int64_t j) {
-    hits[a].push(d, j);
+    hits[a].push(d, j, shift);
     return limit;
   }
 };
@@ -74,6 +81,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_range_cpu(const at::Tenso
             at::empty({0}, queries.options().dtype(at::kLong))};
   }
 
+  const int shift = distance_bits(nbytes);
+  TORCH_CHECK(ndb < (int64_t{1} << (63 - shift)), "hamming_range: ", ndb, " database codes of ", 8 * nbytes,
+              " bits are more than a hit can index (2^", 63 - shift, ")");
   const uint8_t* q = queries.const_data_ptr<uint8_t>();
   const uint8_t* db = database.const_data_ptr<uint8_t>();
   const ScanPlan plan(nq, ndb, at::get_num_threads());
@@ -86,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_range_cpu(const at::Tenso
         const int64_t b = item / plan.nsplit, s = item % plan.nsplit;
         const int64_t qa = b * plan.qblock, count = std::min(nq, qa + plan.qblock) - qa;
         const int64_t da = s * plan.split_rows, de = std::min(ndb, da + plan.split_rows);
-        RangeSink sink{block.data(), limit};
+        RangeSink sink{block.data(), limit, shift};
         scan_queries<Width>(q + qa * nbytes, nbytes, count, db, da, de, sink);
         for (int64_t a = 0; a < count; ++a) hits[(qa + a) * plan.nsplit + s] = std::move(block[a]);
         for (auto& h : block) h = RangeHits();
@@ -110,8 +120,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_range_cpu(const at::Tenso
       for (int64_t s = 0; s < plan.nsplit; ++s) {
         RangeHits& h = hits[i * plan.nsplit + s];
         for (const uint64_t hit : h) {
-          od[pos] = static_cast<int32_t>(hit & ((1u << kDistanceBits) - 1));
-          oi[pos++] = static_cast<int64_t>(hit >> kDistanceBits);
+          od[pos] = static_cast<int32_t>(hit & ((uint64_t{1} << shift) - 1));
+          oi[pos++] = static_cast<int64_t>(hit >> shift);
         }
         h.release();
       }
