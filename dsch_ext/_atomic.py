@@ -21,6 +21,16 @@ def _target_mode(path: str) -> int:
         return 0o666 & ~umask
 
 
+def _interrupt_behind(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
+
+
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None]) -> None:
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -42,6 +52,11 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None
             os.unlink(tmp)
         except OSError:
             pass
+        interrupt = _interrupt_behind(exc)
+        if interrupt is not None and interrupt is not exc:
+            # A writer cleaning up after Ctrl-C (torch.save's zip writer does) can raise its own
+            # error from inside the interrupt; what happened is the interrupt.
+            raise interrupt from None
         if isinstance(exc, OSError) and exc.errno is not None:  # name the target, not the temporary file
             raise OSError(exc.errno, exc.strerror, path) from exc
         raise

@@ -499,3 +499,23 @@ def test_a_failed_save_names_the_target_and_keeps_the_old_file(tmp_path, monkeyp
     with pytest.raises(OSError) as caught:
         index.save(path)
     assert caught.value.filename == str(path) and path.read_bytes() == before
+
+
+def test_ctrl_c_inside_a_writer_that_fails_while_cleaning_up_stays_an_interrupt(tmp_path):
+    # torch.save's zip writer raises its own error from its __exit__ when Ctrl-C lands mid-write;
+    # the caller must still see the interrupt (the command line turns it into one line, exit 130).
+    from dsch_ext._atomic import atomic_write
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"old")
+
+    def write(f):
+        try:
+            f.write(b"partial")
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("unexpected pos 52224 vs 52120")
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, write)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
