@@ -18,6 +18,17 @@
      or d < radius (faiss's convention) when exclusive. */                                            \
   X("hamming_range(Tensor queries, Tensor database, int radius, bool exclusive=False) -> "             \
     "(Tensor, Tensor, Tensor)")                                                                       \
+  /* Multi-index hashing (CPU): tables of codes [N, W] cut into substrings of the given widths       \
+     (<= 32 bits each, adding up to the code length): directory int32 [sum(2^min(w, 24) + 1)],       \
+     positions int32 [m, N] and, where a width passes 24 bits, suffixes uint8 [m, N] (else [0, N]).  \
+     The searches return hamming_topk's / hamming_range's answers plus work int64 [nq, 3] (probes,   \
+     codes looked at, their cost in flat-scan code pairs); a query whose cost passes max_work stops, \
+     its probes reported as -(probes + 1) and its results left for the caller. */                    \
+  X("mih_build(Tensor codes, int[] widths) -> (Tensor, Tensor, Tensor)")                              \
+  X("mih_topk(Tensor queries, Tensor codes, Tensor directory, Tensor positions, Tensor suffixes, "     \
+    "int[] widths, int k, int max_work) -> (Tensor, Tensor, Tensor)")                                 \
+  X("mih_range(Tensor queries, Tensor codes, Tensor directory, Tensor positions, Tensor suffixes, "    \
+    "int[] widths, int radius, bool exclusive, int max_work) -> (Tensor, Tensor, Tensor, Tensor)")    \
   /* Distances between points x [N, D] and centres [K, D]; metric is 'sqeuclidean',                   \
      'cosine' (1 - cos) or 'dot' (-<x, c>): smaller is closer. */                                     \
   X("center_distances(Tensor x, Tensor centers, str metric) -> Tensor")                               \

@@ -31,7 +31,7 @@ from ._library import build_info
 from . import baselines, evaluation
 from ._version import __version__
 from .cluster import KMeans
-from .index import BinaryIndex, IndexFormatError
+from .index import BinaryIndex, IndexFormatError, SearchStats
 from .mixture import GaussianMixture
 from .ops import (center_distances, gmm_log_resp, hamming_distance, hamming_range, hamming_topk, nearest_center,
                   pack_bits, segment_gram, unpack_bits)
@@ -41,6 +41,7 @@ __all__ = [
     "BinaryIndex",
     "GaussianMixture",
     "IndexFormatError",
+    "SearchStats",
     "KMeans",
     "build_info",
     "center_distances",

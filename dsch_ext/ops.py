@@ -348,6 +348,44 @@ def _hamming_range_fake(queries, database, radius, exclusive=False):
     )
 
 
+@torch.library.register_fake("dsch_ext::mih_build")
+def _mih_build_fake(codes, widths):
+    torch._check(len(widths) >= 1, lambda: "widths must list at least one substring")
+    wide = any(w > 24 for w in widths)
+    return (
+        codes.new_empty((sum((1 << min(w, 24)) + 1 for w in widths),), dtype=torch.int32),
+        codes.new_empty((len(widths), codes.shape[0]), dtype=torch.int32),
+        codes.new_empty((len(widths) if wide else 0, codes.shape[0]), dtype=torch.uint8),
+    )
+
+
+@torch.library.register_fake("dsch_ext::mih_topk")
+def _mih_topk_fake(queries, codes, directory, positions, suffixes, widths, k, max_work):
+    torch._check(queries.shape[1] == codes.shape[1], lambda: "code widths differ")
+    torch._check(1 <= k, lambda: f"k must be >= 1, got {k}")
+    torch._check(k <= codes.shape[0], lambda: f"k must be <= ndb, got {k}")
+    nq = queries.shape[0]
+    return (
+        queries.new_empty((nq, k), dtype=torch.int32),
+        queries.new_empty((nq, k), dtype=torch.int64),
+        queries.new_empty((nq, 3), dtype=torch.int64),
+    )
+
+
+@torch.library.register_fake("dsch_ext::mih_range")
+def _mih_range_fake(queries, codes, directory, positions, suffixes, widths, radius, exclusive, max_work):
+    torch._check(queries.shape[1] == codes.shape[1], lambda: "code widths differ")
+    torch._check(radius >= 0, lambda: f"radius must be >= 0, got {radius}")
+    total = torch.library.get_ctx().new_dynamic_size()
+    nq = queries.shape[0]
+    return (
+        queries.new_empty((nq + 1,), dtype=torch.int64),
+        queries.new_empty((total,), dtype=torch.int32),
+        queries.new_empty((total,), dtype=torch.int64),
+        queries.new_empty((nq, 3), dtype=torch.int64),
+    )
+
+
 @torch.library.register_fake("dsch_ext::hamming_topk")
 def _hamming_topk_fake(queries, database, k):
     torch._check(queries.shape[1] == database.shape[1], lambda: "code widths differ")

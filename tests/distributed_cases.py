@@ -77,10 +77,12 @@ def fit_gmm(comm, X, sizes, **params):
             "bounds": gmm.lower_bounds_, "n_iter": gmm.n_iter_, "labels": labels}
 
 
-def search_index(comm, db, db_sizes, queries, q_sizes, k, nbits, user_ids=False):
+def search_index(comm, db, db_sizes, queries, q_sizes, k, nbits, user_ids=False, method="flat"):
     from dsch_ext.distributed import ShardedBinaryIndex
+    from dsch_ext.index import _mih
 
-    index = ShardedBinaryIndex(nbits)
+    _mih.MIN_CODES = 1  # test-sized shards take the multi-index route too
+    index = ShardedBinaryIndex(nbits, method=method)
     mine = shard(db, comm, db_sizes)
     half = mine.shape[0] // 2
     # Two adds per rank (the second may be empty): positions must follow rank order anyway.
@@ -93,6 +95,7 @@ def search_index(comm, db, db_sizes, queries, q_sizes, k, nbits, user_ids=False)
         index.add(mine[:half])
         index.add(mine[half:])
     dist, ids = index.search(shard(queries, comm, q_sizes), k)
+    assert index.local.method == method
     lims, range_dist, range_ids = index.range_search(shard(queries, comm, q_sizes), radius=nbits // 4)
     return {"dist": dist, "ids": ids, "ntotal": index.ntotal(), "range": (lims, range_dist, range_ids)}
 

@@ -104,18 +104,19 @@ def test_gmm_sharded_equals_one_process(tmp_path, world_size, covariance_type, i
     assert torch.equal(torch.cat([res["labels"] for res in results]), ref_labels)
 
 
-@pytest.mark.parametrize("world_size, db_sizes, q_sizes, k, user_ids", [
-    (2, [300, 211], [7, 0], 25, False),   # queries from one rank only
-    pytest.param(3, [0, 160, 97], [3, 4, 5], 40, True, marks=SLOW),  # an empty shard, user ids
-    pytest.param(3, [5, 3, 4], [2, 2, 2], 12, False, marks=SLOW),  # k = the whole database
+@pytest.mark.parametrize("world_size, db_sizes, q_sizes, k, user_ids, method", [
+    (2, [300, 211], [7, 0], 25, False, "flat"),   # queries from one rank only
+    (2, [300, 211], [4, 5], 25, True, "mih"),   # multi-index shards
+    pytest.param(3, [0, 160, 97], [3, 4, 5], 40, True, "flat", marks=SLOW),  # an empty shard, user ids
+    pytest.param(3, [5, 3, 4], [2, 2, 2], 12, False, "mih", marks=SLOW),  # k = the whole database
 ])
-def test_sharded_search_equals_one_index(tmp_path, world_size, db_sizes, q_sizes, k, user_ids):
+def test_sharded_search_equals_one_index(tmp_path, world_size, db_sizes, q_sizes, k, user_ids, method):
     nbits = 20  # few bits: many ties, so the tie-break is exercised
     g = torch.Generator().manual_seed(5)
     db = torch.randint(0, 2, (sum(db_sizes), nbits), generator=g)
     queries = torch.randint(0, 2, (sum(q_sizes), nbits), generator=g)
     results = ok(run_ranks("search_index", world_size, tmp_path, db=db, db_sizes=db_sizes, queries=queries,
-                           q_sizes=q_sizes, k=k, nbits=nbits, user_ids=user_ids)[0])
+                           q_sizes=q_sizes, k=k, nbits=nbits, user_ids=user_ids, method=method)[0])
     # The equivalent single index holds the codes in rank order; default ids number each
     # (collective) add in rank order: the first halves of all ranks, then the second halves.
     if user_ids:

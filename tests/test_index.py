@@ -453,7 +453,7 @@ def test_mapped_load_maps_the_ids_too(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_binary_index._file_format, "read_index", reading)
     loaded = dsch_ext.BinaryIndex.load(tmp_path / "m.dbix", mmap=True)
-    _, codes, ids, increasing = read["arrays"]
+    codes, ids, increasing = read["arrays"].codes, read["arrays"].ids, read["arrays"].increasing
     assert increasing and isinstance(codes, np.memmap) and isinstance(ids.base if ids.base is not None else ids,
                                                                       np.memmap)
     # The index's tensors are those mapped arrays, not copies of them.

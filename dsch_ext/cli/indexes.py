@@ -33,12 +33,16 @@ def index_build_command(args):
     codes = load_codes(args.codes, "codes")
     ids = load_array(args.ids, "ids") if args.ids else None
     try:
-        index = dsch_ext.BinaryIndex(_index_width(codes, args.nbits, args.packed))
+        if args.substrings is not None and args.method != "mih":
+            raise CliError("--substrings is for --method mih")
+        index = dsch_ext.BinaryIndex(_index_width(codes, args.nbits, args.packed), method=args.method,
+                                     substrings=args.substrings)
         index.add(codes, ids)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     write_file("index file", args.out, index.save)
-    print(f"wrote {args.out}: {len(index)} codes of {index.nbits} bits")
+    method = "" if index.method == "flat" else " (method mih: tables built when searched)"
+    print(f"wrote {args.out}: {len(index)} codes of {index.nbits} bits{method}")
     return 0
 
 
@@ -62,7 +66,7 @@ def search_command(args):
         raise CliError(f"cannot write output file {args.out}: it is a directory")
     try:
         index = dsch_ext.BinaryIndex.load(args.index, device=device)
-    except (OSError, dsch_ext.IndexFormatError) as exc:
+    except (OSError, ValueError) as exc:  # IndexFormatError is a ValueError
         raise CliError(str(exc)) from exc
     queries = load_codes(args.queries, "queries")
     try:

@@ -275,6 +275,11 @@ def _add_index(sub, common):
                        help="code length (default: the codes' columns; x 8 for uint8 packed codes)")
     build.add_argument("--packed", action="store_true", help="the codes are uint8 packed bytes (pack_bits' layout)")
     build.add_argument("--ids", help="optional int64 ids [n] (.npy/.npz/.pt)")
+    build.add_argument("--method", choices=("flat", "mih"), default="flat",
+                       help="how searches of the file run: flat (scan every code, CPU or GPU) or mih (multi-index "
+                            "tables, CPU; worth it from about 10^6 codes whose neighbours are near)")
+    build.add_argument("--substrings", type=POSITIVE,
+                       help="--method mih: substrings per code (default: about nbits / log2 n)")
     build.set_defaults(func=indexes.index_build_command)
 
 

@@ -22,12 +22,14 @@ class ShardedBinaryIndex:
         device: where this rank's codes live and its search runs.
         process_group: the torch.distributed group (default group when None).
         query_chunk: queries per kernel call.
+        method, substrings: how each rank searches its shard (:class:`~dsch_ext.BinaryIndex`'s:
+            ``"mih"`` builds multi-index tables of the shard; the merge is the same).
     """
 
     def __init__(self, nbits: int, device: Union[str, torch.device] = "cpu", process_group=None,
-                 query_chunk: int = 4096):
+                 query_chunk: int = 4096, method: str = "flat", substrings: Optional[int] = None):
         self.comm = Communicator(process_group)
-        self.local = BinaryIndex(nbits, device, query_chunk)
+        self.local = BinaryIndex(nbits, device, query_chunk, method=method, substrings=substrings)
         self._next_id = 0
 
     @property
@@ -98,7 +100,7 @@ class ShardedBinaryIndex:
         except (TypeError, ValueError) as exc:
             error, q = exc, None
         _agree(self.comm, error, "ShardedBinaryIndex.search (queries)")
-        codes, ids = self.local._snapshot()
+        codes = self.local.codes
         ntotal = sum(self.comm.sizes(codes.shape[0]))
         if ntotal == 0:
             raise ValueError("the index is empty on every rank: add codes before searching it")
@@ -114,11 +116,8 @@ class ShardedBinaryIndex:
         dist = torch.full((Q.shape[0], k), self.nbits + 1, dtype=torch.int32, device=device)
         found = torch.full((Q.shape[0], k), -1, dtype=torch.int64, device=device)
         kk = min(k, codes.shape[0])
-        if kk:
-            for s in range(0, Q.shape[0], self.local.query_chunk):
-                d, pos = torch.ops.dsch_ext.hamming_topk.default(Q[s : s + self.local.query_chunk], codes, kk)
-                dist[s : s + d.shape[0], :kk] = d
-                found[s : s + d.shape[0], :kk] = ids[pos]
+        if kk:  # the local index's own route (flat scan or multi-index), in query chunks
+            dist[:, :kk], found[:, :kk] = self.local.search(Q, kk)
         mine = slice(sum(nq[: self.comm.rank]), sum(nq[: self.comm.rank + 1]))
         # Rank-ordered candidates of this rank's queries: [nq, world_size * k].
         cand_d = torch.cat([g[mine] for g in self.comm.all_gather(dist)], dim=1)

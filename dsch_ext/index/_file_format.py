@@ -12,7 +12,9 @@ nothing in it is ever executed; no pickle)::
     40      8     ids offset (uint64) = 64 + count * code_bytes rounded up to 8
     48      4     CRC-32 of the codes
     52      4     CRC-32 of the ids
-    56      4     flags (uint32): bit 0 = the ids increase strictly (writers before it wrote 0)
+    56      4     flags (uint32): bit 0 = the ids increase strictly (writers before it wrote 0);
+                  bit 1 = a multi-index (method="mih") index, bits 8-15 its substrings (0: the
+                  default); the tables are rebuilt from the checked codes on load
     60      4     CRC-32 of bytes 0..59
     64            codes: count x code_bytes uint8 (faiss's packed layout), then zero padding
     ids_offset    ids: count x int64
@@ -29,7 +31,7 @@ increasing are checked in one pass over the (mapped) file; other ids are sorted 
 import os
 import struct
 import zlib
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -41,6 +43,9 @@ HEADER_SIZE = 64
 _HEADER = struct.Struct("<8sIIIIQQQIII")  # 60 bytes; the header CRC follows
 assert _HEADER.size == 60
 FLAG_IDS_INCREASING = 1
+FLAG_MIH = 2
+_SUBSTRINGS_SHIFT, _SUBSTRINGS_MASK = 8, 0xFF << 8
+_KNOWN_FLAGS = FLAG_IDS_INCREASING | FLAG_MIH | _SUBSTRINGS_MASK
 MAX_ID = 2**63 - 2  # 2^63 - 1 would leave no next id
 _CHUNK = 1 << 22  # ids checked a chunk at a time, so a mapped file is never copied whole
 
@@ -62,16 +67,31 @@ def ids_increase(ids: np.ndarray) -> bool:
     return True
 
 
-def write_index(path, nbits: int, codes: np.ndarray, ids: np.ndarray) -> None:
+def method_flags(method: str, substrings: Optional[int]) -> int:
+    """The header's flag bits for an index's search method."""
+    if method != "mih":
+        return 0
+    return FLAG_MIH | ((substrings or 0) << _SUBSTRINGS_SHIFT)
+
+
+def method_of(flags: int) -> Tuple[str, Optional[int]]:
+    """(method, substrings) from the header's flags (substrings None: the default)."""
+    if not flags & FLAG_MIH:
+        return "flat", None
+    substrings = (flags & _SUBSTRINGS_MASK) >> _SUBSTRINGS_SHIFT
+    return "mih", (substrings or None)
+
+
+def write_index(path, nbits: int, codes: np.ndarray, ids: np.ndarray, flags: int = 0) -> None:
     """Write codes ``uint8 [count, ceil(nbits / 8)]`` and ids ``int64 [count]`` to ``path``
-    atomically."""
+    atomically; ``flags``: :func:`method_flags`."""
     code_bytes = (nbits + 7) // 8
     count = codes.shape[0]
     codes_bytes = np.ascontiguousarray(codes).tobytes()
     ids_bytes = np.ascontiguousarray(ids, dtype="<i8").tobytes()
     pad = (-(HEADER_SIZE + len(codes_bytes))) % 8
     ids_offset = HEADER_SIZE + len(codes_bytes) + pad
-    flags = FLAG_IDS_INCREASING if ids_increase(ids) else 0
+    flags = (flags & ~FLAG_IDS_INCREASING) | (FLAG_IDS_INCREASING if ids_increase(ids) else 0)
     head = _HEADER.pack(MAGIC, FORMAT_VERSION, HEADER_SIZE, nbits, code_bytes, count, HEADER_SIZE, ids_offset,
                         _crc(codes_bytes), _crc(ids_bytes), flags)
     header = head + struct.pack("<I", _crc(head))
@@ -114,7 +134,7 @@ def _read_header(path: str) -> Header:
         raise IndexFormatError(f"{path!r} is format version {version}; this dsch_ext reads version {FORMAT_VERSION}")
     if (header_size != HEADER_SIZE or nbits < 1 or code_bytes != (nbits + 7) // 8 or codes_offset != HEADER_SIZE
             or ids_offset != HEADER_SIZE + count * code_bytes + (-(HEADER_SIZE + count * code_bytes)) % 8
-            or flags & ~FLAG_IDS_INCREASING):
+            or flags & ~_KNOWN_FLAGS or (flags & _SUBSTRINGS_MASK and not flags & FLAG_MIH)):
         raise IndexFormatError(f"{path!r} has an inconsistent header (nbits={nbits}, code bytes={code_bytes}, "
                                f"count={count}, flags={flags})")
     expected = ids_offset + 8 * count
@@ -169,11 +189,18 @@ def _check_content(path: str, header: Header, codes: np.ndarray, ids: np.ndarray
                                f"[0, 2^63 - 2]")
 
 
-def read_index(path, mmap: bool = False, verify: bool = True) -> Tuple[int, np.ndarray, np.ndarray, bool]:
-    """(nbits, codes ``uint8 [count, code_bytes]``, ids ``int64 [count]``, whether the ids
-    increase) of the file at ``path``, checked (see the module docstring; ``verify`` adds the
-    CRC-32 of codes and ids). Raises :class:`IndexFormatError` saying what is wrong,
-    FileNotFoundError for no file."""
+class IndexFile(NamedTuple):
+    nbits: int
+    codes: np.ndarray  # uint8 [count, code_bytes]
+    ids: np.ndarray  # int64 [count]
+    increasing: bool  # the ids increase strictly
+    flags: int
+
+
+def read_index(path, mmap: bool = False, verify: bool = True) -> IndexFile:
+    """The file at ``path``, checked (see the module docstring; ``verify`` adds the CRC-32 of
+    codes and ids). Raises :class:`IndexFormatError` saying what is wrong, FileNotFoundError
+    for no file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no index file at {path!r}")
@@ -185,4 +212,5 @@ def read_index(path, mmap: bool = False, verify: bool = True) -> Tuple[int, np.n
         if _crc(np.ascontiguousarray(ids)) != header.ids_crc:
             raise IndexFormatError(f"{path!r} has corrupted ids (checksum mismatch)")
     _check_content(path, header, codes, ids)
-    return header.nbits, codes, np.asarray(ids, dtype=np.int64), bool(header.flags & FLAG_IDS_INCREASING)
+    return IndexFile(header.nbits, codes, np.asarray(ids, dtype=np.int64), bool(header.flags & FLAG_IDS_INCREASING),
+                     header.flags)

@@ -2,7 +2,7 @@
 once (positions turned into ids in place, chunks copied into the final arrays one at a time),
 and a result that cannot fit is refused before the scan, with its estimated size."""
 import os
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -46,9 +46,13 @@ def _check_fits(q, codes, radius, exclusive) -> None:
                           "smaller radius")
 
 
-def _search_chunk(q, codes, radius, exclusive):
+def _flat_chunk(q, codes, radius, exclusive):
+    return torch.ops.dsch_ext.hamming_range.default(q, codes, radius, exclusive)
+
+
+def _search_chunk(search, q, codes, radius, exclusive):
     try:
-        return torch.ops.dsch_ext.hamming_range.default(q, codes, radius, exclusive)
+        return search(q, codes, radius, exclusive)
     except RuntimeError as exc:
         if "bad_alloc" in str(exc) or "out of memory" in str(exc).lower():
             raise MemoryError(f"range search of {q.shape[0]:,} queries at radius {radius} against {codes.shape[0]:,} "
@@ -66,13 +70,15 @@ def _ids_in_place(pos: torch.Tensor, ids: Optional[torch.Tensor]) -> torch.Tenso
 
 
 def range_search_chunks(q: torch.Tensor, codes: torch.Tensor, ids: Optional[torch.Tensor], radius: int,
-                        exclusive: bool, query_chunk: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        exclusive: bool, query_chunk: int,
+                        search: Callable = _flat_chunk) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(lims, distances, ids) of every code within ``radius`` of each query (``hamming_range``'s
-    CSR form), ``query_chunk`` queries per kernel call. ``ids`` None: ids are positions."""
+    CSR form), ``query_chunk`` queries per call of ``search(q, codes, radius, exclusive)``
+    (the flat scan by default). ``ids`` None: ids are positions."""
     _check_fits(q, codes, radius, exclusive)
     parts = []
     for start in range(0, q.shape[0], query_chunk):
-        lims, dist, pos = _search_chunk(q[start : start + query_chunk], codes, radius, exclusive)
+        lims, dist, pos = _search_chunk(search, q[start : start + query_chunk], codes, radius, exclusive)
         parts.append((lims, dist, _ids_in_place(pos, ids)))
     if len(parts) == 1:
         return parts[0]
