@@ -10,7 +10,8 @@
 #   train     a short end-to-end `dsch train --device cuda` (embedded images, 2 rounds) and
 #             its E-step / M-step seconds;
 #   bench     prints the GPU benchmark report (benchmarks/gpu_report.py: time, % of roofline,
-#             ratio to the plain-torch anchor on the same GPU).
+#             ratio to the plain-torch anchor on the same GPU), then the recorded static
+#             bounds of the same workloads (benchmarks/sass_bounds.json).
 # Usage: bash scripts/gpu_check.sh [STEP...]   (default: all five, in that order; about 8 min)
 # No network is needed and no venv is made: the machine's python3 (the one holding torch) is
 # used with PYTHONPATH at the repository root. Logs go to $OUT (default /tmp/dsch-gpu-out),
@@ -110,6 +111,15 @@ PY
       step "GPU benchmarks"
       timeout "${BENCH_LIMIT_S:-240}" "$PY" -P benchmarks/gpu_report.py 2>&1 | tee "$OUT/gpu_report.txt"
       [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "bench: FAILED"; status=1; }
+      # Beside the measured times: the static bounds of the same kernels (benchmarks/sass_bounds.py).
+      "$PY" - <<'PY' 2>&1 | tee -a "$OUT/gpu_report.txt"
+import json
+with open("benchmarks/sass_bounds.json") as f:
+    bounds = json.load(f)
+print("static bounds from the sm_90 SASS (H100 clocks; an upper bound on speed, not a measurement):")
+for wid, b in bounds.items():
+    print(f"  {wid:<3} >= {b['bound_ms']:.3f} ms, <= {b['roofline_pct']:.0f} % of the roofline ({b['binding']})")
+PY
       ;;
     *) echo "unknown step $s (build, tests, sanitize, train, bench)"; exit 2 ;;
   esac

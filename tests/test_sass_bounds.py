@@ -1,0 +1,109 @@
+"""benchmarks/sass_bounds.py: the static speed bound read from the kernels' SASS.
+
+The parser, the control flow, the path search and the shared-memory model are checked on a
+small hand-written listing; the slow test builds the real sm_90 kernels and fails when a
+workload's bound is worse than the one recorded in benchmarks/sass_bounds.json, so a
+regression in the compiled hot loops shows on every machine, GPU or not."""
+import json
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import sass_bounds as sb  # noqa: E402
+
+# A kernel with one loop: per iteration two code words are xor-ed and popcounted (the work),
+# a ballot's popcount (overhead) on a side path, and a diamond whose cheap side skips a block.
+LISTING = """
+.text._Z6kernelv:
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   MOV R1, RZ ;
+.L_x_0:
+        /*0020*/                   LDS.64 R2, [R4] ;
+        /*0030*/                   LOP3.LUT R2, R2, R6, RZ, 0x3c, !PT ;
+        /*0040*/                   LOP3.LUT R3, R3, R7, RZ, 0x3c, !PT ;
+        /*0050*/                   POPC R2, R2 ;
+        /*0060*/                   POPC R3, R3 ;
+        /*0070*/                   IADD3 R8, R2, R3, RZ ;
+        /*0080*/                   ISETP.GT.AND P0, PT, R8, R9, PT ;
+        /*0090*/               @P0 BRA `(.L_x_1) ;
+        /*00a0*/                   VOTE.ANY R10, PT, P0 ;
+        /*00b0*/                   POPC R11, R10 ;
+        /*00c0*/                   IMAD R12, R11, 0x4, R13 ;
+        /*00d0*/                   STS [R12], R8 ;
+.L_x_1:
+        /*00e0*/                   IADD3 R4, R4, 0x8, RZ ;
+        /*00f0*/                   ISETP.NE.AND P1, PT, R4, R5, PT ;
+        /*0100*/               @P1 BRA `(.L_x_0) ;
+        /*0110*/                   EXIT ;
+.L_x_2:
+        /*0120*/                   BRA `(.L_x_2);
+"""
+
+
+def test_parse_blocks_and_loops():
+    (fn,) = sb.parse(LISTING)
+    assert fn.name == "_Z6kernelv" and len(fn.instrs) == 19 and set(fn.labels) == {".L_x_0", ".L_x_1", ".L_x_2"}
+    blocks = sb.basic_blocks(fn)
+    loops = sb.innermost_loops(blocks)
+    headers = sorted(fn.instrs[blocks[lp.header].start].addr for lp in loops)
+    assert headers == [0x20, 0x120]  # the scan loop and the trailing self-loop padding
+
+
+def test_work_excludes_ballot_popcounts():
+    (fn,) = sb.parse(LISTING)
+    sb.mark_work(fn, "POPC")
+    assert [ins.addr for ins in fn.instrs if ins.is_work] == [0x50, 0x60]
+
+
+def test_the_bound_takes_the_cheapest_path_per_unit_of_work():
+    (fn,) = sb.parse(LISTING)
+    loop = sb.hot_loop(fn, "POPC")
+    # The path that skips the ballot: 11 instructions, 2 work POPCs, 2 POPCs in all. The POPC
+    # pipe (0.5 a clock) needs 4 cycles, issue 2.75, so the loop does at most 0.5 work per cycle.
+    assert loop.path.counts["issue"] == 11 and loop.path.work == 2 and loop.binding == "popc"
+    assert loop.work_per_cycle == pytest.approx(0.5, rel=1e-4) and loop.work_fraction == pytest.approx(1.0, rel=1e-4)
+
+
+def test_conditional_branches_fall_through():
+    (fn,) = sb.parse(".text.f:\n        /*0000*/                   BRA.DIV UR4, `(.L_x_9) ;\n"
+                     "        /*0010*/                   EXIT ;\n.L_x_9:\n        /*0020*/                   EXIT ;\n")
+    blocks = sb.basic_blocks(fn)
+    assert sorted(blocks[0].succ) == [1, 2]
+
+
+@pytest.mark.parametrize("opcode, stride, wavefronts", [
+    ("LDS.64", 8, 2),  # 64-bit codes back to back: conflict-free
+    ("LDS.64", 32, 8),  # 256-bit codes: lanes 4 apart share a bank, 4 words a bank in each half-warp
+    ("LDS.128", 16, 4),  # 128-bit codes read whole: conflict-free
+    ("LDS.128", 32, 8),
+    ("LDS", 4, 1),
+    ("LDS.64", None, 1),  # unknown addresses: the least any access takes (a broadcast)
+])
+def test_shared_wavefronts(opcode, stride, wavefronts):
+    assert sb.shared_wavefronts(opcode, stride) == wavefronts
+
+
+def test_scan_lane_stride_from_the_kernel_name():
+    assert sb.scan_lane_stride("_ZN8dsch_ext17tiled_scan_kernelINS_9CodeWidthImLi4EEENS_12CountVisitorEEEv") == 32
+    assert sb.scan_lane_stride("_ZN8dsch_ext17tiled_scan_kernelINS_9CodeWidthIjLi1EEENS_12CountVisitorEEEv") == 4
+    assert sb.scan_lane_stride("_ZN8dsch_ext17tiled_scan_kernelINS_9CodeWidthImLi0EEENS_12CountVisitorEEEv") is None
+    assert sb.scan_lane_stride("_ZN8dsch_ext16pair_tile_kernelIfEEvv") is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch (its headers)")
+def test_hot_loops_are_no_slower_than_recorded():
+    if sb.nvcc() is None or sb.nvdisasm() is None:
+        pytest.skip("needs nvcc and nvdisasm (the nvidia-cuda-nvdisasm wheel)")
+    with open(sb.RECORD) as f:
+        recorded = json.load(f)
+    sources = sorted({wl.source for wl in sb.WORKLOADS.values()})
+    now = sb.workload_bounds(sb.kernel_bounds(sources))
+    assert set(now) == set(recorded)
+    worse = {wid: (recorded[wid]["roofline_pct"], r["roofline_pct"]) for wid, r in now.items()
+             if r["roofline_pct"] < recorded[wid]["roofline_pct"] - 0.5}
+    assert not worse, f"static bounds worse than recorded (recorded %, now %): {worse}"
