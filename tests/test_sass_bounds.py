@@ -96,13 +96,19 @@ def test_scan_lane_stride_from_the_kernel_name():
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch (its headers)")
-def test_hot_loops_are_no_slower_than_recorded():
+def test_hot_loops_are_no_slower_than_recorded_and_collectives_are_uniform():
     if sb.nvcc() is None or sb.nvdisasm() is None:
         pytest.skip("needs nvcc and nvdisasm (the nvidia-cuda-nvdisasm wheel)")
     with open(sb.RECORD) as f:
         recorded = json.load(f)
     sources = sorted({wl.source for wl in sb.WORKLOADS.values()})
-    now = sb.workload_bounds(sb.kernel_bounds(sources))
+    bounds = sb.kernel_bounds(sources)
+    # The scans' warp collectives run under conditions ptxas sees as warp-uniform: no
+    # divergent-collective fallback (BRA.DIV / WARPSYNC) in any of their hot loops.
+    fallbacks = {name[:90]: b.divergent_collectives for name, b in bounds.items()
+                 if "tiled_scan_kernel" in name and b.divergent_collectives}
+    assert not fallbacks, f"divergent-collective fallbacks in the scans' hot loops: {fallbacks}"
+    now = sb.workload_bounds(bounds)
     assert set(now) == set(recorded)
     worse = {wid: (recorded[wid]["roofline_pct"], r["roofline_pct"]) for wid, r in now.items()
              if r["roofline_pct"] < recorded[wid]["roofline_pct"] - 0.5}

@@ -34,10 +34,16 @@ struct RangeCountVisitor {
   int limit;
   int64_t nchunks;
   int64_t* counts;
-  int hits[kMaxQueriesPerWarp];  // this lane's (a chunk holds < 2^31 codes per lane)
+  int hits[kMaxQueriesPerWarp] = {};  // this lane's (a chunk holds < 2^31 codes per lane)
+  int below[kMaxQueriesPerWarp] = {};  // the slot's limit: `limit`, or 0 for an idle slot
 
-  __device__ void start(int a, int64_t, int64_t) { hits[a] = 0; }
-  __device__ void visit(int a, int64_t, int d, bool valid, int64_t) { hits[a] += valid && d < limit; }
+  static constexpr bool kMaskIdleSlots = false;
+  __device__ void start(int a, int64_t, int64_t) {
+    hits[a] = 0;
+    below[a] = limit;
+  }
+  __device__ void idle(int a) { below[a] = 0; }
+  __device__ void visit(int a, int64_t, int d, bool valid, int64_t) { hits[a] += valid && d < below[a]; }
   __device__ void finish(int a, int64_t q, int64_t chunk) {
     const int64_t total = warp_sum(hits[a]);
     if ((threadIdx.x & 31) == 0) counts[q * nchunks + chunk] = total;
@@ -52,11 +58,17 @@ struct RangeCollectVisitor {
   const int64_t* offsets;
   int32_t* out_dist;
   int64_t* out_index;
-  int64_t slot[kMaxQueriesPerWarp];  // the next output slot
+  int64_t slot[kMaxQueriesPerWarp] = {};  // the next output slot
+  int below[kMaxQueriesPerWarp] = {};  // the slot's limit: `limit`, or 0 for an idle slot
 
-  __device__ void start(int a, int64_t q, int64_t chunk) { slot[a] = offsets[q * nchunks + chunk]; }
+  static constexpr bool kMaskIdleSlots = false;
+  __device__ void start(int a, int64_t q, int64_t chunk) {
+    slot[a] = offsets[q * nchunks + chunk];
+    below[a] = limit;
+  }
+  __device__ void idle(int a) { below[a] = 0; }
   __device__ void visit(int a, int64_t, int d, bool valid, int64_t j) {
-    const bool hit = valid && d < limit;
+    const bool hit = valid && d < below[a];
     int n = 0;
     const int rank = warp_rank(hit, &n);
     if (hit) {

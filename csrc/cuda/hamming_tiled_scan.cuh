@@ -10,9 +10,12 @@
 // warp-uniform, so it may use warp ballots, and its per-query state lives in
 // registers:
 //   start(a, q, chunk)          before the chunk, for query q (slot a of the warp);
+//   idle(a)                     instead, for a slot past nq or not active: its state
+//                               must make the visits of that slot match nothing;
 //   visit(a, q, d, valid, j)    for 32 codes at once (one per lane; lanes past the
-//                               chunk have valid = false);
-//   finish(a, q, chunk)         after the chunk.
+//                               chunk have valid = false), for every slot (with
+//                               kMaskIdleSlots, an idle slot's lanes are all invalid);
+//   finish(a, q, chunk)         after the chunk, for the active slots.
 // `active` (optional, one byte per query) restricts a launch to some queries:
 // a tile with none of them is skipped as a whole, so a pass for a few
 // queries costs little more than the launch.
@@ -115,7 +118,11 @@ __device__ __forceinline__ void tiled_scan(const uint8_t* __restrict__ queries, 
         DSCH_UNROLL
         for (int w = 0; w < NW; ++w) qreg[a][w] = row[w];
       }
-      if (on[a]) visitor.start(a, q[a], chunk);
+      if (on[a]) {
+        visitor.start(a, q[a], chunk);
+      } else {
+        visitor.idle(a);
+      }
     }
     for (int64_t s0 = begin; s0 < end; s0 += stage_rows) {
       const int64_t n = end - s0 < stage_rows ? end - s0 : stage_rows;
@@ -126,16 +133,20 @@ __device__ __forceinline__ void tiled_scan(const uint8_t* __restrict__ queries, 
         const int64_t c = c0 + lane;
         const bool valid = c < n;
         const Word* row = stage + (valid ? c : 0) * nwords;
+        // Every slot of the warp visits, an idle one too (its visitor state matches nothing,
+        // or, for visitors that cannot say so in their state, no lane is valid): a branch on
+        // on[a] would put the visitors' warp collectives under a condition ptxas cannot see
+        // is warp-uniform (divergent-collective fallbacks in the hot loop), and costs a
+        // branch per query.
         DSCH_UNROLL
         for (int a = 0; a < QW; ++a) {
-          if (!on[a]) continue;
           int d;
           if constexpr (Width::kFixedWords > 0) {
             d = hamming_fixed<Word, NW>(qreg[a], row);
           } else {
-            d = hamming_words<Word>(qrows + q[a] * nwords, row, nwords);
+            d = hamming_words<Word>(qrows + (on[a] ? q[a] : 0) * nwords, row, nwords);
           }
-          visitor.visit(a, q[a], d, valid, s0 + c);
+          visitor.visit(a, q[a], d, Visitor::kMaskIdleSlots ? valid && on[a] : valid, s0 + c);
         }
       }
     }

@@ -56,13 +56,15 @@ struct CountVisitor {
   const int32_t* threshold;
   int64_t nchunks;
   int64_t* counts;  // [nq, nchunks, 2]
-  int t[kMaxQueriesPerWarp];
-  int64_t below[kMaxQueriesPerWarp], at[kMaxQueriesPerWarp];
+  int t[kMaxQueriesPerWarp] = {};
+  int64_t below[kMaxQueriesPerWarp] = {}, at[kMaxQueriesPerWarp] = {};
 
+  static constexpr bool kMaskIdleSlots = false;
   __device__ void start(int a, int64_t q, int64_t) {
     t[a] = threshold[q];
     below[a] = at[a] = 0;
   }
+  __device__ void idle(int a) { t[a] = -1; }  // no distance is below or at -1
   __device__ void visit(int a, int64_t, int d, bool valid, int64_t) {
     below[a] += valid && d < t[a];
     at[a] += valid && d == t[a];
@@ -81,7 +83,9 @@ struct HistogramVisitor {
   int nbins;
   unsigned long long* hist;  // [nq, nbins]
 
+  static constexpr bool kMaskIdleSlots = true;  // the histogram's row is the query's: nothing to match
   __device__ void start(int, int64_t, int64_t) {}
+  __device__ void idle(int) {}
   __device__ void visit(int, int64_t q, int d, bool valid, int64_t) {
     // One atomic per distinct distance in the warp, not one per lane.
     const unsigned peers = __match_any_sync(kFullWarpMask, valid ? d : -1);
@@ -104,11 +108,15 @@ struct CollectVisitor {
   int64_t nchunks, capacity;
   int32_t* cand_dist;  // [nq, capacity]
   int64_t* cand_index;
-  int t[kMaxQueriesPerWarp];
+  int t[kMaxQueriesPerWarp] = {};
   // Next slots in the query's list (below: from the chunk's offset; ties:
   // after every code below) and the end of the ties' slots.
-  int64_t below_slot[kMaxQueriesPerWarp], tie_slot[kMaxQueriesPerWarp], tie_end[kMaxQueriesPerWarp];
+  int64_t below_slot[kMaxQueriesPerWarp] = {};
+  int64_t tie_slot[kMaxQueriesPerWarp] = {};
+  int64_t tie_end[kMaxQueriesPerWarp] = {};
 
+  static constexpr bool kMaskIdleSlots = false;
+  __device__ void idle(int a) { t[a] = -1; }  // no distance is below or at -1
   __device__ void start(int a, int64_t q, int64_t chunk) {
     t[a] = threshold[q];
     below_slot[a] = q * capacity + offsets[(q * nchunks + chunk) * 2];
