@@ -10,8 +10,9 @@
 #   train     a short end-to-end `dsch train --device cuda` (embedded images, 2 rounds) and
 #             its E-step / M-step seconds;
 #   bench     prints the GPU benchmark report (benchmarks/gpu_report.py: time, % of roofline,
-#             ratio to the plain-torch anchor on the same GPU), then the recorded static
-#             bounds of the same workloads (benchmarks/sass_bounds.json).
+#             ratio to the plain-torch anchor on the same GPU), the binary tensor cores'
+#             rate against the POPC pipe (benchmarks/bmma_rate.cu), then the recorded
+#             static bounds of the same workloads (benchmarks/sass_bounds.json).
 # Usage: bash scripts/gpu_check.sh [STEP...]   (default: all five, in that order; about 8 min)
 # No network is needed and no venv is made: the machine's python3 (the one holding torch) is
 # used with PYTHONPATH at the repository root. Logs go to $OUT (default /tmp/dsch-gpu-out),
@@ -111,6 +112,15 @@ PY
       step "GPU benchmarks"
       timeout "${BENCH_LIMIT_S:-240}" "$PY" -P benchmarks/gpu_report.py 2>&1 | tee "$OUT/gpu_report.txt"
       [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "bench: FAILED"; status=1; }
+      # Binary tensor cores against the POPC pipe (benchmarks/bmma_rate.cu): decides whether a
+      # BMMA scan is worth designing.
+      NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
+      if "$NVCC" -O3 -arch=native benchmarks/bmma_rate.cu -o "$OUT/bmma_rate" > "$OUT/bmma_build.log" 2>&1; then
+        timeout 60 "$OUT/bmma_rate" 2>&1 | tee -a "$OUT/gpu_report.txt"
+        [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "bmma_rate: FAILED"; status=1; }
+      else
+        tail -5 "$OUT/bmma_build.log"; echo "bmma_rate: did not build"; status=1
+      fi
       # Beside the measured times: the static bounds of the same kernels (benchmarks/sass_bounds.py).
       "$PY" - <<'PY' 2>&1 | tee -a "$OUT/gpu_report.txt"
 import json
