@@ -65,9 +65,12 @@ class TorchvisionBackbone(nn.Module):
         super().__init__()
         if name not in BACKBONE_NAMES:
             raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+        # A weights file is read before torchvision is needed, so a bad file is named as such
+        # wherever torchvision is missing too.
+        state = read_weights(weights, name) if weights is not None else None
         model = _torchvision_models().get_model(name, weights=None)
-        if weights is not None:
-            load_weights(model, name, weights)
+        if state is not None:
+            load_weights(model, name, weights, state)
         self.name = name
         self.input = ImageNetInput(input_size)
         if name.startswith("vgg"):
@@ -120,10 +123,9 @@ def _check_freeze(freeze: int, stages: int) -> int:
     return freeze
 
 
-def load_weights(model: nn.Module, name: str, path: str) -> None:
-    """Load a state dict from ``path`` (``torch.save(model.state_dict())``, torchvision's
-    ``.pth`` files, or a dict holding one under ``state_dict`` / ``model``) into ``model``,
-    torchvision's ``name``; every key and shape must match."""
+def read_weights(path: str, name: str) -> Dict[str, torch.Tensor]:
+    """The state dict in ``path`` (``torch.save(model.state_dict())``, torchvision's ``.pth``
+    files, or a dict holding one under ``state_dict`` / ``model``) for torchvision's ``name``."""
     if not os.path.isfile(path):
         raise BackboneError(f"weights file not found: {path}")
     state = read_torch_file(path, "weights file", BackboneError)
@@ -131,6 +133,13 @@ def load_weights(model: nn.Module, name: str, path: str) -> None:
         state = state.get("state_dict", state.get("model", state))
     if not _is_state_dict(state):
         raise BackboneError(f"{path} holds no state dict (a dict of tensors) for {name}")
+    return state
+
+
+def load_weights(model: nn.Module, name: str, path: str, state: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """Load the weights in ``path`` (:func:`read_weights`; ``state`` if already read) into
+    ``model``, torchvision's ``name``; every key and shape must match."""
+    state = read_weights(path, name) if state is None else state
     problems = _mismatches(model.state_dict(), state)
     if problems:
         raise BackboneError(f"{path} does not hold weights of torchvision's {name}: {problems}")
