@@ -102,6 +102,21 @@ def test_hamming_topk_sampled_bound_over_tiles(emu, k):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_hamming_topk_random_shapes(emu, seed):
+    # Random sizes, widths and alphabets: both routes (the sampled bound kept, its list
+    # overflowing or short of k and redone) and every k, against the CPU op bit for bit.
+    rng = rng_for(seed, 11)
+    nbytes = int(rng.choice([1, 3, 8, 12, 32]))
+    nq, ndb = int(rng.integers(1, 70)), int(rng.integers(1, 900))
+    alphabet = int(rng.integers(2, 40)) if rng.random() < 0.5 else None
+    q = torch.from_numpy(ref.random_codes(rng, nq, nbytes))
+    db = torch.from_numpy(ref.random_codes(rng, ndb, nbytes, alphabet=alphabet))
+    for k in sorted({1, int(rng.integers(1, ndb + 1)), ndb}):
+        got, want = emu.hamming_topk(q, db, k), cpu.hamming_topk(q, db, k)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (nbytes, nq, ndb, k, alphabet)
+
+
 def test_hamming_topk_ties_go_to_lower_index(emu):
     rng = rng_for(1)
     db = torch.from_numpy(ref.random_codes(rng, 6, 8)).repeat(40, 1)  # every code 40 times

@@ -1,34 +1,32 @@
 // CUDA kernel of dsch_ext::hamming_topk: exact k nearest codes by Hamming
 // distance, sorted by (distance, database index), any k <= ndb.
 //
-// Selection by counting with a sampled threshold, in two passes of the
-// query-tiled scan (hamming_tiled_scan.cuh), so every code loaded serves a
+// Selection with a sampled threshold and one pass of the query-tiled scan
+// over the database (hamming_tiled_scan.cuh), so every code loaded serves a
 // whole tile of queries and few queries still fill the GPU (the database is
 // split into chunks across blocks):
 //   0. sample: per query, a histogram of the distances to a strided sample
 //      of the database (a tiled pass over the gathered sample rows, about a
 //      16th of the database) gives a bound b, set so that about 1.5 k codes
 //      are expected at distance < b (the CPU scan's rule);
-//   1. count: per (query, chunk), the codes at distance < b;
-//   2. collect: each chunk writes those codes, in index order, to the
-//      query's candidate list (offsets from exclusive sums over chunks);
-//   3. select: per query, a histogram of its candidates' distances gives the
-//      exact threshold (topk_threshold, shared with the CPU), and a stable
-//      counting placement writes the first k by (distance, index).
+//   1. append: every code at distance < b goes to the query's candidate
+//      list as a (distance, index) key, one atomic per warp with a hit;
+//      the list keeps its first `capacity` keys and counts them all;
+//   2. select: per query, the k smallest keys of its list, in order (a
+//      key orders by distance, then index: ties go to the lower index).
 // A query whose sample misled it (fewer than k codes under b, or more than
-// the candidate list holds) is redone exactly before the collect: a
-// histogram pass over its tiles only gives the true threshold t, the count
-// pass runs again with t, and the collect keeps every code below t and the
-// lowest-index codes at t. Flags and thresholds stay on the device: no host
-// synchronisation, and a tile without a flagged query is skipped whole.
+// its list holds) is redone exactly before the select: a histogram pass
+// over its tiles gives the true threshold t, a count pass the codes below
+// and at t per chunk, and an ordered collect keeps every code below t and
+// the lowest-index codes at t. Flags and thresholds stay on the device: no
+// host synchronisation, and a tile without a flagged query is skipped whole.
 // Counts are 64-bit end to end: a database may hold 2^31 codes or more.
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/minimum.h>
+#include <ATen/ops/topk.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -50,8 +48,47 @@ using launch::kListFactor, launch::kListOverExpected, launch::kListSlack, launch
     launch::kSamplePerK;
 constexpr int64_t kMinSampleHits = 4;
 
-// Counts per (query, chunk): [0] codes at distance < threshold[q], [1] codes
-// at exactly threshold[q].
+// A candidate as one int64 key that orders by (distance, index): the
+// distance above bit 48, the database index below (so databases up to 2^48
+// codes; a distance is at most 8192). An empty list slot holds kNoKey.
+constexpr int kKeyIndexBits = 48;
+constexpr int64_t kKeyIndexMask = (int64_t{1} << kKeyIndexBits) - 1;
+constexpr int64_t kNoKey = std::numeric_limits<int64_t>::max();
+__device__ __forceinline__ int64_t candidate_key(int d, int64_t j) {
+  return (static_cast<int64_t>(d) << kKeyIndexBits) | j;
+}
+
+// The one pass: every code at distance < threshold[q] is appended to query
+// q's list. A warp's hits for a query take one atomic on found[q] (every
+// lane of the warp calls visit, and the ballot is the same on every lane, so
+// the branch on it is uniform); slots past the list's capacity are counted,
+// not written, and such a query is redone.
+struct AppendVisitor {
+  const int32_t* threshold;
+  unsigned long long* found;  // [nq]: codes under the threshold, written or not
+  int64_t capacity;
+  int64_t* keys;  // [nq, capacity]
+  int t[kMaxQueriesPerWarp] = {};
+
+  static constexpr bool kMaskIdleSlots = false;
+  __device__ void start(int a, int64_t q, int64_t) { t[a] = threshold[q]; }
+  __device__ void idle(int a) { t[a] = -1; }  // no distance is below -1
+  __device__ void visit(int a, int64_t q, int d, bool valid, int64_t j) {
+    const bool hit = valid && d < t[a];
+    const unsigned ballot = __ballot_sync(kFullWarpMask, hit);
+    if (ballot == 0) return;
+    const int lane = threadIdx.x & 31;
+    unsigned long long base = 0;
+    if (lane == 0) base = atomicAdd(&found[q], static_cast<unsigned long long>(__popc(ballot)));
+    base = __shfl_sync(kFullWarpMask, base, 0);
+    const unsigned long long slot = base + static_cast<unsigned>(__popc(ballot & ((1u << lane) - 1u)));
+    if (hit && slot < static_cast<unsigned long long>(capacity)) keys[q * capacity + slot] = candidate_key(d, j);
+  }
+  __device__ void finish(int, int64_t, int64_t) {}
+};
+
+// Counts per (query, chunk) for the exact redo: [0] codes at distance <
+// threshold[q], [1] codes at exactly threshold[q].
 struct CountVisitor {
   const int32_t* threshold;
   int64_t nchunks;
@@ -78,7 +115,7 @@ struct CountVisitor {
   }
 };
 
-// Distance histogram per query (the exact redo): hist[q, d] += codes at d.
+// Distance histogram per query (the sample and the exact redo): hist[q, d] += codes at d.
 struct HistogramVisitor {
   int nbins;
   unsigned long long* hist;  // [nq, nbins]
@@ -97,17 +134,16 @@ struct HistogramVisitor {
   __device__ void finish(int, int64_t, int64_t) {}
 };
 
-// Writes the candidates of (query, chunk) in index order: codes below
-// threshold[q] from offset [0] on, codes at it after below_total[q] from
-// offset [1] on, as long as their rank among the ties is < ties_wanted[q].
+// The exact redo's collect: writes the keys of (query, chunk) in index
+// order, codes below threshold[q] from offset [0] on, codes at it after
+// below_total[q] from offset [1] on, as long as their rank among the ties
+// keeps them in the first k.
 struct CollectVisitor {
   const int32_t* threshold;
   const int64_t* offsets;  // [nq, nchunks, 2], exclusive over chunks
   const int64_t* below_total;
-  const int64_t* ties_wanted;
-  int64_t nchunks, capacity;
-  int32_t* cand_dist;  // [nq, capacity]
-  int64_t* cand_index;
+  int64_t nchunks, capacity, k;
+  int64_t* keys;  // [nq, capacity]
   int t[kMaxQueriesPerWarp] = {};
   // Next slots in the query's list (below: from the chunk's offset; ties:
   // after every code below) and the end of the ties' slots.
@@ -121,74 +157,40 @@ struct CollectVisitor {
     t[a] = threshold[q];
     below_slot[a] = q * capacity + offsets[(q * nchunks + chunk) * 2];
     tie_slot[a] = q * capacity + below_total[q] + offsets[(q * nchunks + chunk) * 2 + 1];
-    tie_end[a] = q * capacity + below_total[q] + ties_wanted[q];
+    tie_end[a] = q * capacity + k;
   }
   __device__ void visit(int a, int64_t, int d, bool valid, int64_t j) {
     const bool is_below = valid && d < t[a], is_tie = valid && d == t[a];
     int nb = 0, nt = 0;
     const int rb = warp_rank(is_below, &nb), rt = warp_rank(is_tie, &nt);
-    if (is_below) {
-      cand_dist[below_slot[a] + rb] = d;
-      cand_index[below_slot[a] + rb] = j;
-    }
-    if (is_tie && tie_slot[a] + rt < tie_end[a]) {
-      cand_dist[tie_slot[a] + rt] = d;
-      cand_index[tie_slot[a] + rt] = j;
-    }
+    if (is_below) keys[below_slot[a] + rb] = candidate_key(d, j);
+    if (is_tie && tie_slot[a] + rt < tie_end[a]) keys[tie_slot[a] + rt] = candidate_key(d, j);
     below_slot[a] += nb;
     tie_slot[a] += nt;
   }
   __device__ void finish(int, int64_t, int64_t) {}
 };
 
-// Scan 3: query q's n[q] candidates (index order within each distance) ->
-// its first k by (distance, index): a histogram gives the threshold, then one
-// warp places the candidates in order, a stable counting sort (ranks among
-// equal distances from __match_any_sync).
-__global__ void topk_select_kernel(int64_t nq, int64_t k, int64_t capacity, int nbins,
-                                   const int32_t* __restrict__ cand_dist, const int64_t* __restrict__ cand_index,
-                                   const int64_t* __restrict__ n_cand, int32_t* __restrict__ out_dist,
-                                   int64_t* __restrict__ out_index) {
-  DSCH_DYNAMIC_SHARED(unsigned, next);  // per distance: its next output slot
-  DSCH_SHARED_ARRAY(int, shared_t, 1);
-  const int lane = threadIdx.x & 31;
-  for (int64_t q = blockIdx.x; q < nq; q += gridDim.x) {
-    const int64_t n = n_cand[q];
-    const int32_t* dist = cand_dist + q * capacity;
-    const int64_t* index = cand_index + q * capacity;
-    for (int b = threadIdx.x; b < nbins; b += blockDim.x) next[b] = 0;
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) atomicAdd(&next[dist[i]], 1u);
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int64_t n_below = 0;
-      shared_t[0] = topk_threshold(next, nbins, k, &n_below);
-      unsigned start = 0;
-      for (int b = 0; b < nbins; ++b) {
-        const unsigned c = next[b];
-        next[b] = start;
-        start += c;
-      }
+// Slots [n[q], capacity) of each list get kNoKey, so that the select sees
+// only the query's candidates (a redone list is shorter than the appended one).
+__global__ void clear_list_tails_kernel(int64_t nq, int64_t capacity, const int64_t* __restrict__ n,
+                                        int64_t* __restrict__ keys) {
+  for (int64_t q = blockIdx.y; q < nq; q += gridDim.y) {
+    const int64_t first = n[q] < capacity ? n[q] : capacity;
+    for (int64_t i = first + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < capacity;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      keys[q * capacity + i] = kNoKey;
     }
-    __syncthreads();
-    if (threadIdx.x < 32) {
-      const int t = shared_t[0];
-      for (int64_t base = 0; base < n; base += 32) {
-        const int64_t i = base + lane;
-        const int d = i < n ? dist[i] : -1;
-        const bool keep = d >= 0 && d <= t;
-        const unsigned peers = __match_any_sync(kFullWarpMask, keep ? d : -2 - lane);
-        const int64_t pos = keep ? next[d] + __popc(peers & ((1u << lane) - 1u)) : k;
-        __syncwarp();
-        if (keep && lane == __ffs(static_cast<int>(peers)) - 1) next[d] += __popc(peers);
-        __syncwarp();
-        if (pos < k) {
-          out_dist[q * k + pos] = d;
-          out_index[q * k + pos] = index[i];
-        }
-      }
-    }
-    __syncthreads();
+  }
+}
+
+// The selected keys -> distances (a new tensor) and indices (in place).
+__global__ void split_keys_kernel(int64_t n, int64_t* __restrict__ keys, int32_t* __restrict__ dist) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t key = keys[i];
+    dist[i] = static_cast<int32_t>(key >> kKeyIndexBits);
+    keys[i] = key & kKeyIndexMask;
   }
 }
 
@@ -207,12 +209,18 @@ struct SamplePlan {
   }
 };
 
+unsigned grid_for(int64_t n, int threads) {
+  return static_cast<unsigned>(std::clamp<int64_t>((n + threads - 1) / threads, 1, gpu::max_grid_x()));
+}
+
 std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_in,
                                                      const at::Tensor& database_in, int64_t k) {
   check_query_database(queries_in, database_in);
   check_topk_k(k, database_in);
   TORCH_CHECK(queries_in.size(1) <= kMaxCudaCodeBytes, "hamming_topk on CUDA supports codes of up to ",
               kMaxCudaCodeBytes * 8, " bits, got queries of shape ", queries_in.sizes());
+  TORCH_CHECK(database_in.size(0) <= kKeyIndexMask + 1, "hamming_topk on CUDA supports databases of up to 2^",
+              kKeyIndexBits, " codes, got database of shape ", database_in.sizes());
   const gpu::DeviceGuard guard(queries_in.device());
   const at::Tensor queries = contiguous_aligned(queries_in);
   const at::Tensor database = contiguous_aligned(database_in);
@@ -223,14 +231,11 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
   const int nbins = hamming_num_bins(nbytes);
   const SamplePlan sampling(ndb, k);
   const int64_t capacity = sampling.capacity;
-  TORCH_CHECK(capacity <= std::numeric_limits<int32_t>::max(), "hamming_topk on CUDA supports k up to 2^29, got k = ",
-              k);
   const gpu::Stream stream = gpu::current_stream();
   const uint8_t* q = queries.const_data_ptr<uint8_t>();
   const uint8_t* db = database.const_data_ptr<uint8_t>();
-  const unsigned per_query_grid = static_cast<unsigned>(std::min(nq, gpu::max_grid_x()));
-  at::Tensor out_dist = at::empty({nq, k}, int_opts);
-  at::Tensor out_index = at::empty({nq, k}, long_opts);
+  at::Tensor keys = at::empty({nq, capacity}, long_opts);
+  at::Tensor n_cand;
 
   dispatch_code_width(nbytes, [&](auto width) {
     using Width = decltype(width);
@@ -245,40 +250,40 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
     launch_tiled_scan<Width>("hamming_topk_sample", sample_plan, stream, q, sample_rows.const_data_ptr<uint8_t>(), nq,
                           sampling.sample, nbytes, nullptr, sample_histogram);
     at::Tensor threshold = at::cumsum(sample_hist, 1).lt(sampling.want).sum(1).add_(1).clamp_max_(nbins).to(at::kInt);
-    at::Tensor counts = at::empty({nq, plan.nchunks, 2}, long_opts);
-    const CountVisitor count{threshold.const_data_ptr<int32_t>(), plan.nchunks, counts.data_ptr<int64_t>(), {}, {}, {}};
-    launch_tiled_scan<Width>("hamming_topk_count", plan, stream, q, db, nq, ndb, nbytes, nullptr, count);
+    at::Tensor found = at::zeros({nq}, long_opts);
+    const AppendVisitor append{threshold.const_data_ptr<int32_t>(),
+                               reinterpret_cast<unsigned long long*>(found.data_ptr<int64_t>()), capacity,
+                               keys.data_ptr<int64_t>(), {}};
+    launch_tiled_scan<Width>("hamming_topk_append", plan, stream, q, db, nq, ndb, nbytes, nullptr, append);
 
     // The exact redo of the queries the sample misled (tiles without one are skipped).
-    const at::Tensor sampled_total = counts.select(2, 0).sum(1);
-    const at::Tensor redo = sampled_total.lt(k).logical_or_(sampled_total.gt(capacity));
+    const at::Tensor redo = found.lt(k).logical_or_(found.gt(capacity));
     const at::Tensor redo_flags = redo.to(at::kByte);
     const uint8_t* active = redo_flags.const_data_ptr<uint8_t>();
     at::Tensor hist = at::zeros({nq, nbins}, long_opts);
     const HistogramVisitor histogram{nbins, reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>())};
     launch_tiled_scan<Width>("hamming_topk_histogram", plan, stream, q, db, nq, ndb, nbytes, active, histogram);
     const at::Tensor exact_t = at::cumsum(hist, 1).lt(k).sum(1).to(at::kInt);  // topk_threshold per row
-    threshold = at::where(redo, exact_t, threshold).contiguous();
-    const CountVisitor recount{threshold.const_data_ptr<int32_t>(), plan.nchunks, counts.data_ptr<int64_t>(), {}, {}, {}};
-    launch_tiled_scan<Width>("hamming_topk_recount", plan, stream, q, db, nq, ndb, nbytes, active, recount);
-
+    at::Tensor counts = at::zeros({nq, plan.nchunks, 2}, long_opts);
+    const CountVisitor count{exact_t.const_data_ptr<int32_t>(), plan.nchunks, counts.data_ptr<int64_t>(), {}, {}, {}};
+    launch_tiled_scan<Width>("hamming_topk_count", plan, stream, q, db, nq, ndb, nbytes, active, count);
     const at::Tensor offsets = at::cumsum(counts, 1).sub_(counts).contiguous();
     const at::Tensor below_total = counts.select(2, 0).sum(1).contiguous();
-    const at::Tensor ties_wanted = at::where(redo, below_total.neg().add_(k), at::zeros_like(below_total)).contiguous();
-    const at::Tensor n_cand = below_total.add(at::minimum(counts.select(2, 1).sum(1), ties_wanted)).contiguous();
-    at::Tensor cand_dist = at::empty({nq, capacity}, int_opts);
-    at::Tensor cand_index = at::empty({nq, capacity}, long_opts);
-    const CollectVisitor collect{threshold.const_data_ptr<int32_t>(), offsets.const_data_ptr<int64_t>(),
-                                 below_total.const_data_ptr<int64_t>(), ties_wanted.const_data_ptr<int64_t>(),
-                                 plan.nchunks, capacity, cand_dist.data_ptr<int32_t>(), cand_index.data_ptr<int64_t>(),
-                                 {}, {}, {}};
-    launch_tiled_scan<Width>("hamming_topk_collect", plan, stream, q, db, nq, ndb, nbytes, nullptr, collect);
-    gpu::launch("hamming_topk_select", &topk_select_kernel, per_query_grid, kBlockThreads, nbins * sizeof(unsigned),
-                stream, nq, k, capacity, nbins, cand_dist.const_data_ptr<int32_t>(),
-                cand_index.const_data_ptr<int64_t>(), n_cand.const_data_ptr<int64_t>(), out_dist.data_ptr<int32_t>(),
-                out_index.data_ptr<int64_t>());
+    const CollectVisitor collect{exact_t.const_data_ptr<int32_t>(), offsets.const_data_ptr<int64_t>(),
+                                 below_total.const_data_ptr<int64_t>(), plan.nchunks, capacity, k,
+                                 keys.data_ptr<int64_t>(), {}, {}, {}, {}};
+    launch_tiled_scan<Width>("hamming_topk_collect", plan, stream, q, db, nq, ndb, nbytes, active, collect);
+    n_cand = at::where(redo, at::Scalar(k), found).contiguous();  // a redone list holds exactly k
   });
-  return {out_dist, out_index};
+  const dim3 tails_grid(grid_for(capacity, kBlockThreads), static_cast<unsigned>(std::min(nq, gpu::max_grid_yz())));
+  gpu::launch("hamming_topk_clear_tails", &clear_list_tails_kernel, tails_grid, kBlockThreads, 0, stream, nq, capacity,
+              n_cand.const_data_ptr<int64_t>(), keys.data_ptr<int64_t>());
+  at::Tensor selected = std::get<0>(at::topk(keys, k, 1, /*largest=*/false, /*sorted=*/true)).contiguous();
+  keys.reset();
+  at::Tensor out_dist = at::empty({nq, k}, int_opts);
+  gpu::launch("hamming_topk_split", &split_keys_kernel, grid_for(nq * k, kBlockThreads), kBlockThreads, 0, stream,
+              nq * k, selected.data_ptr<int64_t>(), out_dist.data_ptr<int32_t>());
+  return {out_dist, selected};
 }
 
 }  // namespace
