@@ -72,8 +72,11 @@ def hamming_rows(check_cpu):
             ok = str(torch.equal(want[0], got[0].cpu()) and torch.equal(want[1], got[1].cpu()))
         t = cuda_time(dsch_ext.hamming_topk, qc, dbc, k)
         popc = nq * ndb * nbits / 32
+        del got
+        extra = peak_extra_bytes(dsch_ext.hamming_topk, qc, dbc, k) / (nq * k * 12)  # the output: 12 B a neighbour
         rows.append((f"hamming_topk {wid}", f"{ndb}x{nbits}b nq={nq} k={k}", t * 1e3,
-                     f"{nq * ndb / t / 1e9:.1f} G dist/s", f"{100 * popc / peak_popc / t:.1f}%", ok))
+                     f"{nq * ndb / t / 1e9:.1f} G dist/s; {extra:.2f}x the output beyond it",
+                     f"{100 * popc / peak_popc / t:.1f}%", ok))
     ndb, nq, nbits = 1_000_000, 1000, 64
     g = torch.Generator().manual_seed(1)
     db = torch.randint(0, 256, (ndb, nbits // 8), dtype=torch.uint8, generator=g)

@@ -22,10 +22,8 @@
 // host synchronisation, and a tile without a flagged query is skipped whole.
 // Counts are 64-bit end to end: a database may hold 2^31 codes or more.
 #include <ATen/ops/arange.h>
-#include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/topk.h>
-#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -45,7 +43,7 @@ namespace {
 constexpr int kBlockThreads = 256;
 constexpr int64_t kMinChunkRows = launch::kScanMinChunkRows;
 using launch::kListFactor, launch::kListOverExpected, launch::kListSlack, launch::kMaxSample, launch::kMinSample,
-    launch::kSamplePerK;
+    launch::kSamplePerK, launch::kSelectBytes;
 constexpr int64_t kMinSampleHits = 4;
 
 // A candidate as one int64 key that orders by (distance, index): the
@@ -171,41 +169,106 @@ struct CollectVisitor {
   __device__ void finish(int, int64_t, int64_t) {}
 };
 
-// Slots [n[q], capacity) of each list get kNoKey, so that the select sees
-// only the query's candidates (a redone list is shorter than the appended one).
-__global__ void clear_list_tails_kernel(int64_t nq, int64_t capacity, const int64_t* __restrict__ n,
-                                        int64_t* __restrict__ keys) {
+// After the append: flags[q] = whether query q is redone (fewer than k
+// codes under its bound, or more than its list holds), and slots past the
+// query's candidates get kNoKey (a redone list holds exactly k: its redo
+// writes slots [0, k)), so that the select sees only candidates.
+__global__ void flag_redo_kernel(int64_t nq, int64_t k, int64_t capacity, const int64_t* __restrict__ found,
+                                 uint8_t* __restrict__ flags, int64_t* __restrict__ keys) {
   for (int64_t q = blockIdx.y; q < nq; q += gridDim.y) {
-    const int64_t first = n[q] < capacity ? n[q] : capacity;
-    for (int64_t i = first + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < capacity;
-         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const bool redo = found[q] < k || found[q] > capacity;
+    if (blockIdx.x == 0 && threadIdx.x == 0) flags[q] = redo;
+    for (int64_t i = (redo ? k : found[q]) + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+         i < capacity; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       keys[q * capacity + i] = kNoKey;
     }
   }
 }
 
-// The selected keys -> distances (a new tensor) and indices (in place).
-__global__ void split_keys_kernel(int64_t n, int64_t* __restrict__ keys, int32_t* __restrict__ dist) {
+// The redo's threshold per flagged query from its full histogram (the rule
+// shared with the CPU scan).
+__global__ void exact_threshold_kernel(int64_t nq, int nbins, int64_t k, const uint8_t* __restrict__ flags,
+                                       const int64_t* __restrict__ hist, int32_t* __restrict__ threshold) {
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < nq;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t n_below = 0;
+    if (flags[q]) threshold[q] = topk_threshold(hist + q * nbins, nbins, k, &n_below);
+  }
+}
+
+// The redo's counts [q, chunk, 2] -> exclusive sums over chunks in place
+// (each chunk's first slot among the codes below / at the threshold) and
+// below_total[q], for the flagged queries.
+__global__ void chunk_offsets_kernel(int64_t nq, int64_t nchunks, const uint8_t* __restrict__ flags,
+                                     int64_t* __restrict__ counts, int64_t* __restrict__ below_total) {
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < nq;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (!flags[q]) continue;
+    int64_t below = 0, at = 0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      int64_t* row = counts + (q * nchunks + c) * 2;
+      const int64_t b = row[0], e = row[1];
+      row[0] = below;
+      row[1] = at;
+      below += b;
+      at += e;
+    }
+    below_total[q] = below;
+  }
+}
+
+// The selected keys of n neighbours -> their distances and indices.
+__global__ void split_keys_kernel(int64_t n, const int64_t* __restrict__ keys, int32_t* __restrict__ dist,
+                                  int64_t* __restrict__ index) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t key = keys[i];
     dist[i] = static_cast<int32_t>(key >> kKeyIndexBits);
-    keys[i] = key & kKeyIndexMask;
+    index[i] = key & kKeyIndexMask;
+  }
+}
+
+// The sampled bound per query, from the sample's distance histogram (cum(b)
+// = sample codes at distance < b): b = the least with cum(b) >= want (about
+// 1.5 k codes of the database expected under it). Where cum(b) > roomy
+// (half the list's capacity, in sample codes: a crowded last distance would
+// overflow the list and send the query to the exact redo), b steps down to
+// the largest bound with cum <= roomy, but not below the least with cum >=
+// low (about 1.1 k expected).
+__global__ void sampled_bound_kernel(int64_t nq, int nbins, const int64_t* __restrict__ hist, int64_t want,
+                                     int64_t low, int64_t roomy, int32_t* __restrict__ bound) {
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < nq;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int under_want = 0, under_low = 0, within_roomy = 0;  // distances d with cum(d + 1) < want, ...
+    int64_t cum = 0;
+    for (int d = 0; d < nbins; ++d) {
+      cum += hist[q * nbins + d];
+      under_want += cum < want;
+      under_low += cum < low;
+      within_roomy += cum <= roomy;
+    }
+    const int b = under_want + 1 < nbins ? under_want + 1 : nbins;
+    const int b_low = under_low + 1 < nbins ? under_low + 1 : nbins;
+    const int stepped = within_roomy > b_low ? within_roomy : b_low;
+    bound[q] = stepped < b ? stepped : b;
   }
 }
 
 // The sampled bound's plan: sample size and stride, the sample codes wanted
-// under the bound (about 1.5 k codes of the database expected there), and
-// the candidate list's length.
+// under the bound (about 1.5 k codes of the database expected there, at
+// least about 1.1 k when the list would crowd), the candidate list's length
+// and half of it in sample codes.
 struct SamplePlan {
-  int64_t sample, stride, want, capacity;
+  int64_t sample, stride, want, low, capacity, roomy;
   SamplePlan(int64_t ndb, int64_t k) {
     sample = std::min({kSamplePerK * (ndb / k), kMaxSample, ndb / 16});
     sample = std::max(sample, std::min(kMinSample, ndb));
     stride = std::max<int64_t>(1, ndb / sample);
     want = std::max(kMinSampleHits, (3 * k * sample + 2 * ndb - 1) / (2 * ndb));
+    low = std::max(kMinSampleHits, std::min(want, (11 * k * sample + 10 * ndb - 1) / (10 * ndb)));
     const int64_t expected = want * (ndb / sample);
     capacity = std::min(ndb, std::max({kListFactor * k, k + kListSlack, kListOverExpected * expected}));
+    roomy = capacity / 2 / (ndb / sample);
   }
 };
 
@@ -235,55 +298,69 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
   const uint8_t* q = queries.const_data_ptr<uint8_t>();
   const uint8_t* db = database.const_data_ptr<uint8_t>();
   at::Tensor keys = at::empty({nq, capacity}, long_opts);
-  at::Tensor n_cand;
+  const unsigned query_grid = grid_for(nq, kBlockThreads);
+  const dim3 list_grid(grid_for(capacity, kBlockThreads), static_cast<unsigned>(std::min(nq, gpu::max_grid_yz())));
 
   dispatch_code_width(nbytes, [&](auto width) {
     using Width = decltype(width);
     const auto plan = TiledScanPlan::make<Width>(nq, ndb, nbytes, queries.device(), kMinChunkRows);
-    // The sampled bound: a histogram pass over rows 0, stride, 2 stride, ... gathered once;
-    // bound = 1 + the first distance where the sample's count reaches `want`.
-    const at::Tensor sample_rows = database.index_select(0, at::arange(sampling.sample, long_opts).mul_(sampling.stride));
     const auto sample_plan = TiledScanPlan::make<Width>(nq, sampling.sample, nbytes, queries.device(), kMinChunkRows);
-    at::Tensor sample_hist = at::zeros({nq, nbins}, long_opts);
-    const HistogramVisitor sample_histogram{nbins,
-                                            reinterpret_cast<unsigned long long*>(sample_hist.data_ptr<int64_t>())};
+    // Every counter in one zeroed buffer (one memset): the sample's histogram, the append's
+    // counts, the redo's histogram and per-chunk counts; the rest needs no zeros.
+    const int64_t n_hist = nq * nbins, n_counts = nq * plan.nchunks * 2;
+    const at::Tensor zeroed = at::zeros({2 * n_hist + nq + n_counts}, long_opts);
+    int64_t* const sample_hist = zeroed.data_ptr<int64_t>();
+    int64_t* const found = sample_hist + n_hist;
+    int64_t* const hist = found + nq;
+    int64_t* const counts = hist + n_hist;
+    const at::Tensor thresholds = at::empty({2, nq}, int_opts);  // the sampled bound, the redo's exact threshold
+    int32_t* const bound = thresholds.data_ptr<int32_t>();
+    int32_t* const exact_t = bound + nq;
+    const at::Tensor below_total = at::empty({nq}, long_opts);
+    const at::Tensor redo_flags = at::empty({nq}, queries.options());
+    const uint8_t* const active = redo_flags.const_data_ptr<uint8_t>();
+
+    // The sampled bound: a histogram pass over rows 0, stride, 2 stride, ... gathered once.
+    const at::Tensor sample_rows =
+        database.index_select(0, at::arange(0, sampling.sample * sampling.stride, sampling.stride, long_opts));
+    const HistogramVisitor sample_histogram{nbins, reinterpret_cast<unsigned long long*>(sample_hist)};
     launch_tiled_scan<Width>("hamming_topk_sample", sample_plan, stream, q, sample_rows.const_data_ptr<uint8_t>(), nq,
-                          sampling.sample, nbytes, nullptr, sample_histogram);
-    at::Tensor threshold = at::cumsum(sample_hist, 1).lt(sampling.want).sum(1).add_(1).clamp_max_(nbins).to(at::kInt);
-    at::Tensor found = at::zeros({nq}, long_opts);
-    const AppendVisitor append{threshold.const_data_ptr<int32_t>(),
-                               reinterpret_cast<unsigned long long*>(found.data_ptr<int64_t>()), capacity,
-                               keys.data_ptr<int64_t>(), {}};
+                             sampling.sample, nbytes, nullptr, sample_histogram);
+    gpu::launch("hamming_topk_bound", &sampled_bound_kernel, query_grid, kBlockThreads, 0, stream, nq, nbins,
+                static_cast<const int64_t*>(sample_hist), sampling.want, sampling.low, sampling.roomy, bound);
+    // The one pass.
+    const AppendVisitor append{bound, reinterpret_cast<unsigned long long*>(found), capacity, keys.data_ptr<int64_t>(),
+                               {}};
     launch_tiled_scan<Width>("hamming_topk_append", plan, stream, q, db, nq, ndb, nbytes, nullptr, append);
+    gpu::launch("hamming_topk_flag_redo", &flag_redo_kernel, list_grid, kBlockThreads, 0, stream, nq, k, capacity,
+                static_cast<const int64_t*>(found), redo_flags.data_ptr<uint8_t>(), keys.data_ptr<int64_t>());
 
     // The exact redo of the queries the sample misled (tiles without one are skipped).
-    const at::Tensor redo = found.lt(k).logical_or_(found.gt(capacity));
-    const at::Tensor redo_flags = redo.to(at::kByte);
-    const uint8_t* active = redo_flags.const_data_ptr<uint8_t>();
-    at::Tensor hist = at::zeros({nq, nbins}, long_opts);
-    const HistogramVisitor histogram{nbins, reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>())};
+    const HistogramVisitor histogram{nbins, reinterpret_cast<unsigned long long*>(hist)};
     launch_tiled_scan<Width>("hamming_topk_histogram", plan, stream, q, db, nq, ndb, nbytes, active, histogram);
-    const at::Tensor exact_t = at::cumsum(hist, 1).lt(k).sum(1).to(at::kInt);  // topk_threshold per row
-    at::Tensor counts = at::zeros({nq, plan.nchunks, 2}, long_opts);
-    const CountVisitor count{exact_t.const_data_ptr<int32_t>(), plan.nchunks, counts.data_ptr<int64_t>(), {}, {}, {}};
+    gpu::launch("hamming_topk_exact_threshold", &exact_threshold_kernel, query_grid, kBlockThreads, 0, stream, nq,
+                nbins, k, active, static_cast<const int64_t*>(hist), exact_t);
+    const CountVisitor count{exact_t, plan.nchunks, counts, {}, {}, {}};
     launch_tiled_scan<Width>("hamming_topk_count", plan, stream, q, db, nq, ndb, nbytes, active, count);
-    const at::Tensor offsets = at::cumsum(counts, 1).sub_(counts).contiguous();
-    const at::Tensor below_total = counts.select(2, 0).sum(1).contiguous();
-    const CollectVisitor collect{exact_t.const_data_ptr<int32_t>(), offsets.const_data_ptr<int64_t>(),
-                                 below_total.const_data_ptr<int64_t>(), plan.nchunks, capacity, k,
+    gpu::launch("hamming_topk_chunk_offsets", &chunk_offsets_kernel, query_grid, kBlockThreads, 0, stream, nq,
+                plan.nchunks, active, counts, below_total.data_ptr<int64_t>());
+    const CollectVisitor collect{exact_t, counts, below_total.const_data_ptr<int64_t>(), plan.nchunks, capacity, k,
                                  keys.data_ptr<int64_t>(), {}, {}, {}, {}};
     launch_tiled_scan<Width>("hamming_topk_collect", plan, stream, q, db, nq, ndb, nbytes, active, collect);
-    n_cand = at::where(redo, at::Scalar(k), found).contiguous();  // a redone list holds exactly k
   });
-  const dim3 tails_grid(grid_for(capacity, kBlockThreads), static_cast<unsigned>(std::min(nq, gpu::max_grid_yz())));
-  gpu::launch("hamming_topk_clear_tails", &clear_list_tails_kernel, tails_grid, kBlockThreads, 0, stream, nq, capacity,
-              n_cand.const_data_ptr<int64_t>(), keys.data_ptr<int64_t>());
-  at::Tensor selected = std::get<0>(at::topk(keys, k, 1, /*largest=*/false, /*sorted=*/true)).contiguous();
-  keys.reset();
+  // The select, a group of queries per topk call (its outputs beside the lists stay small).
   at::Tensor out_dist = at::empty({nq, k}, int_opts);
-  gpu::launch("hamming_topk_split", &split_keys_kernel, grid_for(nq * k, kBlockThreads), kBlockThreads, 0, stream,
-              nq * k, selected.data_ptr<int64_t>(), out_dist.data_ptr<int32_t>());
-  return {out_dist, selected};
+  at::Tensor out_index = at::empty({nq, k}, long_opts);
+  const int64_t group = std::max<int64_t>(1, kSelectBytes / (16 * k));
+  for (int64_t first = 0; first < nq; first += group) {
+    const int64_t n = std::min(group, nq - first);
+    const at::Tensor selected =
+        std::get<0>(at::topk(keys.narrow(0, first, n), k, 1, /*largest=*/false, /*sorted=*/true)).contiguous();
+    gpu::launch("hamming_topk_split", &split_keys_kernel, grid_for(n * k, kBlockThreads), kBlockThreads, 0, stream,
+                n * k, selected.const_data_ptr<int64_t>(), out_dist.data_ptr<int32_t>() + first * k,
+                out_index.data_ptr<int64_t>() + first * k);
+  }
+  return {out_dist, out_index};
 }
 
 }  // namespace

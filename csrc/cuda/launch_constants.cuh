@@ -21,10 +21,14 @@ constexpr int64_t kMinSample = gpu::small_under_emulation(65536, 16);
 constexpr int64_t kMaxSample = gpu::small_under_emulation(1 << 20, 64);
 // hamming_topk.cu's candidate list per query: the largest of kListFactor k, k + kListSlack
 // and kListOverExpected times the codes expected under the bound (small under emulation, so
-// that tests overflow it and take the exact redo).
-constexpr int64_t kListFactor = gpu::small_under_emulation(4, 2);
+// that tests overflow it and take the exact redo). At k = 10^5 of 10^6 codes the list is
+// about 3 k: its keys take twice the output's 12 bytes a neighbour.
+constexpr int64_t kListFactor = gpu::small_under_emulation(2, 2);
 constexpr int64_t kListSlack = gpu::small_under_emulation(1024, 3);
-constexpr int64_t kListOverExpected = gpu::small_under_emulation(4, 1);
+constexpr int64_t kListOverExpected = gpu::small_under_emulation(2, 1);
+// hamming_topk.cu's select: queries per torch topk call, so that its outputs (16 bytes a
+// neighbour) stay under this many bytes beside the lists.
+constexpr int64_t kSelectBytes = gpu::small_under_emulation(int64_t{64} << 20, 4096);
 // hamming_distance.cu: queries per block row.
 constexpr int kDistanceQueriesPerBlock = static_cast<int>(gpu::small_under_emulation(16, 3));
 // gmm_log_resp.cu: elements of the transformed-points buffer per block of points (128 MB of
