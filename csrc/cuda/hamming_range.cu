@@ -69,13 +69,16 @@ struct RangeCollectVisitor {
   __device__ void idle(int a) { below[a] = 0; }
   __device__ void visit(int a, int64_t, int d, bool valid, int64_t j) {
     const bool hit = valid && d < below[a];
-    int n = 0;
-    const int rank = warp_rank(hit, &n);
+    // Most visits have no hit in the warp: the ballot alone (the same on every lane, so the
+    // branch on it is uniform), no ranks and no slot update.
+    const unsigned ballot = __ballot_sync(kFullWarpMask, hit);
+    if (ballot == 0) return;
+    const int rank = __popc(ballot & ((1u << (threadIdx.x & 31)) - 1u));
     if (hit) {
       out_dist[slot[a] + rank] = d;
       out_index[slot[a] + rank] = j;
     }
-    slot[a] += n;
+    slot[a] += __popc(ballot);
   }
   __device__ void finish(int, int64_t, int64_t) {}
 };
