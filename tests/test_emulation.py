@@ -102,13 +102,13 @@ def test_hamming_topk_sampled_bound_over_tiles(emu, k):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(4))
 def test_hamming_topk_random_shapes(emu, seed):
     # Random sizes, widths and alphabets: both routes (the sampled bound kept, its list
     # overflowing or short of k and redone) and every k, against the CPU op bit for bit.
     rng = rng_for(seed, 11)
     nbytes = int(rng.choice([1, 3, 8, 12, 32]))
-    nq, ndb = int(rng.integers(1, 70)), int(rng.integers(1, 900))
+    nq, ndb = int(rng.integers(1, 40)), int(rng.integers(1, 500))
     alphabet = int(rng.integers(2, 40)) if rng.random() < 0.5 else None
     q = torch.from_numpy(ref.random_codes(rng, nq, nbytes))
     db = torch.from_numpy(ref.random_codes(rng, ndb, nbytes, alphabet=alphabet))
