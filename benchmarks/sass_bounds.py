@@ -485,10 +485,13 @@ WORKLOADS = {
     "H2": _topk(1e6 * 1000, 1, "10^6 x 64 bits, 1,000 queries, k = 10"),
     "H3": _topk(1e6 * 100, 4, "10^6 x 256 bits, 100 queries, k = 10"),
     "H4": _topk(1e7 * 100, 1, "10^7 x 64 bits, 100 queries, k = 1000"),
-    # hamming_range.cu: a count pass and a collect pass.
-    "R1": Workload("hamming_range.cu", 1e6 * 1000 * 2, "popc", [Pass(_scan("RangeCountVisitor", 1), 1.0),
+    # hamming_range.cu: one pass writing per-(query, chunk) segments; a second, ordered write
+    # pass where some pair's hits overflow its segment (R2).
+    "R1": Workload("hamming_range.cu", 1e6 * 1000 * 2, "popc", [Pass(_scan("RangeSegmentVisitor", 1), 1.0)],
+                   "10^6 x 64 bits, 1,000 queries, range search, hits within the segments"),
+    "R2": Workload("hamming_range.cu", 1e6 * 1000 * 2, "popc", [Pass(_scan("RangeSegmentVisitor", 1), 1.0),
                                                                  Pass(_scan("RangeCollectVisitor", 1), 1.0)],
-                   "10^6 x 64 bits, 1,000 queries, range search"),
+                   "10^6 x 64 bits, 1,000 queries, range search, hits overflowing the segments"),
     # Float kernels: one FFMA per point-centre-dimension for a dot product, two for the diagonal
     # E-step's (a p - b)^2, and D^2 per point and component for x L_k in the full one.
     "G1": _pairs("gmm_log_resp.cu", r"gmm_full_fused_kernelILi64E", 1e4 * 1000 * 64 * 64,
@@ -518,7 +521,7 @@ def kernel_bounds(sources: List[str], cubin_dir: Optional[str] = None) -> Dict[s
 
 
 def pass_name(kernel: str) -> str:
-    for pattern, name in ((r"(Histogram|Count|Collect|Append)Visitor", None), (r"gmm_full_fused", "fused"),
+    for pattern, name in ((r"(Histogram|Count|Collect|Append|Segment)Visitor", None), (r"gmm_full_fused", "fused"),
                           (r"pair_tile_kernel", "pair tile")):
         found = re.search(pattern, kernel)
         if found:

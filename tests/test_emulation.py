@@ -145,6 +145,19 @@ def test_hamming_range(emu, nbytes, nq, ndb):
         assert all(torch.equal(a, b) for a, b in zip(got, want)), (radius, exclusive)
 
 
+@pytest.mark.parametrize("nq,radius", [(3, 64), (3, 24), (1, 20), (60, 64)])
+def test_hamming_range_segments_and_their_overflow(emu, nq, radius):
+    # 2,000 codes in 12 chunks (6 for two query tiles), segments of 35 hits a pair for 3
+    # queries, 106 for one, none for 60: at radius 64 every code is a hit and 3 queries' pairs
+    # overflow (the second pass writes), at radius 20-24 the hits fit (the segments are
+    # copied), and 60 queries' pass only counts.
+    rng = rng_for(nq, radius, 4)
+    q = torch.from_numpy(ref.random_codes(rng, nq, 8))
+    db = torch.from_numpy(ref.random_codes(rng, 2000, 8))
+    got, want = emu.hamming_range(q, db, radius), cpu.hamming_range(q, db, radius)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
 def test_hamming_range_empty(emu):
     db = torch.zeros(5, 8, dtype=torch.uint8)
     for q, d in ((db[:0], db), (db[:2], db[:0])):

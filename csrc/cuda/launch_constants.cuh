@@ -29,6 +29,9 @@ constexpr int64_t kListOverExpected = gpu::small_under_emulation(2, 1);
 // hamming_topk.cu's select: queries per torch topk call, so that its outputs (16 bytes a
 // neighbour) stay under this many bytes beside the lists.
 constexpr int64_t kSelectBytes = gpu::small_under_emulation(int64_t{64} << 20, 4096);
+// hamming_range.cu: the one pass's per-(query, chunk) segments, at most this many bytes (small
+// under emulation, so that tests overflow them and take the second pass).
+constexpr int64_t kRangeSegmentBytes = gpu::small_under_emulation(int64_t{256} << 20, 12 * 32 * 40);
 // hamming_distance.cu: queries per block row.
 constexpr int kDistanceQueriesPerBlock = static_cast<int>(gpu::small_under_emulation(16, 3));
 // gmm_log_resp.cu: elements of the transformed-points buffer per block of points (128 MB of
