@@ -162,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hamming_range_cuda(const at::Tens
     const at::Tensor offsets = inclusive.sub(counts).contiguous();
     // The output's size and whether every pair fit its segment: the one host sync.
     const at::Tensor summary = at::stack({lims[nq], counts.max()}).cpu();
-    const int64_t total = summary[0].item<int64_t>(), most = summary[1].item<int64_t>();
+    const int64_t total = summary.const_data_ptr<int64_t>()[0], most = summary.const_data_ptr<int64_t>()[1];
     out_dist = at::empty({total}, int_opts);
     out_index = at::empty({total}, long_opts);
     if (total == 0) return;

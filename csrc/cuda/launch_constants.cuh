@@ -28,7 +28,7 @@ constexpr int64_t kListSlack = gpu::small_under_emulation(1024, 3);
 constexpr int64_t kListOverExpected = gpu::small_under_emulation(2, 1);
 // hamming_topk.cu's select: queries per torch topk call, so that its outputs (16 bytes a
 // neighbour) stay under this many bytes beside the lists.
-constexpr int64_t kSelectBytes = gpu::small_under_emulation(int64_t{64} << 20, 4096);
+constexpr int64_t kSelectBytes = gpu::small_under_emulation(int64_t{16} << 20, 4096);
 // hamming_range.cu: the one pass's per-(query, chunk) segments, at most this many bytes (small
 // under emulation, so that tests overflow them and take the second pass).
 constexpr int64_t kRangeSegmentBytes = gpu::small_under_emulation(int64_t{256} << 20, 12 * 32 * 40);
@@ -38,6 +38,6 @@ constexpr int kDistanceQueriesPerBlock = static_cast<int>(gpu::small_under_emula
 // float32 on a GPU).
 constexpr int64_t kGmmFullBufferElements = gpu::small_under_emulation(32 << 20, 1000);
 // segment_gram.cu: elements of the partial-sums buffer.
-constexpr int64_t kSegmentPartialElements = gpu::small_under_emulation(int64_t{64} << 20, 4096);
+constexpr int64_t kSegmentPartialElements = gpu::small_under_emulation(int64_t{16} << 20, 4096);
 
 }  // namespace dsch_ext::launch
