@@ -124,12 +124,20 @@ __device__ __forceinline__ void tiled_scan(const uint8_t* __restrict__ queries, 
         visitor.idle(a);
       }
     }
+    // A warp with no active slot (a tile of fewer queries than slots) stages its share of
+    // the codes but visits none: few queries cost their own slots only. A vote, so ptxas sees
+    // the visit loop's bound as warp-uniform.
+    bool any_on = false;
+    DSCH_UNROLL
+    for (int a = 0; a < QW; ++a) any_on = any_on || on[a];
+    const bool warp_busy = __any_sync(kFullWarpMask, any_on);
     for (int64_t s0 = begin; s0 < end; s0 += stage_rows) {
       const int64_t n = end - s0 < stage_rows ? end - s0 : stage_rows;
       __syncthreads();  // the previous stage is consumed
       for (int64_t w = threadIdx.x; w < n * nwords; w += blockDim.x) stage[w] = db[s0 * nwords + w];
       __syncthreads();
-      for (int64_t c0 = 0; c0 < n; c0 += 32) {
+      const int64_t visits = warp_busy ? n : 0;
+      for (int64_t c0 = 0; c0 < visits; c0 += 32) {
         const int64_t c = c0 + lane;
         const bool valid = c < n;
         const Word* row = stage + (valid ? c : 0) * nwords;
