@@ -13,7 +13,7 @@ namespace dsch_ext::launch {
 // The query-tiled Hamming scan (hamming_tiled_scan.cuh): shared memory per stage.
 constexpr int64_t kScanStageBytes = gpu::small_under_emulation(16384, 512);
 // hamming_topk.cu and hamming_range.cu: the fewest database rows a block's chunk holds.
-constexpr int64_t kScanMinChunkRows = gpu::small_under_emulation(16384, 96);
+constexpr int64_t kScanMinChunkRows = gpu::small_under_emulation(2048, 96);
 // hamming_topk.cu's sampled bound: sample codes per wanted neighbour, at least kMinSample
 // (or the whole database), at most kMaxSample and a 16th of the database.
 constexpr int64_t kSamplePerK = gpu::small_under_emulation(64, 4);
