@@ -115,11 +115,14 @@ def shared_wavefronts(opcode: str, lane_stride: Optional[int] = None) -> int:
 
 def scan_lane_stride(kernel: str) -> Optional[int]:
     """A tiled scan's bytes between two lanes' staged codes: its CodeWidth<Word, NW> (fixed
-    words only; a runtime word count has no fixed stride)."""
+    words only; a runtime word count has no fixed stride). A SwizzledStage layout (in the
+    kernel's name) rotates each row's words so that one word of 32 consecutive codes covers
+    every bank: as conflict-free as codes one word apart, so its stride counts as one word."""
     found = re.search(r"tiled_scan_kernel.*?CodeWidthI([htjm])Li(\d+)E", kernel)
     if not found or found.group(2) == "0":
         return None
-    return {"h": 1, "t": 2, "j": 4, "m": 8}[found.group(1)] * int(found.group(2))
+    word = {"h": 1, "t": 2, "j": 4, "m": 8}[found.group(1)]
+    return word if "SwizzledStage" in kernel else word * int(found.group(2))
 
 
 @dataclasses.dataclass
@@ -489,6 +492,7 @@ WORKLOADS = {
     "H2": _topk(1e6 * 1000, 1, "10^6 x 64 bits, 1,000 queries, k = 10"),
     "H3": _topk(1e6 * 100, 4, "10^6 x 256 bits, 100 queries, k = 10"),
     "H4": _topk(1e7 * 100, 1, "10^7 x 64 bits, 100 queries, k = 1000"),
+    "H7": _topk(1e6 * 100, 16, "10^6 x 1024 bits, 100 queries, k = 10"),
     # hamming_range.cu: one pass writing per-(query, chunk) segments; a second, ordered write
     # pass where some pair's hits overflow its segment (R2).
     "R1": Workload("hamming_range.cu", 1e6 * 1000 * 2, "popc", [Pass(_scan("RangeSegmentVisitor", 1), 1.0)],

@@ -117,6 +117,22 @@ def test_hamming_topk_random_shapes(emu, seed):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (nbytes, nq, ndb, k, alphabet)
 
 
+@pytest.mark.parametrize("nbytes", [32, 64, 128])
+def test_hamming_swizzled_stages(emu, nbytes):
+    # 256- to 1024-bit codes are staged with each row's words rotated (SwizzledStage): several
+    # stages a chunk, ragged last groups, ties, against the CPU ops.
+    rng = rng_for(nbytes, 9)
+    q = torch.from_numpy(ref.random_codes(rng, 11, nbytes))
+    db = torch.from_numpy(ref.random_codes(rng, 777, nbytes, alphabet=300))
+    db[:11] = q
+    for k in (1, 40, 777):
+        got, want = emu.hamming_topk(q, db, k), cpu.hamming_topk(q, db, k)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), k
+    for radius in (0, nbytes * 4, nbytes * 8):
+        got, want = emu.hamming_range(q, db, radius), cpu.hamming_range(q, db, radius)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), radius
+
+
 def test_hamming_topk_ties_go_to_lower_index(emu):
     rng = rng_for(1)
     db = torch.from_numpy(ref.random_codes(rng, 6, 8)).repeat(40, 1)  # every code 40 times

@@ -91,6 +91,11 @@ def test_scan_lane_stride_from_the_kernel_name():
     assert sb.scan_lane_stride("_ZN8dsch_ext17tiled_scan_kernelINS_9CodeWidthImLi4EEENS_12CountVisitorEEEv") == 32
     assert sb.scan_lane_stride("_ZN8dsch_ext17tiled_scan_kernelINS_9CodeWidthIjLi1EEENS_12CountVisitorEEEv") == 4
     assert sb.scan_lane_stride("_ZN8dsch_ext17tiled_scan_kernelINS_9CodeWidthImLi0EEENS_12CountVisitorEEEv") is None
+    # A swizzled stage's word w of 32 consecutive codes covers every bank, as if one word apart.
+    swizzled = "_ZN8dsch_ext17tiled_scan_kernelINS_9CodeWidthImLi16EEENS_12CountVisitorENS_13SwizzledStageEEEv"
+    assert sb.scan_lane_stride(swizzled) == 8
+    assert sb.shared_wavefronts("LDS.64", sb.scan_lane_stride(swizzled)) == 2
+    assert sb.shared_wavefronts("LDS.64", 128) == 32
     assert sb.scan_lane_stride("_ZN8dsch_ext16pair_tile_kernelIfEEvv") is None
 
 

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "../common/code_width.h"
 #include "block_scan.cuh"
@@ -52,6 +53,33 @@ template <typename Width>
 constexpr int tile_queries() {
   return kScanWarps * queries_per_warp<Width>();
 }
+
+// How a stage holds its codes, one code per lane when the scan reads them.
+// Row-major (code c's words at c * nwords + w), except for fixed widths of
+// 4 or more 64-bit words, whose rows are 32 bytes or more apart, so that
+// the lanes' loads of one word would fall into a few banks (a 256-bit code
+// per lane: 8 wavefronts a 64-bit load, 1024-bit: 32). Those are swizzled:
+// word w of code c sits at column (w + c / R) % NW of its row, R the codes
+// per 128-byte line, so the 32 lanes' loads of word w cover every bank (2
+// wavefronts, the least a 64-bit load takes). The layout's name is in the
+// kernel's, where the static bound reads it.
+struct RowStage {
+  template <int NW>
+  __device__ __forceinline__ static int column(int64_t, int w) {
+    return w;
+  }
+};
+struct SwizzledStage {
+  template <int NW>
+  __device__ __forceinline__ static int column(int64_t c, int w) {
+    constexpr int kRowsPerLine = 16 / NW > 1 ? 16 / NW : 1;  // 128 bytes / (8 NW bytes)
+    return static_cast<int>((w + c / kRowsPerLine) & (NW - 1));
+  }
+};
+template <typename Width>
+using StageLayoutOf = std::conditional_t<sizeof(typename Width::word_t) == 8 && (Width::kFixedWords >= 4) &&
+                                             (Width::kFixedWords & (Width::kFixedWords - 1)) == 0,
+                                         SwizzledStage, RowStage>;
 
 // The grid of a tiled scan: enough (chunk, tile) blocks to fill every SM a
 // few times over, chunks of at least min_chunk_rows codes.
@@ -88,7 +116,7 @@ __device__ __forceinline__ bool tile_has_active(const uint8_t* active, int64_t f
 
 // The scan of chunk blockIdx.x for query tiles blockIdx.y, + gridDim.y, ...
 // `stage` is the launch's dynamic shared memory (plan.smem bytes).
-template <typename Width, typename Visitor>
+template <typename Width, typename Layout, typename Visitor>
 __device__ __forceinline__ void tiled_scan(const uint8_t* __restrict__ queries, const uint8_t* __restrict__ database,
                                            int64_t nq, int64_t ndb, int64_t nbytes, int64_t chunk_rows,
                                            int64_t stage_rows, const uint8_t* __restrict__ active,
@@ -134,7 +162,14 @@ __device__ __forceinline__ void tiled_scan(const uint8_t* __restrict__ queries, 
     for (int64_t s0 = begin; s0 < end; s0 += stage_rows) {
       const int64_t n = end - s0 < stage_rows ? end - s0 : stage_rows;
       __syncthreads();  // the previous stage is consumed
-      for (int64_t w = threadIdx.x; w < n * nwords; w += blockDim.x) stage[w] = db[s0 * nwords + w];
+      for (int64_t i = threadIdx.x; i < n * nwords; i += blockDim.x) {
+        if constexpr (std::is_same_v<Layout, SwizzledStage>) {
+          const int64_t c = i / NW;
+          stage[c * NW + Layout::template column<NW>(c, static_cast<int>(i % NW))] = db[s0 * nwords + i];
+        } else {
+          stage[i] = db[s0 * nwords + i];
+        }
+      }
       __syncthreads();
       const int64_t visits = warp_busy ? n : 0;
       for (int64_t c0 = 0; c0 < visits; c0 += 32) {
@@ -149,7 +184,13 @@ __device__ __forceinline__ void tiled_scan(const uint8_t* __restrict__ queries, 
         DSCH_UNROLL
         for (int a = 0; a < QW; ++a) {
           int d;
-          if constexpr (Width::kFixedWords > 0) {
+          if constexpr (std::is_same_v<Layout, SwizzledStage>) {
+            d = 0;
+            DSCH_UNROLL
+            for (int w = 0; w < NW; ++w) {
+              d += popcount_word(static_cast<Word>(qreg[a][w] ^ row[Layout::template column<NW>(c, w)]));
+            }
+          } else if constexpr (Width::kFixedWords > 0) {
             d = hamming_fixed<Word, NW>(qreg[a], row);
           } else {
             d = hamming_words<Word>(qrows + (on[a] ? q[a] : 0) * nwords, row, nwords);
@@ -166,21 +207,21 @@ __device__ __forceinline__ void tiled_scan(const uint8_t* __restrict__ queries, 
 
 // A launch of the tiled scan with `visitor` (copied per thread: its state
 // lives in registers).
-template <typename Width, typename Visitor>
+template <typename Width, typename Visitor, typename Layout>
 __global__ void __launch_bounds__(kScanThreads, 1)
     tiled_scan_kernel(const uint8_t* __restrict__ queries, const uint8_t* __restrict__ database, int64_t nq,
                       int64_t ndb, int64_t nbytes, int64_t chunk_rows, int64_t stage_rows,
                       const uint8_t* __restrict__ active, Visitor visitor) {
   DSCH_DYNAMIC_SHARED(typename Width::word_t, stage);
   Visitor v = visitor;
-  tiled_scan<Width>(queries, database, nq, ndb, nbytes, chunk_rows, stage_rows, active, stage, v);
+  tiled_scan<Width, Layout>(queries, database, nq, ndb, nbytes, chunk_rows, stage_rows, active, stage, v);
 }
 
 template <typename Width, typename Visitor>
 void launch_tiled_scan(const char* name, const TiledScanPlan& plan, gpu::Stream stream, const uint8_t* queries,
                        const uint8_t* database, int64_t nq, int64_t ndb, int64_t nbytes, const uint8_t* active,
                        const Visitor& visitor) {
-  gpu::launch(name, &tiled_scan_kernel<Width, Visitor>, plan.grid, kScanThreads, plan.smem, stream, queries, database, nq,
+  gpu::launch(name, &tiled_scan_kernel<Width, Visitor, StageLayoutOf<Width>>, plan.grid, kScanThreads, plan.smem, stream, queries, database, nq,
               ndb, nbytes, plan.chunk_rows, plan.stage_rows, active, visitor);
 }
 
