@@ -576,13 +576,21 @@ def one_query_seconds(loop: LoopBound, rows: float) -> float:
     return cycles * rounds / CLOCK_HZ
 
 
+def loop_of(bounds: Dict[str, LoopBound], kernel: str, workload: str) -> LoopBound:
+    """The hot loop of the first kernel whose name matches `kernel` (a regex)."""
+    for name, loop in bounds.items():
+        if re.search(kernel, name):
+            return loop
+    raise LookupError(f"{workload}: no kernel matches {kernel!r}")
+
+
 def h5_bound(bounds: Dict[str, LoopBound]) -> dict:
     """H5: one query, k = 100, over 10^6 64-bit codes: its sample and append passes (the sample
     a 16th of the codes) as one warp per block runs them, and its launches at 3 us each."""
     ndb = 1e6
     scans = 0.0
     for kernel, rows in ((_scan("HistogramVisitor", 1), ndb / 16), (_scan("AppendVisitor", 1), ndb)):
-        loop = next(b for name, b in bounds.items() if re.search(kernel, name))
+        loop = loop_of(bounds, kernel, "H5")
         scans += one_query_seconds(loop, rows)
     launches = host_launches("hamming_topk.cu", "hamming_topk_cuda")
     seconds = scans + launches * LAUNCH_SECONDS
@@ -622,10 +630,7 @@ def workload_bounds(bounds: Dict[str, LoopBound]) -> Dict[str, dict]:
     for wid, wl in WORKLOADS.items():
         seconds, binding = 0.0, []
         for p in wl.passes:
-            matches = [b for name, b in bounds.items() if re.search(p.kernel, name)]
-            if not matches:
-                raise LookupError(f"{wid}: no kernel matches {p.kernel!r}")
-            loop = matches[0]
+            loop = loop_of(bounds, p.kernel, wid)
             seconds += p.share * wl.lane_ops / (32 * loop.work_per_cycle) / (SMS * CLOCK_HZ)
             binding.append(f"{pass_name(loop.kernel)}: {loop.binding}")
         roofline = wl.lane_ops / (32 * RATES[wl.work_pipe]) / (SMS * CLOCK_HZ)

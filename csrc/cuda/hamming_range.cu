@@ -61,7 +61,7 @@ struct RangeSegmentVisitor {
     // branch on it is uniform).
     const unsigned ballot = __ballot_sync(kFullWarpMask, hit);
     if (ballot == 0) return;
-    const int64_t slot = n[a] + __popc(ballot & ((1u << (threadIdx.x & 31)) - 1u));
+    const int64_t slot = n[a] + lanes_before(ballot);
     if (hit && slot < segment) {
       seg_dist[base[a] + slot] = d;
       seg_index[base[a] + slot] = j;
@@ -110,7 +110,7 @@ struct RangeCollectVisitor {
     // branch on it is uniform), no ranks and no slot update.
     const unsigned ballot = __ballot_sync(kFullWarpMask, hit);
     if (ballot == 0) return;
-    const int rank = __popc(ballot & ((1u << (threadIdx.x & 31)) - 1u));
+    const int rank = lanes_before(ballot);
     if (hit) {
       out_dist[slot[a] + rank] = d;
       out_index[slot[a] + rank] = j;

@@ -221,8 +221,14 @@ template <typename Width, typename Visitor>
 void launch_tiled_scan(const char* name, const TiledScanPlan& plan, gpu::Stream stream, const uint8_t* queries,
                        const uint8_t* database, int64_t nq, int64_t ndb, int64_t nbytes, const uint8_t* active,
                        const Visitor& visitor) {
-  gpu::launch(name, &tiled_scan_kernel<Width, Visitor, StageLayoutOf<Width>>, plan.grid, kScanThreads, plan.smem, stream, queries, database, nq,
-              ndb, nbytes, plan.chunk_rows, plan.stage_rows, active, visitor);
+  gpu::launch(name, &tiled_scan_kernel<Width, Visitor, StageLayoutOf<Width>>, plan.grid, kScanThreads, plan.smem,
+              stream, queries, database, nq, ndb, nbytes, plan.chunk_rows, plan.stage_rows, active, visitor);
+}
+
+// How many of the lanes below this one are set in `ballot` (its slot among
+// the set lanes when it is set).
+__device__ __forceinline__ int lanes_before(unsigned ballot) {
+  return __popc(ballot & ((1u << (threadIdx.x & 31)) - 1u));
 }
 
 // Exclusive rank of this lane among the warp's lanes with `flag`, and the
@@ -230,7 +236,7 @@ void launch_tiled_scan(const char* name, const TiledScanPlan& plan, gpu::Stream 
 __device__ __forceinline__ int warp_rank(bool flag, int* count) {
   const unsigned ballot = __ballot_sync(kFullWarpMask, flag);
   *count = __popc(ballot);
-  return __popc(ballot & ((1u << (threadIdx.x & 31)) - 1u));
+  return lanes_before(ballot);
 }
 
 // Sum over the warp (every lane gets it).

@@ -79,7 +79,7 @@ struct AppendVisitor {
     unsigned long long base = 0;
     if (lane == 0) base = atomicAdd(&found[q], static_cast<unsigned long long>(__popc(ballot)));
     base = __shfl_sync(kFullWarpMask, base, 0);
-    const unsigned long long slot = base + static_cast<unsigned>(__popc(ballot & ((1u << lane) - 1u)));
+    const unsigned long long slot = base + static_cast<unsigned>(lanes_before(ballot));
     if (hit && slot < static_cast<unsigned long long>(capacity)) keys[q * capacity + slot] = candidate_key(d, j);
   }
   __device__ void finish(int, int64_t, int64_t) {}
@@ -272,10 +272,6 @@ struct SamplePlan {
   }
 };
 
-unsigned grid_for(int64_t n, int threads) {
-  return static_cast<unsigned>(std::clamp<int64_t>((n + threads - 1) / threads, 1, gpu::max_grid_x()));
-}
-
 std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_in,
                                                      const at::Tensor& database_in, int64_t k) {
   check_query_database(queries_in, database_in);
@@ -298,8 +294,8 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
   const uint8_t* q = queries.const_data_ptr<uint8_t>();
   const uint8_t* db = database.const_data_ptr<uint8_t>();
   at::Tensor keys = at::empty({nq, capacity}, long_opts);
-  const unsigned query_grid = grid_for(nq, kBlockThreads);
-  const dim3 list_grid(grid_for(capacity, kBlockThreads), static_cast<unsigned>(std::min(nq, gpu::max_grid_yz())));
+  const unsigned query_grid = gpu::grid_for(nq, kBlockThreads);
+  const dim3 list_grid(gpu::grid_for(capacity, kBlockThreads), static_cast<unsigned>(std::min(nq, gpu::max_grid_yz())));
 
   dispatch_code_width(nbytes, [&](auto width) {
     using Width = decltype(width);
@@ -356,7 +352,7 @@ std::tuple<at::Tensor, at::Tensor> hamming_topk_cuda(const at::Tensor& queries_i
     const int64_t n = std::min(group, nq - first);
     const at::Tensor selected =
         std::get<0>(at::topk(keys.narrow(0, first, n), k, 1, /*largest=*/false, /*sorted=*/true)).contiguous();
-    gpu::launch("hamming_topk_split", &split_keys_kernel, grid_for(n * k, kBlockThreads), kBlockThreads, 0, stream,
+    gpu::launch("hamming_topk_split", &split_keys_kernel, gpu::grid_for(n * k, kBlockThreads), kBlockThreads, 0, stream,
                 n * k, selected.const_data_ptr<int64_t>(), out_dist.data_ptr<int32_t>() + first * k,
                 out_index.data_ptr<int64_t>() + first * k);
   }
