@@ -199,6 +199,48 @@ def test_center_distances_forward_backward(emu, metric, dtype, n, k, d, generato
     assert_close(got[1], want[1], dtype)
 
 
+def tf32_round(v):
+    """cvt.rna.tf32.f32 on finite float32: to nearest, ties away from zero (13 low bits cleared)."""
+    bits = np.ascontiguousarray(v, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def tf32x3_dot_model(x, c, chunk=16):
+    """The float32 tile's inner products as the emulated tensor cores form them: operands split
+    into TF32 high and residual parts, per k-step of 8 the passes lo*hi, hi*lo, hi*hi, each
+    adding its 8 exact products in k order with one fp32 rounding a sum."""
+    d = x.shape[1]
+    width = -(-d // chunk) * chunk
+    pad = lambda a: np.pad(a.astype(np.float32), ((0, 0), (0, width - d)))  # noqa: E731
+    x, c = pad(x), pad(c)
+    x_hi, c_hi = tf32_round(x), tf32_round(c)
+    x_lo, c_lo = tf32_round(x - x_hi), tf32_round(c - c_hi)
+    acc = np.zeros((x.shape[0], c.shape[0]), np.float32)
+    for k0 in range(0, width, 8):
+        for a, b in ((x_lo, c_hi), (x_hi, c_lo), (x_hi, c_hi)):
+            for kk in range(k0, k0 + 8):
+                acc = acc + np.outer(a[:, kk], b[:, kk])  # exact products, one rounding a sum
+    return acc
+
+
+# d = 13, 17, 40, 64: the kernels with the points' fragments in registers (D <= 16, 32, 64); 70: the
+# chunked one. 130 centres: three column tiles over the groups.
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (37, 11, 13), (19, 70, 17), (70, 130, 40), (65, 9, 64), (66, 67, 70)])
+def test_float32_inner_products_are_3xtf32_bit_for_bit(emu, n, k, d, generator):
+    x = torch.randn(n, d, generator=generator)
+    c = torch.randn(k, d, generator=generator)
+    # Halfway mantissas: 1 + 2^-11 (+ the sign) rounds away from zero to 1 + 2^-10.
+    x[0, 0], c[0, 0] = 1 + 2**-11, -(1 + 2**-11)
+    got = emu.center_distances(x, c, "dot")
+    want = -tf32x3_dot_model(x.numpy(), c.numpy())
+    assert np.array_equal(got.numpy().view(np.uint32), want.view(np.uint32))
+    assert tf32_round(np.float32([1 + 2**-11, -(1 + 2**-11)])).tolist() == [1 + 2**-10, -(1 + 2**-10)]
+    # fp32 accuracy, which one TF32 product (~1e-3 relative) is not.
+    exact = x.double() @ c.double().T
+    scale = x.double().norm(dim=1)[:, None] * c.double().norm(dim=1)[None, :]
+    assert ((got.double() + exact).abs() <= 4 * d * 2**-23 * scale).all()
+
+
 def test_center_distances_non_finite_rows_give_nan(emu):
     x = torch.randn(5, 4)
     x[2, 1] = float("inf")

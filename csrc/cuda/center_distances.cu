@@ -1,7 +1,8 @@
 // CUDA kernel of dsch_ext::center_distances: the register-tiled pair scan
 // (pair_tile.cuh) computes each <x, c> and writes the distance straight from
 // registers (center_math.h's epilogue), so the N x K result is written once
-// and never read back. The products are plain FMAs in x's dtype: no TF32,
+// and never read back. float32 products run on the tensor cores in 3xTF32
+// (fp32 accuracy, tf32_math.h), float64 ones as FMAs; never plain TF32,
 // whatever torch's switch says (the epilogue's cancellation in
 // |x|^2 + |c|^2 - 2<x, c> would turn TF32's ~1e-3 relative error into wrong
 // distances).

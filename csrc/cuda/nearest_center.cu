@@ -5,8 +5,9 @@
 // A combine kernel, one warp per point, merges the groups; where the best two
 // are within the rounding bound of the expanded form (center_math.h) it
 // recomputes the candidates directly, so equal centres tie exactly and the
-// lower index wins, as on the CPU. The products are plain fp32 FMAs (no
-// TF32, whatever torch's switch says). A point with NaN or Inf gets index -1
+// lower index wins, as on the CPU. float32 products run on the tensor cores
+// in 3xTF32 (fp32 accuracy, its own rounding unit in the bound), float64
+// ones as FMAs; never plain TF32, whatever torch's switch says. A point with NaN or Inf gets index -1
 // and a NaN distance; a centre with NaN or Inf is never the nearest.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -109,7 +110,7 @@ __global__ void nearest_center_combine_kernel(const T* __restrict__ part_best, c
       continue;
     }
     const T limit =
-        p.best + T(2) * expanded_sqdist_error(dim, x_stat[r], *c_sqnorm_max, std::numeric_limits<T>::epsilon());
+        p.best + T(2) * expanded_sqdist_error(dim, x_stat[r], *c_sqnorm_max, pair_tile_epsilon<T, DotPair>());
     if (p.second <= limit) {
       // Candidates by the expanded form computed directly (within the same
       // bound of the exact value as the tile's), compared on direct distances.

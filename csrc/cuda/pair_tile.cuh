@@ -24,9 +24,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 
 #include "block_scan.cuh"
 #include "device_runtime.cuh"
+#include "mma_tf32.cuh"
 
 namespace dsch_ext {
 
@@ -144,11 +147,247 @@ __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_kernel(PairTilePlan
   }
 }
 
+// The same scan for float32 inner products (DotPair) on the tensor cores, in
+// 3xTF32 (tf32_math.h): the block's 64 x 64 tile is eight warps of 16 x 32,
+// four m16n8k8 products each a k-step. Both sides are staged row-major,
+// already split into TF32 high and residual parts (stride kMmaStride: the
+// fragment loads of a warp hit 32 different banks). The finished tile goes
+// through shared memory to the visitors in the SIMT kernel's layout, so every
+// visitor serves both kernels unchanged.
+constexpr int kMmaStride = kPairChunk + 4;
+constexpr int kMmaOutStride = kPairTileCols + 4;
+static_assert(kPairThreads == 8 * 32 && kPairTileRows == 4 * 16 && kPairTileCols == 2 * 32,
+              "eight warps of 16 x 32 cover the tile");
+static_assert(kPairChunk % 8 == 0, "a chunk is whole k-steps");
+
+__device__ __forceinline__ void stage_split_chunk(float* hi, float* lo, const float* __restrict__ src, int64_t row0,
+                                                  int64_t rows, int64_t dim, int64_t d0) {
+  DSCH_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const int e = threadIdx.x + i * kPairThreads;
+    const int r = e / kPairChunk, d = e % kPairChunk;
+    const int64_t row = row0 + r, col = d0 + d;
+    const float v = row < rows && col < dim ? src[row * dim + col] : 0.0f;
+    const float h = tf32_round(v);
+    hi[r * kMmaStride + d] = h;
+    lo[r * kMmaStride + d] = tf32_residual(v, h);
+  }
+}
+
+template <typename Visitor>
+__global__ void __launch_bounds__(kPairThreads, 1) pair_tile_mma_kernel(PairTilePlan plan, const float* __restrict__ points,
+                                                                     const float* __restrict__ centers, Visitor visitor) {
+  DSCH_SHARED_ARRAY(float, point_hi, kPairTileRows * kMmaStride);
+  DSCH_SHARED_ARRAY(float, point_lo, kPairTileRows * kMmaStride);
+  DSCH_SHARED_ARRAY(float, col_hi, kPairTileCols * kMmaStride);
+  DSCH_SHARED_ARRAY(float, col_lo, kPairTileCols * kMmaStride);
+  DSCH_SHARED_ARRAY(float, out_tile, kPairTileRows * kMmaOutStride);
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int row_base = (warp % 4) * 16, col_base = (warp / 4) * 32;
+  const int64_t first_tile = blockIdx.y * plan.tiles_per_group;
+  const int64_t last_tile = min(plan.col_tiles, first_tile + plan.tiles_per_group);
+  for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
+       p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
+    typename Visitor::State state[4];
+    DSCH_UNROLL
+    for (int i = 0; i < 4; ++i) visitor.start(state[i]);
+    for (int64_t tile = first_tile; tile < last_tile; ++tile) {
+      const int64_t c0 = tile * kPairTileCols;
+      float acc[4][4] = {};  // [n-tile][fragment]
+      for (int64_t d0 = 0; d0 < plan.dim; d0 += kPairChunk) {
+        __syncthreads();  // the previous chunk's reads are done
+        stage_split_chunk(point_hi, point_lo, points, p0, plan.n, plan.dim, d0);
+        stage_split_chunk(col_hi, col_lo, centers, c0, plan.k, plan.dim, d0);
+        __syncthreads();
+        DSCH_UNROLL
+        for (int ks = 0; ks < kPairChunk; ks += 8) {
+          float a_hi[4], a_lo[4];
+          DSCH_UNROLL
+          for (int f = 0; f < 4; ++f) {
+            const int at = (row_base + g + 8 * (f % 2)) * kMmaStride + ks + t + 4 * (f / 2);
+            a_hi[f] = point_hi[at];
+            a_lo[f] = point_lo[at];
+          }
+          DSCH_UNROLL
+          for (int nt = 0; nt < 4; ++nt) {
+            float b_hi[2], b_lo[2];
+            DSCH_UNROLL
+            for (int f = 0; f < 2; ++f) {
+              const int at = (col_base + 8 * nt + g) * kMmaStride + ks + t + 4 * f;
+              b_hi[f] = col_hi[at];
+              b_lo[f] = col_lo[at];
+            }
+            mma_tf32x3_m16n8k8(acc[nt], a_hi, a_lo, b_hi, b_lo);
+          }
+        }
+      }
+      __syncthreads();  // the previous tile's visitors have read out_tile (dim == 0 stages nothing)
+      DSCH_UNROLL
+      for (int nt = 0; nt < 4; ++nt) {
+        DSCH_UNROLL
+        for (int f = 0; f < 4; ++f)
+          out_tile[(row_base + g + 8 * (f / 2)) * kMmaOutStride + col_base + 8 * nt + 2 * t + f % 2] = acc[nt][f];
+      }
+      __syncthreads();
+      DSCH_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        const int64_t point = p0 + ty * 4 + i;
+        DSCH_UNROLL
+        for (int j = 0; j < 4; ++j) {
+          const int64_t col = c0 + tx * 4 + j;
+          if (point < plan.n && col < plan.k)
+            visitor.visit(state[i], point, col, out_tile[(ty * 4 + i) * kMmaOutStride + tx * 4 + j]);
+        }
+      }
+    }
+    DSCH_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int64_t point = p0 + ty * 4 + i;
+      visitor.finish(state[i], point, static_cast<int>(blockIdx.y), tx == 0 && point < plan.n);
+    }
+  }
+}
+
+// The tensor-core scan for D <= DP (16, 32 or 64): each warp keeps its 16
+// points' split A fragments for all DP coordinates in registers, loaded once
+// per point tile, so a column tile stages only the centres (all DP
+// coordinates at once, split) and runs DP / 8 k-steps between two barriers.
+// The staged centres and the finished tile share one buffer. Same products
+// in the same order as pair_tile_mma_kernel (zeros past D add nothing).
+template <int DP>
+constexpr int resident_stride() {
+  return DP + 4;  // (DP + 4) mod 32 = 4, 20: a warp's fragment loads hit 32 banks
+}
+
+template <int DP>
+constexpr int resident_buffer() {
+  return 2 * kPairTileCols * resident_stride<DP>() > kPairTileRows * kMmaOutStride
+             ? 2 * kPairTileCols * resident_stride<DP>()
+             : kPairTileRows * kMmaOutStride;
+}
+
+template <int DP, typename Visitor>
+__global__ void __launch_bounds__(kPairThreads, 1)
+    pair_tile_mma_resident_kernel(PairTilePlan plan, const float* __restrict__ points,
+                                  const float* __restrict__ centers, Visitor visitor) {
+  constexpr int kSteps = DP / 8, kStride = resident_stride<DP>();
+  DSCH_SHARED_ARRAY(float, buffer, resident_buffer<DP>());
+  float* const col_hi = buffer;
+  float* const col_lo = buffer + kPairTileCols * kStride;
+  float* const out_tile = buffer;  // after the products have read the centres
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int row_base = (warp % 4) * 16, col_base = (warp / 4) * 32;
+  const int64_t first_tile = blockIdx.y * plan.tiles_per_group;
+  const int64_t last_tile = min(plan.col_tiles, first_tile + plan.tiles_per_group);
+  for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
+       p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
+    float a_hi[kSteps][4], a_lo[kSteps][4];
+    DSCH_UNROLL
+    for (int s = 0; s < kSteps; ++s) {
+      DSCH_UNROLL
+      for (int f = 0; f < 4; ++f) {
+        const int64_t row = p0 + row_base + g + 8 * (f % 2);
+        const int col = 8 * s + t + 4 * (f / 2);
+        const float v = row < plan.n && col < plan.dim ? points[row * plan.dim + col] : 0.0f;
+        a_hi[s][f] = tf32_round(v);
+        a_lo[s][f] = tf32_residual(v, a_hi[s][f]);
+      }
+    }
+    typename Visitor::State state[4];
+    DSCH_UNROLL
+    for (int i = 0; i < 4; ++i) visitor.start(state[i]);
+    for (int64_t tile = first_tile; tile < last_tile; ++tile) {
+      const int64_t c0 = tile * kPairTileCols;
+      __syncthreads();  // the previous tile's visitors have read out_tile
+      static_assert(kPairTileCols * DP % kPairThreads == 0, "whole staging rounds");
+      DSCH_UNROLL
+      for (int i = 0; i < kPairTileCols * DP / kPairThreads; ++i) {
+        const int e = threadIdx.x + i * kPairThreads;
+        const int r = e / DP, d = e % DP;
+        const float v = c0 + r < plan.k && d < plan.dim ? centers[(c0 + r) * plan.dim + d] : 0.0f;
+        const float h = tf32_round(v);
+        col_hi[r * kStride + d] = h;
+        col_lo[r * kStride + d] = tf32_residual(v, h);
+      }
+      __syncthreads();
+      float acc[4][4] = {};  // [n-tile][fragment]
+      DSCH_UNROLL
+      for (int s = 0; s < kSteps; ++s) {
+        DSCH_UNROLL
+        for (int nt = 0; nt < 4; ++nt) {
+          float b_hi[2], b_lo[2];
+          DSCH_UNROLL
+          for (int f = 0; f < 2; ++f) {
+            const int at = (col_base + 8 * nt + g) * kStride + 8 * s + t + 4 * f;
+            b_hi[f] = col_hi[at];
+            b_lo[f] = col_lo[at];
+          }
+          mma_tf32x3_m16n8k8(acc[nt], a_hi[s], a_lo[s], b_hi, b_lo);
+        }
+      }
+      __syncthreads();  // every warp's products have read the centres
+      DSCH_UNROLL
+      for (int nt = 0; nt < 4; ++nt) {
+        DSCH_UNROLL
+        for (int f = 0; f < 4; ++f)
+          out_tile[(row_base + g + 8 * (f / 2)) * kMmaOutStride + col_base + 8 * nt + 2 * t + f % 2] = acc[nt][f];
+      }
+      __syncthreads();
+      DSCH_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        const int64_t point = p0 + ty * 4 + i;
+        DSCH_UNROLL
+        for (int j = 0; j < 4; ++j) {
+          const int64_t col = c0 + tx * 4 + j;
+          if (point < plan.n && col < plan.k)
+            visitor.visit(state[i], point, col, out_tile[(ty * 4 + i) * kMmaOutStride + tx * 4 + j]);
+        }
+      }
+    }
+    DSCH_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int64_t point = p0 + ty * 4 + i;
+      visitor.finish(state[i], point, static_cast<int>(blockIdx.y), tx == 0 && point < plan.n);
+    }
+  }
+}
+
+// Whether launch_pair_tiles runs T's inner products on the tensor cores
+// (float32 dot products): their rounding unit for error bounds.
+template <typename T, typename Pair>
+constexpr bool pair_tiles_use_mma() {
+  return std::is_same<T, float>::value && std::is_same<Pair, DotPair>::value;
+}
+
+template <typename T, typename Pair>
+constexpr T pair_tile_epsilon() {
+  return pair_tiles_use_mma<T, Pair>() ? T(kTf32x3Epsilon) : std::numeric_limits<T>::epsilon();
+}
+
 template <typename T, typename Pair, typename Visitor>
 void launch_pair_tiles(const char* name, const PairTilePlan& plan, const T* points, const T* operand0,
                        const T* operand1, const Visitor& visitor, gpu::Stream stream) {
   if (plan.n == 0) return;
   const dim3 grid(gpu::grid_for(plan.n, kPairTileRows), static_cast<unsigned>(pair_groups(plan)));
+  if constexpr (pair_tiles_use_mma<T, Pair>()) {
+    if (plan.dim <= 16)
+      gpu::launch(name, &pair_tile_mma_resident_kernel<16, Visitor>, grid, kPairThreads, 0, stream, plan, points,
+                  operand0, visitor);
+    else if (plan.dim <= 32)
+      gpu::launch(name, &pair_tile_mma_resident_kernel<32, Visitor>, grid, kPairThreads, 0, stream, plan, points,
+                  operand0, visitor);
+    else if (plan.dim <= 64)
+      gpu::launch(name, &pair_tile_mma_resident_kernel<64, Visitor>, grid, kPairThreads, 0, stream, plan, points,
+                  operand0, visitor);
+    else
+      gpu::launch(name, &pair_tile_mma_kernel<Visitor>, grid, kPairThreads, 0, stream, plan, points, operand0,
+                  visitor);
+    return;
+  }
   gpu::launch(name, &pair_tile_kernel<T, Pair, Visitor>, grid, kPairThreads, 0, stream, plan, points, operand0,
               operand1, visitor);
 }

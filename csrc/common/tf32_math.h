@@ -1,0 +1,57 @@
+// The 3xTF32 split shared by the tensor-core kernels, their CPU emulation and
+// the tests' model of them.
+//
+// A TF32 value is an fp32 value with the low 13 mantissa bits zero (10
+// explicit bits, fp32's exponent). Each operand v is split into
+//   hi = tf32_round(v),  lo = tf32_round(v - hi)
+// (v - hi is exact in fp32), and a product as a_lo b_hi + a_hi b_lo + a_hi b_hi
+// in fp32 accumulation, small terms first. The product of two TF32 values is
+// exact in fp32, so the dropped a_lo b_lo (<= 2^-22 |a b|) and the
+// accumulation are the only errors: about fp32's accuracy at a third of the
+// tensor cores' TF32 rate, where one TF32 product alone errs by ~2^-11.
+#pragma once
+
+#include <cstdint>
+
+#include "macros.h"
+
+namespace dsch_ext {
+
+// Relative rounding unit of a 3xTF32 inner product, for bounds of the form
+// (dim + 8) eps |x| |c| (center_math.h): the dropped lo * lo term (2^-22 a
+// product), the splits' rounding and the tensor cores' accumulation, which
+// aligns and truncates a block of products rather than rounding each sum to
+// nearest (up to ~2 units of 2^-23 an addition). 8 fp32 epsilons covers them
+// all with room.
+constexpr float kTf32x3Epsilon = 9.5367431640625e-07f;  // 2^-20
+
+DSCH_HOST_DEVICE uint32_t float_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  return __builtin_bit_cast(uint32_t, v);
+#endif
+}
+
+DSCH_HOST_DEVICE float bits_float(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  return __builtin_bit_cast(float, b);
+#endif
+}
+
+// v rounded to TF32, to nearest with ties away from zero (the rounding of
+// cvt.rna.tf32.f32), in integer arithmetic so both compilers round alike.
+// Overflow rounds to infinity; NaN stays a quiet NaN (its payload may lie
+// in the bits the tensor cores ignore).
+DSCH_HOST_DEVICE float tf32_round(float v) {
+  const uint32_t bits = float_bits(v);
+  if ((bits & 0x7f800000u) == 0x7f800000u) return (bits & 0x007fffffu) != 0 ? bits_float(0x7fc00000u) : v;
+  return bits_float((bits + 0x1000u) & 0xffffe000u);
+}
+
+// The residual of the split: exact difference, then rounded to TF32.
+DSCH_HOST_DEVICE float tf32_residual(float v, float hi) { return tf32_round(v - hi); }
+
+}  // namespace dsch_ext
