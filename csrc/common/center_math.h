@@ -8,6 +8,7 @@
 // The inner products come from one GEMM; these functions are its epilogue.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "macros.h"
@@ -89,12 +90,22 @@ DSCH_HOST_DEVICE T expanded_sqdist_error(int64_t dim, T x_sqnorm, T c_sqnorm_max
   return T(dim + 8) * eps * scale * scale;
 }
 
+//
+// The sum is written as explicit FMAs: ptxas fuses `acc += diff * diff` into
+// one where the host compiler rounds twice (or fuses too, in its AVX2 clones),
+// and the CPU and CUDA ops must break a tie alike. fma is correctly rounded
+// everywhere (a library call on a host without FMA, fine for the few
+// candidates rechecked).
 template <typename T>
 DSCH_HOST_DEVICE T direct_sqdist(const T* x, const T* c, int64_t dim) {
   T acc = 0;
   for (int64_t d = 0; d < dim; ++d) {
     const T diff = x[d] - c[d];
-    acc += diff * diff;
+#if defined(__CUDA_ARCH__)
+    acc = fma(diff, diff, acc);
+#else
+    acc = std::fma(diff, diff, acc);
+#endif
   }
   return acc;
 }
