@@ -9,16 +9,20 @@ How: each ``csrc/cuda/*.cu`` a workload needs is compiled to an sm_90 cubin (nvc
 the build) and disassembled (``nvdisasm``: the CUDA toolkit's, or the ``nvidia-cuda-nvdisasm``
 wheel's). In every kernel the loops are found from the control flow (basic blocks, back
 edges); the hot loop is the innermost loop doing the most of the kernel's work (``POPC`` for
-the Hamming scans, ``FFMA`` for the float kernels). Every path through one iteration of it is
+the Hamming scans, ``HMMA`` for the tensor-core float kernels, ``FFMA`` for the others). Every path through one iteration of it is
 costed: its instructions by pipe, each pipe's count divided by what an H100 SM retires per
 clock (4 warp-instructions issued; FP32 128 lanes; the integer pipe 64; POPC and the other
 conversion / special-function units 16; FP64 64; shuffles 32; shared memory one 128-byte
 wavefront: the scans' staged codes, one per lane, take as many as their bank conflicts need,
-other accesses one, the least any access takes), the largest
+other accesses one, the least any access takes; the tensor cores an m16n8k8 TF32 product,
+1,024 multiply-adds, in 1.08 cycles, the H100's dense TF32 peak), the largest
 quotient is the iteration's time, and the path with the most work per cycle sets the bound.
 A workload's bound adds its scan passes (each over all of its code pairs or multiply-adds, on
 132 SMs at 1.98 GHz); the roofline is the same work at the bound pipe's peak (POPC: a B-bit
-pair costs B / 32 of them; float: FFMA at the FP32 peak).
+pair costs B / 32 of them; float: FFMA at the FP32 peak). A tensor-core kernel's work is
+counted in the same unit: an HMMA is the fp32 multiply-adds it contributes (1,024 / 32 FFMA,
+divided by the products a 3xTF32 kernel spends on one), so its % of the FP32 roofline can pass
+100.
 
 H5 (one query) is costed otherwise: each block's one busy warp runs its chunk on one of the
 SM's four schedulers (a quarter of each pipe), and the op's launches, counted from its host
@@ -48,8 +52,12 @@ RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sass_bounds.j
 SMS, CLOCK_HZ = 132, 1.98e9  # H100 SXM
 RATES = {  # warp-instructions (or wavefronts) per SM per clock
     "issue": 4.0, "fp32": 4.0, "int": 2.0, "popc": 0.5, "xu": 0.5, "fp64": 2.0, "shfl": 1.0, "shared": 1.0,
-    "tensor": 1.0,
+    "tensor": 1.0,  # cycles (tensor_cycles)
 }
+# H100 SXM dense TF32: 494.7 TFLOP/s = 946 multiply-adds per SM per clock at 132 SMs, 1.98 GHz.
+TF32_MACS_PER_CYCLE = 494.7e12 / 2 / (SMS * CLOCK_HZ)
+# Kernels that form each fp32 product from several TF32 ones (3xTF32: lo*hi + hi*lo + hi*hi).
+SPLIT_PRODUCTS = {r"pair_tile_mma": 3}
 FP32 = {"FFMA", "FADD", "FMUL", "FFMA32I", "FADD32I", "FMUL32I", "FSWZADD"}
 FP64 = {"DFMA", "DADD", "DMUL", "DSETP", "DMNMX"}
 INT = {"IMAD", "IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "LEA", "ISETP", "IMNMX", "VIMNMX", "SEL", "FSEL",
@@ -82,6 +90,21 @@ def pipe_of(opcode: str) -> Optional[str]:
     if base.startswith(TENSOR_PREFIXES):
         return "tensor"
     return None
+
+
+def tensor_cycles(opcode: str) -> float:
+    """Tensor-pipe cycles of one warp's tensor instruction on one SM."""
+    if opcode.startswith("HMMA.1688.F32.TF32"):
+        return 16 * 8 * 8 / TF32_MACS_PER_CYCLE
+    return 1.0  # unknown shapes: one cycle, fewer than any real product takes
+
+
+def work_weight(kernel: str, opcode: str) -> float:
+    """FFMA-equivalents (32 fp32 multiply-adds) a work instruction contributes."""
+    if opcode.startswith("HMMA.1688.F32.TF32"):
+        split = next((n for pat, n in SPLIT_PRODUCTS.items() if re.search(pat, kernel)), 1)
+        return 16 * 8 * 8 / 32 / split
+    return 1.0
 
 
 def access_bytes(opcode: str) -> int:
@@ -133,7 +156,7 @@ class Instr:
     operands: List[str]
     target: Optional[str]  # a branch's label
     text: str
-    is_work: bool = False  # a work instruction (mark_work)
+    is_work: float = 0.0  # the work it does, 0 if it is no work instruction (mark_work)
 
     @property
     def unconditional_branch(self) -> bool:
@@ -280,6 +303,8 @@ class PathCost:
             pipe = pipe_of(ins.opcode)
             if pipe == "shared":
                 counts["shared"] += shared_wavefronts(ins.opcode, lane_stride if ins.opcode.startswith("LDS") else None)
+            elif pipe == "tensor":
+                counts["tensor"] += tensor_cycles(ins.opcode)
             elif pipe is not None:
                 counts[pipe] += 1
             work += ins.is_work
@@ -289,20 +314,20 @@ class PathCost:
 
 
 def mark_work(fn: Function, work_opcode: str) -> None:
-    """Mark the work instructions: every FFMA; a POPC only where its source was last written
-    (in address order) by a LOP3, the xor of a query and a code word: the popcounts of ballot
-    and vote masks (a warp's ranks and counts) are overhead."""
+    """Mark the work instructions: every FFMA or HMMA (weighted by work_weight); a POPC only
+    where its source was last written (in address order) by a LOP3, the xor of a query and a
+    code word: the popcounts of ballot and vote masks (a warp's ranks and counts) are overhead."""
     for i, ins in enumerate(fn.instrs):
-        ins.is_work = False
+        ins.is_work = 0.0
         if ins.opcode.split(".")[0] != work_opcode:
             continue
         if work_opcode != "POPC":
-            ins.is_work = True
+            ins.is_work = work_weight(fn.name, ins.opcode)
             continue
         source = ins.operands[1].split(".")[0] if len(ins.operands) > 1 else ""
         for j in range(i - 1, -1, -1):
             if fn.instrs[j].operands and fn.instrs[j].operands[0].split(".")[0] == source:
-                ins.is_work = fn.instrs[j].opcode.split(".")[0] == "LOP3"
+                ins.is_work = float(fn.instrs[j].opcode.split(".")[0] == "LOP3")
                 break
 
 
@@ -506,9 +531,9 @@ WORKLOADS = {
                  "full-covariance E-step, N = 10^4, K = 1000, D = 64, float32"),
     "G3": _pairs("gmm_log_resp.cu", r"pair_tile_kernelIf.*ScaledDiffPair", 2 * 1e4 * 1000 * 64,
                  "diagonal E-step, N = 10^4, K = 1000, D = 64, float32"),
-    "C1": _pairs("center_distances.cu", r"pair_tile_kernelIfNS_7DotPair.*DistanceVisitor", 65536 * 1000 * 64,
+    "C1": _pairs("center_distances.cu", r"pair_tile_mma_resident_kernelILi64E.*DistanceVisitor", 65536 * 1000 * 64,
                  "center_distances forward, N = 65,536, K = 1000, D = 64, float32"),
-    "C2": _pairs("nearest_center.cu", r"pair_tile_kernelIfNS_7DotPair.*NearestVisitor", 1e6 * 1000 * 64,
+    "C2": _pairs("nearest_center.cu", r"pair_tile_mma_resident_kernelILi64E.*NearestVisitor", 1e6 * 1000 * 64,
                  "nearest_center, N = 10^6, K = 1000, D = 64, float32"),
 }
 
@@ -608,7 +633,7 @@ def kernel_bounds(sources: List[str], cubin_dir: Optional[str] = None) -> Dict[s
             if cubin is None or not os.path.exists(cubin):
                 cubin = compile_cubin(source, tmp)
             for fn in parse(disassemble(cubin)):
-                loop = hot_loop(fn, "POPC") or hot_loop(fn, "FFMA")
+                loop = hot_loop(fn, "POPC") or hot_loop(fn, "HMMA") or hot_loop(fn, "FFMA")
                 if loop is not None:
                     out[fn.name] = loop
     return out
@@ -616,7 +641,7 @@ def kernel_bounds(sources: List[str], cubin_dir: Optional[str] = None) -> Dict[s
 
 def pass_name(kernel: str) -> str:
     for pattern, name in ((r"(Histogram|Count|Collect|Append|Segment)Visitor", None), (r"gmm_full_fused", "fused"),
-                          (r"pair_tile_kernel", "pair tile")):
+                          (r"pair_tile_mma", "pair tile, 3xTF32"), (r"pair_tile_kernel", "pair tile")):
         found = re.search(pattern, kernel)
         if found:
             return name or found.group(1).lower()
@@ -664,7 +689,7 @@ def main(argv=None):
             c = b.path.counts
             print(f"{name[:110]}\n    hot loop {b.first_addr:#x}-{b.last_addr:#x}: its best path {int(c['issue'])} "
                   f"instructions, {int(b.path.work)} work, int {int(c['int'])}, popc {int(c['popc'])}, fp32 "
-                  f"{int(c['fp32'])}, shared {int(c['shared'])} wavefronts; {b.binding}-bound at "
+                  f"{int(c['fp32'])}, tensor {c['tensor']:.0f} cycles, shared {int(c['shared'])} wavefronts; {b.binding}-bound at "
                   f"{100 * b.work_fraction:.0f} % of the work pipe; {b.divergent_collectives} divergent-collective "
                   f"fallbacks (BRA.DIV / WARPSYNC)")
     print(f"{'id':<4} {'static bound':>13} {'roofline':>10} {'% roofline':>11}  binding (per pass)")

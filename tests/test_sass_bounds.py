@@ -147,3 +147,12 @@ def test_hot_loops_are_no_slower_than_recorded_and_collectives_are_uniform():
     worse = {wid: (recorded[wid]["bound_ms"], r["bound_ms"]) for wid, r in now.items()
              if r["bound_ms"] > recorded[wid]["bound_ms"] * 1.005}
     assert not worse, f"static bounds slower than recorded (recorded ms, now ms): {worse}"
+
+
+def test_tensor_core_products_count_their_fp32_multiply_adds():
+    # One m16n8k8 TF32 product is 1,024 multiply-adds (32 FFMAs' worth); a 3xTF32 kernel spends
+    # three of them on each fp32 product; the H100 retires about 946 a clock per SM.
+    assert sb.work_weight("_ZN8dsch_ext9other_kernelEv", "HMMA.1688.F32.TF32") == 32
+    assert sb.work_weight("_ZN8dsch_ext29pair_tile_mma_resident_kernelILi64E", "HMMA.1688.F32.TF32") == 32 / 3
+    assert sb.tensor_cycles("HMMA.1688.F32.TF32") == pytest.approx(1024 / 946, rel=1e-3)
+    assert sb.pipe_of("HMMA.1688.F32.TF32") == "tensor"
