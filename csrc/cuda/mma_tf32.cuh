@@ -11,7 +11,7 @@
 // Operands must already be TF32 (tf32_math.h): the hardware ignores the low
 // 13 bits, the emulation clears them.
 //
-// The emulation gathers each lane's rows of A and columns of B by warp
+// The emulation (also the code for GPUs before sm_80) gathers each lane's rows of A and columns of B by warp
 // shuffles (so the emulator checks that all 32 lanes take part, as the
 // instruction requires) and accumulates the 8 exact products into C in k
 // order, rounding each sum to nearest. The GPU's accumulation order and
@@ -27,8 +27,7 @@
 namespace dsch_ext {
 
 __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
-#if defined(__CUDA_ARCH__)
-#if __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
@@ -36,9 +35,8 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const float (&a)
       : "r"(float_bits(a[0])), "r"(float_bits(a[1])), "r"(float_bits(a[2])), "r"(float_bits(a[3])),
         "r"(float_bits(b[0])), "r"(float_bits(b[1])));
 #else
-  __trap();  // the build's architectures are sm_80 and later; launches check it
-#endif
-#else
+  // The emulation, and a build for a GPU before sm_80 (no TF32 tensor cores): the same
+  // product from shuffles and fp32 adds, slower but the same answers.
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int g = lane / 4, t = lane % 4;
   float rows[2][8], cols[2][8];
