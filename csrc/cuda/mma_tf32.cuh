@@ -39,14 +39,27 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const float (&a)
   // product from shuffles and fp32 adds, slower but the same answers.
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int g = lane / 4, t = lane % 4;
+  // Two fragment values a 64-bit shuffle: half the collectives (the emulator's cost).
+  const auto pack = [](float low, float high) {
+    return static_cast<uint64_t>(float_bits(low)) | (static_cast<uint64_t>(float_bits(high)) << 32);
+  };
+  const auto low_of = [](uint64_t v) { return bits_float(static_cast<uint32_t>(v)); };
+  const auto high_of = [](uint64_t v) { return bits_float(static_cast<uint32_t>(v >> 32)); };
+  const uint64_t a_first = pack(a[0], a[1]), a_second = pack(a[2], a[3]), b_both = pack(b[0], b[1]);
   float rows[2][8], cols[2][8];
-  for (int k = 0; k < 8; ++k) {
-    const int hi = k / 4;  // k >= 4 lives in a[2], a[3] and b[1]
-    const int src_a = g * 4 + k % 4;
-    rows[0][k] = __shfl_sync(kFullWarpMask, a[2 * hi], src_a);
-    rows[1][k] = __shfl_sync(kFullWarpMask, a[2 * hi + 1], src_a);
-    cols[0][k] = __shfl_sync(kFullWarpMask, b[hi], (2 * t) * 4 + k % 4);
-    cols[1][k] = __shfl_sync(kFullWarpMask, b[hi], (2 * t + 1) * 4 + k % 4);
+  for (int q = 0; q < 4; ++q) {  // k = q from a[0], a[1], b[0]; k = q + 4 from a[2], a[3], b[1]
+    const uint64_t first = __shfl_sync(kFullWarpMask, a_first, g * 4 + q);
+    const uint64_t second = __shfl_sync(kFullWarpMask, a_second, g * 4 + q);
+    const uint64_t col0 = __shfl_sync(kFullWarpMask, b_both, (2 * t) * 4 + q);
+    const uint64_t col1 = __shfl_sync(kFullWarpMask, b_both, (2 * t + 1) * 4 + q);
+    rows[0][q] = low_of(first);
+    rows[1][q] = high_of(first);
+    rows[0][q + 4] = low_of(second);
+    rows[1][q + 4] = high_of(second);
+    cols[0][q] = low_of(col0);
+    cols[0][q + 4] = high_of(col0);
+    cols[1][q] = low_of(col1);
+    cols[1][q + 4] = high_of(col1);
   }
   for (int r = 0; r < 2; ++r) {
     for (int c = 0; c < 2; ++c) {
