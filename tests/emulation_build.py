@@ -7,7 +7,8 @@ together with the emulator and the schemas, into ``build/emulation/<variant>/`` 
 
 - ``plain``: ``-O1`` with libstdc++'s assertions (what ``tests/test_emulation.py`` loads);
 - ``production``: the same with the GPU's launch constants instead of the small ones
-  (``csrc/cuda/launch_constants.cuh``), for one test per kernel as it runs on a GPU;
+  (``csrc/cuda/launch_constants.cuh``), for one test per kernel as it runs on a GPU, and the
+  tensor-core product formed from warp shuffles as on a GPU before sm_80;
 - ``tsan``: ThreadSanitizer (a missing ``__syncthreads`` shows as a data race);
 - ``asan``: AddressSanitizer + UndefinedBehaviorSanitizer (out-of-bounds indices, overflow).
 
@@ -29,8 +30,10 @@ LIB_NAME = "libdsch_ext_emulated.so"
 
 VARIANT_FLAGS = {
     "plain": ["-O1", "-D_GLIBCXX_ASSERTIONS"],
-    # The GPU's launch constants (csrc/cuda/launch_constants.cuh), not the small ones.
-    "production": ["-O1", "-D_GLIBCXX_ASSERTIONS", "-DDSCH_EMULATION_PRODUCTION_CONSTANTS"],
+    # The GPU's launch constants (csrc/cuda/launch_constants.cuh), not the small ones, and
+    # the tensor-core product in the shuffles a GPU before sm_80 runs (mma_tf32.cuh).
+    "production": ["-O1", "-D_GLIBCXX_ASSERTIONS", "-DDSCH_EMULATION_PRODUCTION_CONSTANTS",
+                   "-DDSCH_EMULATION_MMA_SHUFFLES"],
     "tsan": ["-O1", "-g", "-fsanitize=thread", "-D_GLIBCXX_ASSERTIONS"],
     "asan": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
              "-fno-sanitize-recover=undefined", "-D_GLIBCXX_ASSERTIONS"],

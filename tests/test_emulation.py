@@ -406,17 +406,27 @@ for cov, p in chol.items():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 offsets = torch.tensor([0, 50, 50, 200])
 torch.testing.assert_close(emu.segment_gram(x, offsets), cpu.segment_gram(x, offsets), rtol=1e-10, atol=1e-10)
+# float32 on the tensor-core tile, its products formed from shuffles here (one kernel variant:
+# every variant calls the same product)
+x, c = torch.randn(70, 20, generator=g), torch.randn(13, 20, generator=g)
+tensor_core = (x, c, emu.center_distances(x, c, "dot"))
+torch.testing.assert_close(tensor_core[2], cpu.center_distances(x, c, "dot"), rtol=1e-5, atol=1e-5)
+torch.save(tensor_core, "tensor_core.pt")
 print("ok")
 """
 
 
-def test_every_kernel_with_the_gpus_launch_constants(tmp_path):
+def test_every_kernel_with_the_gpus_launch_constants(emu, tmp_path):
     if os.environ.get("DSCH_EMULATION_LIBRARY"):
         pytest.skip("a sanitizer run: the production build is tested in the plain run")
     path = emulation_build.build("production")
     code = f"import torch\ntorch.ops.load_library({path!r})\n" + PRODUCTION_CASES
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-4000:]
+    # The production build forms the tensor-core product from warp shuffles (a GPU before
+    # sm_80), the plain one with the emulator's mma collective: the same bits.
+    x, c, distances = torch.load(tmp_path / "tensor_core.pt")
+    assert torch.equal(emu.center_distances(x, c, "dot"), distances)
 
 
 # ---------------------------------------------------------------- the emulator's own checks
@@ -431,6 +441,7 @@ def test_selftest_correct_kernel_passes(emu):
     ("divergent_syncthreads", "__syncthreads"),
     ("shfl_missing_lane", r"__shfl_xor_sync\(mask 0xffffffff\)"),
     ("shfl_foreign_lane", "mask leaves out"),
+    ("mma_missing_lane", r"mma\.sync\.m16n8k8\.tf32\(mask 0xffffffff\)"),
 ])
 def test_emulator_reports_divergence(emu, case, message):
     with pytest.raises(RuntimeError, match=message):

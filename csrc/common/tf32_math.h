@@ -54,4 +54,17 @@ DSCH_HOST_DEVICE float tf32_round(float v) {
 // The residual of the split: exact difference, then rounded to TF32.
 DSCH_HOST_DEVICE float tf32_residual(float v, float hi) { return tf32_round(v - hi); }
 
+// One output of an m16n8k8 TF32 tensor-core product as the emulation forms it
+// (mma_tf32.cuh): acc plus the 8 products of a row of A and a column of B in
+// k order, each sum rounded to nearest. Like the tensor cores it ignores the
+// operands' low 13 bits; the products of TF32 values are exact in fp32.
+DSCH_HOST_DEVICE float tf32_mma_dot8(float acc, const float (&row)[8], const float (&col)[8]) {
+  for (int k = 0; k < 8; ++k) {
+    const float a = bits_float(float_bits(row[k]) & 0xffffe000u);
+    const float b = bits_float(float_bits(col[k]) & 0xffffe000u);
+    acc = acc + a * b;
+  }
+  return acc;
+}
+
 }  // namespace dsch_ext

@@ -11,10 +11,11 @@
 // Operands must already be TF32 (tf32_math.h): the hardware ignores the low
 // 13 bits, the emulation clears them.
 //
-// The emulation (also the code for GPUs before sm_80) gathers each lane's rows of A and columns of B by warp
-// shuffles (so the emulator checks that all 32 lanes take part, as the
-// instruction requires) and accumulates the 8 exact products into C in k
-// order, rounding each sum to nearest. The GPU's accumulation order and
+// Without mma.sync (the CPU emulation, a GPU before sm_80) each lane gathers
+// its rows of A and columns of B, from the emulator's warp collective or from
+// warp shuffles (both check that all 32 lanes take part, as the instruction
+// requires), and adds the 8 exact products to C in k order, rounding each sum
+// to nearest (tf32_mma_dot8). The GPU's accumulation order and
 // rounding inside one instruction are not specified and differ (it truncates
 // within a block of products); kTf32x3Epsilon bounds both.
 #pragma once
@@ -34,12 +35,16 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const float (&a)
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(float_bits(a[0])), "r"(float_bits(a[1])), "r"(float_bits(a[2])), "r"(float_bits(a[3])),
         "r"(float_bits(b[0])), "r"(float_bits(b[1])));
+#elif defined(DSCH_EXT_EMULATION) && !defined(DSCH_EMULATION_MMA_SHUFFLES)
+  // The emulator's own warp collective: one rendezvous of the 32 lanes for the
+  // whole product (emulator.h) instead of the 16 shuffles below.
+  dsch_ext::emu::warp_mma_tf32_m16n8k8(d, a, b);
 #else
-  // The emulation, and a build for a GPU before sm_80 (no TF32 tensor cores): the same
-  // product from shuffles and fp32 adds, slower but the same answers.
+  // A build for a GPU before sm_80 (no TF32 tensor cores), and the production
+  // emulation build: the same product from shuffles and fp32 adds.
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int g = lane / 4, t = lane % 4;
-  // Two fragment values a 64-bit shuffle: half the collectives (the emulator's cost).
+  // Two fragment values a 64-bit shuffle: half the collectives.
   const auto pack = [](float low, float high) {
     return static_cast<uint64_t>(float_bits(low)) | (static_cast<uint64_t>(float_bits(high)) << 32);
   };
@@ -62,16 +67,7 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const float (&a)
     cols[1][q + 4] = high_of(col1);
   }
   for (int r = 0; r < 2; ++r) {
-    for (int c = 0; c < 2; ++c) {
-      float acc = d[2 * r + c];
-      for (int k = 0; k < 8; ++k) {
-        const float pa = bits_float(float_bits(rows[r][k]) & 0xffffe000u);
-        const float pb = bits_float(float_bits(cols[c][k]) & 0xffffe000u);
-        const float product = pa * pb;  // exact: 11 x 11 significant bits
-        acc = acc + product;
-      }
-      d[2 * r + c] = acc;
-    }
+    for (int c = 0; c < 2; ++c) d[2 * r + c] = tf32_mma_dot8(d[2 * r + c], rows[r], cols[c]);
   }
 #endif
 }

@@ -33,6 +33,7 @@ const char* collective_name(Collective kind) {
     case Collective::kShflDown: return "__shfl_down_sync";
     case Collective::kShflUp: return "__shfl_up_sync";
     case Collective::kReduceAdd: return "__reduce_add_sync";
+    case Collective::kMmaTf32: return "mma.sync.m16n8k8.tf32";
   }
   return "?";
 }
@@ -197,6 +198,11 @@ void syncthreads() { current_block("__syncthreads").syncthreads(current.linear, 
 
 uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int param, int width) {
   return current_block(collective_name(kind)).collective(current.linear, kind, mask, value, param, width);
+}
+
+void warp_mma_tf32_m16n8k8(float (&d)[4], const float (&a)[4], const float (&b)[2]) {
+  const MmaFragments mine{d, a, b};
+  warp_collective(Collective::kMmaTf32, 0xffffffffu, reinterpret_cast<uintptr_t>(&mine), 0, 32);
 }
 
 void* shared_array(const void* site, size_t bytes) {

@@ -4,8 +4,8 @@
 // What it provides, with CUDA's names at global scope so kernel bodies
 // compile unchanged: threadIdx / blockIdx / blockDim / gridDim, __syncthreads
 // (a block barrier), the warp collectives (__shfl*_sync, __ballot_sync,
-// __match_any_sync, __any_sync, __all_sync, __syncwarp) as per-warp
-// rendezvous, atomics (std::atomic_ref), bit intrinsics, and shared memory
+// __match_any_sync, __any_sync, __all_sync, __syncwarp, and the tensor cores'
+// mma.sync) as per-warp rendezvous, atomics (std::atomic_ref), bit intrinsics, and shared memory
 // per block (DSCH_SHARED_ARRAY / DSCH_DYNAMIC_SHARED in device_runtime.cuh).
 //
 // How it runs a launch: every CUDA thread of a block is one OS thread; two
@@ -63,7 +63,9 @@ int env_int(const char* name, int fallback);
 inline int emulated_sm_count() { return env_int("DSCH_EMULATION_SMS", 3); }
 inline int emulated_max_grid_yz() { return env_int("DSCH_EMULATION_MAX_GRID_Y", 3); }
 
-enum class Collective : int { kSyncWarp, kBallot, kMatchAny, kShflIdx, kShflXor, kShflDown, kShflUp, kReduceAdd };
+enum class Collective : int {
+  kSyncWarp, kBallot, kMatchAny, kShflIdx, kShflXor, kShflDown, kShflUp, kReduceAdd, kMmaTf32
+};
 const char* collective_name(Collective kind);
 
 // Runs `body` as a kernel launch of `grid` x `block` threads with `dynamic_smem`
@@ -74,6 +76,16 @@ void run_grid(const char* name, Dim3 grid, Dim3 block, size_t dynamic_smem, void
 void syncthreads();
 uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int param, int width);
 void* shared_array(const void* site, size_t bytes);
+
+// mma.sync m16n8k8 TF32 (csrc/cuda/mma_tf32.cuh's fragments) as one rendezvous
+// of the warp's 32 lanes: the last lane to arrive forms every lane's d from
+// the others' a and b fragments, which stay on their waiting threads' stacks.
+struct MmaFragments {
+  float* d;        // 4 accumulators
+  const float* a;  // 4 values of A
+  const float* b;  // 2 values of B
+};
+void warp_mma_tf32_m16n8k8(float (&d)[4], const float (&a)[4], const float (&b)[2]);
 void* dynamic_shared();
 [[noreturn]] void unsupported(const char* what);
 

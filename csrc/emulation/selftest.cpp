@@ -12,6 +12,7 @@
 //   divergent_syncthreads a barrier only some threads reach (the emulator)
 //   shfl_missing_lane     a full-mask shuffle that lane 31 skips (the emulator)
 //   shfl_foreign_lane     a lane calls a shuffle whose mask leaves it out
+//   mma_missing_lane      a tensor-core product that lane 31 skips (the emulator)
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -19,12 +20,14 @@
 #include <string_view>
 
 #include "../cuda/device_runtime.cuh"
+#include "../cuda/mma_tf32.cuh"
 
 namespace dsch_ext {
 namespace {
 
 constexpr int kThreads = 64;
-enum SelfTest { kOk, kMissingSync, kSharedOob, kGlobalOob, kDivergentSync, kShflMissingLane, kShflForeignLane };
+enum SelfTest { kOk, kMissingSync, kSharedOob, kGlobalOob, kDivergentSync, kShflMissingLane, kShflForeignLane,
+                kMmaMissingLane };
 
 __global__ void selftest_kernel(const float* x, int64_t n, int which, float* out) {
   DSCH_SHARED_ARRAY(float, partial, kThreads);
@@ -43,6 +46,10 @@ __global__ void selftest_kernel(const float* x, int64_t n, int which, float* out
     if (t != 31) v = __shfl_xor_sync(0xffffffffu, v, 1);
   }
   if (which == kShflForeignLane && t < 32) v = __shfl_xor_sync(0x0000ffffu, v, 1);
+  if (which == kMmaMissingLane && t < 32 && t != 31) {
+    float d[4] = {}, a[4] = {v, v, v, v}, b[2] = {1.0f, 1.0f};
+    mma_tf32_m16n8k8(d, a, b);
+  }
   if (t == 0) {
     float s = 0;
     for (int i = 0; i < kThreads; ++i) s += partial[i];
@@ -60,6 +67,7 @@ at::Tensor emulation_selftest(c10::string_view name, const at::Tensor& x_in) {
   if (c == "divergent_syncthreads") which = kDivergentSync;
   if (c == "shfl_missing_lane") which = kShflMissingLane;
   if (c == "shfl_foreign_lane") which = kShflForeignLane;
+  if (c == "mma_missing_lane") which = kMmaMissingLane;
   TORCH_CHECK(which >= 0, "unknown self-test case '", c, "'");
   const at::Tensor x = x_in.contiguous().to(at::kFloat);
   at::Tensor out = at::zeros({1}, x.options());
