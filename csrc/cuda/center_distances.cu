@@ -47,9 +47,7 @@ at::Tensor center_distances_cuda(const at::Tensor& x_in, const at::Tensor& cente
     const DistanceVisitor<scalar_t> visitor{out.data_ptr<scalar_t>(), k, metric,
                                             x_stats.first.const_data_ptr<scalar_t>(),
                                             c_stats.first.const_data_ptr<scalar_t>()};
-    launch_pair_tiles<scalar_t, DotPair>("center_distance_tiles", plan, x.const_data_ptr<scalar_t>(),
-                                         centers.const_data_ptr<scalar_t>(), nullptr, visitor,
-                                         gpu::current_stream());
+    launch_dot_tiles<scalar_t>("center_distance_tiles", plan, x, centers, visitor, gpu::current_stream());
   });
   return out;
 }

@@ -156,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_center_cuda(const at::Tensor& x_in, c
                                            part_index.data_ptr<int64_t>(), part_second.data_ptr<scalar_t>(), n};
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* cp = centers.const_data_ptr<scalar_t>();
-    launch_pair_tiles<scalar_t, DotPair>("nearest_center_tiles", plan, xp, cp, nullptr, visitor, stream);
+    launch_dot_tiles<scalar_t>("nearest_center_tiles", plan, x, centers, visitor, stream);
     gpu::launch("nearest_center_combine", &nearest_center_combine_kernel<scalar_t>,
                 gpu::grid_for(n, kCombineThreads / 32), kCombineThreads, 0, stream,
                 part_best.const_data_ptr<scalar_t>(), part_index.const_data_ptr<int64_t>(),

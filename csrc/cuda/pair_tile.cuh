@@ -27,6 +27,8 @@
 #include <limits>
 #include <type_traits>
 
+#include <ATen/ops/constant_pad_nd.h>
+
 #include "block_scan.cuh"
 #include "device_runtime.cuh"
 #include "mma_tf32.cuh"
@@ -254,8 +256,11 @@ __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_mma_kernel(PairTile
 // points' split A fragments for all DP coordinates in registers, loaded once
 // per point tile, so a column tile stages only the centres (all DP
 // coordinates at once, split) and runs DP / 8 k-steps between two barriers.
-// The staged centres and the finished tile share one buffer. Same products
-// in the same order as pair_tile_mma_kernel (zeros past D add nothing).
+// The centres come padded with zeros to [col_tiles * kPairTileCols, DP]
+// (pad_centers_for_tiles), so staging them takes no bounds checks or 64-bit
+// index arithmetic: that integer work, not the tensor cores, bounded the
+// kernel. The staged centres and the finished tile share one buffer. Same
+// products in the same order as pair_tile_mma_kernel (zeros add nothing).
 template <int DP>
 constexpr int resident_stride() {
   return DP + 4;  // (DP + 4) mod 32 = 4, 20: a warp's fragment loads hit 32 banks
@@ -271,8 +276,11 @@ constexpr int resident_buffer() {
 template <int DP, typename Visitor>
 __global__ void __launch_bounds__(kPairThreads, 1)
     pair_tile_mma_resident_kernel(PairTilePlan plan, const float* __restrict__ points,
-                                  const float* __restrict__ centers, Visitor visitor) {
+                                  const float* __restrict__ padded_centers, Visitor visitor) {
   constexpr int kSteps = DP / 8, kStride = resident_stride<DP>();
+  static_assert(kPairThreads % DP == 0 && kPairTileCols % (kPairThreads / DP) == 0, "whole staging rounds");
+  constexpr int kRowsPerRound = kPairThreads / DP;  // centre rows one staging round copies
+  const int stage_row = threadIdx.x / DP, stage_dim = threadIdx.x % DP;
   DSCH_SHARED_ARRAY(float, buffer, resident_buffer<DP>());
   float* const col_hi = buffer;
   float* const col_lo = buffer + kPairTileCols * kStride;
@@ -300,19 +308,19 @@ __global__ void __launch_bounds__(kPairThreads, 1)
     typename Visitor::State state[4];
     DSCH_UNROLL
     for (int i = 0; i < 4; ++i) visitor.start(state[i]);
+    const float* tile_src = padded_centers + (first_tile * kPairTileCols + stage_row) * DP + stage_dim;
     for (int64_t tile = first_tile; tile < last_tile; ++tile) {
       const int64_t c0 = tile * kPairTileCols;
       __syncthreads();  // the previous tile's visitors have read out_tile
-      static_assert(kPairTileCols * DP % kPairThreads == 0, "whole staging rounds");
       DSCH_UNROLL
-      for (int i = 0; i < kPairTileCols * DP / kPairThreads; ++i) {
-        const int e = threadIdx.x + i * kPairThreads;
-        const int r = e / DP, d = e % DP;
-        const float v = c0 + r < plan.k && d < plan.dim ? centers[(c0 + r) * plan.dim + d] : 0.0f;
+      for (int i = 0; i < kPairTileCols / kRowsPerRound; ++i) {
+        const int r = stage_row + i * kRowsPerRound;
+        const float v = tile_src[i * kRowsPerRound * DP];
         const float h = tf32_round(v);
-        col_hi[r * kStride + d] = h;
-        col_lo[r * kStride + d] = tf32_residual(v, h);
+        col_hi[r * kStride + stage_dim] = h;
+        col_lo[r * kStride + stage_dim] = tf32_residual(v, h);
       }
+      tile_src += kPairTileCols * DP;
       __syncthreads();
       float acc[4][4] = {};  // [n-tile][fragment]
       DSCH_UNROLL
@@ -371,25 +379,48 @@ constexpr T pair_tile_epsilon() {
 template <typename T, typename Pair, typename Visitor>
 void launch_pair_tiles(const char* name, const PairTilePlan& plan, const T* points, const T* operand0,
                        const T* operand1, const Visitor& visitor, gpu::Stream stream) {
+  static_assert(!pair_tiles_use_mma<T, Pair>(), "float32 dot products go through launch_dot_tiles");
   if (plan.n == 0) return;
   const dim3 grid(gpu::grid_for(plan.n, kPairTileRows), static_cast<unsigned>(pair_groups(plan)));
-  if constexpr (pair_tiles_use_mma<T, Pair>()) {
-    if (plan.dim <= 16)
-      gpu::launch(name, &pair_tile_mma_resident_kernel<16, Visitor>, grid, kPairThreads, 0, stream, plan, points,
-                  operand0, visitor);
-    else if (plan.dim <= 32)
-      gpu::launch(name, &pair_tile_mma_resident_kernel<32, Visitor>, grid, kPairThreads, 0, stream, plan, points,
-                  operand0, visitor);
-    else if (plan.dim <= 64)
-      gpu::launch(name, &pair_tile_mma_resident_kernel<64, Visitor>, grid, kPairThreads, 0, stream, plan, points,
-                  operand0, visitor);
-    else
-      gpu::launch(name, &pair_tile_mma_kernel<Visitor>, grid, kPairThreads, 0, stream, plan, points, operand0,
-                  visitor);
-    return;
-  }
   gpu::launch(name, &pair_tile_kernel<T, Pair, Visitor>, grid, kPairThreads, 0, stream, plan, points, operand0,
               operand1, visitor);
+}
+
+// The padded dimension of the resident tensor-core kernel for D, or 0 above 64.
+inline int resident_dim(int64_t dim) { return dim <= 16 ? 16 : dim <= 32 ? 32 : dim <= 64 ? 64 : 0; }
+
+// The centres as pair_tile_mma_resident_kernel<dp> reads them: [col_tiles *
+// kPairTileCols, dp], zeros past K and D. An O(K dp) copy each call, against
+// the O(N K D) scan that no longer checks bounds.
+inline at::Tensor pad_centers_for_tiles(const at::Tensor& centers, const PairTilePlan& plan, int dp) {
+  return at::constant_pad_nd(centers, {0, dp - plan.dim, 0, plan.col_tiles * kPairTileCols - plan.k});
+}
+
+// Inner products of points [n, dim] with centres [k, dim] (DotPair): float32
+// on the tensor cores in 3xTF32, float64 on the FMA tile.
+template <typename T, typename Visitor>
+void launch_dot_tiles(const char* name, const PairTilePlan& plan, const at::Tensor& points,
+                      const at::Tensor& centers, const Visitor& visitor, gpu::Stream stream) {
+  if (plan.n == 0) return;
+  const dim3 grid(gpu::grid_for(plan.n, kPairTileRows), static_cast<unsigned>(pair_groups(plan)));
+  const T* xp = points.const_data_ptr<T>();
+  if constexpr (pair_tiles_use_mma<T, DotPair>()) {
+    const int dp = resident_dim(plan.dim);
+    if (dp == 0) {
+      gpu::launch(name, &pair_tile_mma_kernel<Visitor>, grid, kPairThreads, 0, stream, plan, xp,
+                  centers.const_data_ptr<float>(), visitor);
+      return;
+    }
+    // Freed when this returns: the caching allocator reuses it only after the launch, in stream order.
+    const at::Tensor padded = pad_centers_for_tiles(centers, plan, dp);
+    const auto kernel = dp == 16   ? &pair_tile_mma_resident_kernel<16, Visitor>
+                        : dp == 32 ? &pair_tile_mma_resident_kernel<32, Visitor>
+                                   : &pair_tile_mma_resident_kernel<64, Visitor>;
+    gpu::launch(name, kernel, grid, kPairThreads, 0, stream, plan, xp, padded.const_data_ptr<float>(), visitor);
+  } else {
+    gpu::launch(name, &pair_tile_kernel<T, DotPair, Visitor>, grid, kPairThreads, 0, stream, plan, xp,
+                centers.const_data_ptr<T>(), static_cast<const T*>(nullptr), visitor);
+  }
 }
 
 }  // namespace dsch_ext
