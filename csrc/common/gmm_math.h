@@ -102,12 +102,7 @@ DSCH_HOST_DEVICE float fast_expf(float x) {
   p = fmaf(p, r, 5.0000001201e-1f);
   const float e = fmaf(p, r * r, r) + 1.0f;
   const int32_t bits = static_cast<int32_t>(n + 127.0f) << 23;
-#if defined(__CUDA_ARCH__)
-  const float scale = __int_as_float(bits);
-#else
-  const float scale = __builtin_bit_cast(float, bits);
-#endif
-  return e * scale;
+  return e * bits_float(static_cast<uint32_t>(bits));
 }
 
 // Offset of component k's transformed point within a row of `a`.

@@ -1,6 +1,8 @@
 // Portability macros for arithmetic shared between host and device code.
 #pragma once
 
+#include <cstdint>
+
 #if defined(__CUDACC__)
 #define DSCH_HOST_DEVICE __host__ __device__ __forceinline__
 #else
@@ -38,3 +40,24 @@
 #else
 #define DSCH_CPU_CLONES
 #endif
+
+namespace dsch_ext {
+
+// The bits of a float and back, on both compilers.
+DSCH_HOST_DEVICE uint32_t float_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  return __builtin_bit_cast(uint32_t, v);
+#endif
+}
+
+DSCH_HOST_DEVICE float bits_float(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  return __builtin_bit_cast(float, b);
+#endif
+}
+
+}  // namespace dsch_ext

@@ -25,22 +25,6 @@ namespace dsch_ext {
 // all with room.
 constexpr float kTf32x3Epsilon = 9.5367431640625e-07f;  // 2^-20
 
-DSCH_HOST_DEVICE uint32_t float_bits(float v) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(v);
-#else
-  return __builtin_bit_cast(uint32_t, v);
-#endif
-}
-
-DSCH_HOST_DEVICE float bits_float(uint32_t b) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(b);
-#else
-  return __builtin_bit_cast(float, b);
-#endif
-}
-
 // v rounded to TF32, to nearest with ties away from zero (the rounding of
 // cvt.rna.tf32.f32), in integer arithmetic so both compilers round alike.
 // Overflow rounds to infinity; NaN stays a quiet NaN (its payload may lie

@@ -176,6 +176,38 @@ __device__ __forceinline__ void stage_split_chunk(float* hi, float* lo, const fl
   }
 }
 
+// The epilogue of both tensor-core kernels: after a barrier (out_tile's earlier
+// readers are done) each warp writes its 16 x 32 accumulators into out_tile in
+// the SIMT kernel's layout, and after another every pair in range goes to the
+// visitor from there.
+template <typename Visitor>
+__device__ __forceinline__ void visit_mma_tile(const PairTilePlan& plan, const Visitor& visitor,
+                                               typename Visitor::State (&state)[4], float* out_tile,
+                                               const float (&acc)[4][4], int64_t p0, int64_t c0) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int row_base = (warp % 4) * 16, col_base = (warp / 4) * 32;
+  __syncthreads();
+  DSCH_UNROLL
+  for (int nt = 0; nt < 4; ++nt) {
+    DSCH_UNROLL
+    for (int f = 0; f < 4; ++f)
+      out_tile[(row_base + g + 8 * (f / 2)) * kMmaOutStride + col_base + 8 * nt + 2 * t + f % 2] = acc[nt][f];
+  }
+  __syncthreads();
+  DSCH_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const int64_t point = p0 + ty * 4 + i;
+    DSCH_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const int64_t col = c0 + tx * 4 + j;
+      if (point < plan.n && col < plan.k)
+        visitor.visit(state[i], point, col, out_tile[(ty * 4 + i) * kMmaOutStride + tx * 4 + j]);
+    }
+  }
+}
+
 template <typename Visitor>
 __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_mma_kernel(PairTilePlan plan, const float* __restrict__ points,
                                                                      const float* __restrict__ centers, Visitor visitor) {
@@ -225,24 +257,8 @@ __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_mma_kernel(PairTile
           }
         }
       }
-      __syncthreads();  // the previous tile's visitors have read out_tile (dim == 0 stages nothing)
-      DSCH_UNROLL
-      for (int nt = 0; nt < 4; ++nt) {
-        DSCH_UNROLL
-        for (int f = 0; f < 4; ++f)
-          out_tile[(row_base + g + 8 * (f / 2)) * kMmaOutStride + col_base + 8 * nt + 2 * t + f % 2] = acc[nt][f];
-      }
-      __syncthreads();
-      DSCH_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        const int64_t point = p0 + ty * 4 + i;
-        DSCH_UNROLL
-        for (int j = 0; j < 4; ++j) {
-          const int64_t col = c0 + tx * 4 + j;
-          if (point < plan.n && col < plan.k)
-            visitor.visit(state[i], point, col, out_tile[(ty * 4 + i) * kMmaOutStride + tx * 4 + j]);
-        }
-      }
+      // The previous tile's visitors have read out_tile (dim == 0 stages nothing).
+      visit_mma_tile(plan, visitor, state, out_tile, acc, p0, c0);
     }
     DSCH_UNROLL
     for (int i = 0; i < 4; ++i) {
@@ -337,24 +353,7 @@ __global__ void __launch_bounds__(kPairThreads, 1)
           mma_tf32x3_m16n8k8(acc[nt], a_hi[s], a_lo[s], b_hi, b_lo);
         }
       }
-      __syncthreads();  // every warp's products have read the centres
-      DSCH_UNROLL
-      for (int nt = 0; nt < 4; ++nt) {
-        DSCH_UNROLL
-        for (int f = 0; f < 4; ++f)
-          out_tile[(row_base + g + 8 * (f / 2)) * kMmaOutStride + col_base + 8 * nt + 2 * t + f % 2] = acc[nt][f];
-      }
-      __syncthreads();
-      DSCH_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        const int64_t point = p0 + ty * 4 + i;
-        DSCH_UNROLL
-        for (int j = 0; j < 4; ++j) {
-          const int64_t col = c0 + tx * 4 + j;
-          if (point < plan.n && col < plan.k)
-            visitor.visit(state[i], point, col, out_tile[(ty * 4 + i) * kMmaOutStride + tx * 4 + j]);
-        }
-      }
+      visit_mma_tile(plan, visitor, state, out_tile, acc, p0, c0);  // after every warp's products read the centres
     }
     DSCH_UNROLL
     for (int i = 0; i < 4; ++i) {
