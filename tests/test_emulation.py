@@ -321,9 +321,9 @@ def gmm_params(cov, k, d, dtype, generator):
 
 @pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-# (29, 37, 40): 37 components are three chunks of 16 spread over column groups (fused 'full' at
-# D = 40 pads to 64); (70, 5, 20) two point tiles at D padded to 32; D = 70 takes the exact route;
-# 130 components are three column tiles of the pair scan.
+# (29, 37, 40): 37 components are 37 column tiles over column groups ('full' float32 on the
+# tensor-core tile, D = 40 padded to 64); (70, 5, 20) two point tiles at D padded to 32; D = 70
+# takes the exact route; 130 components are three column tiles of the pair scan.
 @pytest.mark.parametrize("n,k,d,floor", [(1, 1, 1, 0.0), (40, 6, 5, 0.0), (29, 9, 8, 1e-6), (29, 37, 40, 0.0),
                                          (70, 5, 20, 1e-3), (9, 3, 70, 0.0), (6, 130, 3, 0.0)])
 def test_gmm_log_resp(emu, cov, dtype, n, k, d, floor, generator):
@@ -335,6 +335,21 @@ def test_gmm_log_resp(emu, cov, dtype, n, k, d, floor, generator):
     finite = torch.isfinite(want[0])
     assert_close(got[0][finite], want[0][finite], dtype)
     assert_close(got[1], want[1], dtype)
+
+
+@pytest.mark.parametrize("n,k,d", [(70, 9, 40), (33, 4, 64), (5, 3, 16)])
+def test_full_gmm_float32_on_the_tensor_cores_is_within_1e_5_of_float64(emu, n, k, d, generator):
+    # 'full' float32 runs x L_k in 3xTF32: the log-likelihood of every point (and each entry,
+    # relative to its size) stays within 1e-5 of float64's on the same inputs.
+    means, prec, log_w = gmm_params("full", k, d, torch.float64, generator)
+    x = means[torch.randint(k, (n,), generator=generator)] + torch.randn(n, d, generator=generator, dtype=torch.float64)
+    inputs = [t.float() for t in (x, means, prec, log_w)]
+    x, means, prec, log_w = (t.double() for t in inputs)  # the float32 values, exactly, in float64
+    got = emu.gmm_log_resp(*inputs, "full", 0.0)
+    want = cpu.gmm_log_resp(x, means, prec, log_w, "full", 0.0)
+    joint = got[0].double() + got[1].double()[:, None], want[0] + want[1][:, None]  # log w_k N(x | k)
+    assert ((joint[0] - joint[1]).abs() <= 1e-5 * joint[1].abs().clamp(min=1)).all()
+    assert ((got[1].double() - want[1]).abs() <= 1e-5 * want[1].abs().clamp(min=1)).all()
 
 
 @pytest.mark.parametrize("sizes", [[0], [5], [0, 3, 0, 40, 1], [1] * 9, [60, 0, 0, 2]])

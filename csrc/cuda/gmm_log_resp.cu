@@ -1,12 +1,11 @@
 // CUDA kernel of dsch_ext::gmm_log_resp: the GMM E-step, in the stable form
 // of gmm_math.h (differences of transformed vectors, never the expanded
 // quadratic), with no N x K x D intermediate:
-//   - 'full', float32, D <= 64: one fused kernel. A block keeps 64 points in
-//     shared memory and walks its share of the components: it stages L_k and
-//     b_k, forms the 64 x D block of x L_k in registers (a 4 x D/16 micro-tile
-//     a thread), subtracts b_k, reduces the squares over the half-warp, and
-//     buffers the log probabilities of 16 components before writing them out
-//     row-contiguously and folding them into a running log-sum-exp.
+//   - 'full', float32, D <= 64: the tensor-core pair scan (pair_tile.cuh, 3xTF32)
+//     over the columns of every L_k, each component padded to one 64-column
+//     tile: x L_k stays in the tile, its epilogue subtracts b_k, sums the
+//     squares over the tile's columns and folds the component's log
+//     probability into a running log-sum-exp.
 //   - 'diag', 'spherical', 'tied': the register-tiled pair scan
 //     (pair_tile.cuh) with (a p_k - b_k)^2 as the pair's accumulation ('tied'
 //     after one x L GEMM, p = 1) and the log-sum-exp folded in its epilogue.
@@ -19,6 +18,7 @@
 // with NaN or Inf get NaN rows (no host sync to raise).
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/ones.h>
@@ -39,10 +39,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kFullBufferElements = launch::kGmmFullBufferElements;
-constexpr int kFusedMaxDim = 64;
-constexpr int kFusedRows = 64;         // points a block keeps
-constexpr int kFusedComponents = 16;   // log probabilities buffered before a write
-constexpr int kFusedStride = kFusedRows + 4;
+constexpr int kTileMaxDim = 64;  // 'full' on the tensor-core tile up to this D
 
 // A running log-sum-exp: m the largest value seen, s = sum exp(v - m).
 // -inf entries (components of weight 0) add nothing; NaN makes s NaN.
@@ -101,87 +98,48 @@ struct GmmVisitor {
   }
 };
 
-struct FusedPlan {
-  int64_t n, k, dim;
-  int64_t per_group;  // components a grid.y group walks (a multiple of kFusedComponents)
-};
+// 'full', float32, D <= 64, on the tensor-core tile: column c * 64 + j of the
+// scan is coordinate j of x L_c (zeros past D), so a column tile is one
+// component. visit sums (x L_c - b_c)^2 over a thread's 4 columns; end_tile
+// completes the sum over the half-warp (every lane then holds the same log
+// probability and running log-sum-exp) and writes the component's entry.
+struct FullGmmVisitor {
+  struct State {
+    LogSumExp<float> lse;
+    float sq;
+  };
+  float* out;             // [n, k]
+  const float* b;         // [k * kPairTileCols]: b_c padded with zeros
+  const float* log_const;
+  int64_t n, k;           // points, components
+  float* part_max;        // [groups, n]
+  float* part_sum;
 
-// 'full', float32, D <= DP (DP = 16, 32 or 64; coordinates past D are zeros).
-template <int DP>
-__global__ void __launch_bounds__(kThreads, 2) gmm_full_fused_kernel(FusedPlan plan, const float* __restrict__ x,
-                                                                  const float* __restrict__ prec_chol,
-                                                                  const float* __restrict__ b,
-                                                                  const float* __restrict__ log_const,
-                                                                  float* __restrict__ out, float* __restrict__ part_max,
-                                                                  float* __restrict__ part_sum) {
-  constexpr int kCols = DP / 16;  // output coordinates a thread holds
-  DSCH_SHARED_ARRAY(float, x_tile, DP * kFusedStride);  // [d][point]
-  DSCH_SHARED_ARRAY(float, l_tile, DP * DP);            // [d][e] of L_k
-  DSCH_SHARED_ARRAY(float, b_tile, DP);
-  DSCH_SHARED_ARRAY(float, lp_tile, kFusedRows * (kFusedComponents + 1));
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int64_t dim = plan.dim;
-  const int64_t c_begin = blockIdx.y * plan.per_group;
-  const int64_t c_end = min(plan.k, c_begin + plan.per_group);
-  for (int64_t p0 = blockIdx.x * int64_t{kFusedRows}; p0 < plan.n; p0 += static_cast<int64_t>(gridDim.x) * kFusedRows) {
-    __syncthreads();  // the previous tile's readers are done
-    for (int e = threadIdx.x; e < kFusedRows * DP; e += kThreads) {
-      const int r = e / DP, d = e % DP;
-      x_tile[d * kFusedStride + r] = p0 + r < plan.n && d < dim ? x[(p0 + r) * dim + d] : 0.0f;
-    }
-    LogSumExp<float> row_lse{-INFINITY, 0.0f};  // threads 0..63: point p0 + threadIdx.x
-    for (int64_t c0 = c_begin; c0 < c_end; c0 += kFusedComponents) {
-      const int comps = static_cast<int>(min(int64_t{kFusedComponents}, c_end - c0));
-      for (int kk = 0; kk < comps; ++kk) {
-        const int64_t comp = c0 + kk;
-        __syncthreads();  // l_tile's previous readers are done
-        for (int e = threadIdx.x; e < DP * DP; e += kThreads) {
-          const int d = e / DP, f = e % DP;
-          l_tile[e] = d < dim && f < dim ? prec_chol[(comp * dim + d) * dim + f] : 0.0f;
-        }
-        if (threadIdx.x < DP) b_tile[threadIdx.x] = threadIdx.x < dim ? b[comp * dim + threadIdx.x] : 0.0f;
-        __syncthreads();
-        float acc[4][kCols] = {};
-        DSCH_UNROLL_BY(8)  // fully unrolled, the compiler hoists every load and runs out of registers
-        for (int d = 0; d < DP; ++d) {
-          float xv[4], lv[kCols];
-          DSCH_UNROLL
-          for (int i = 0; i < 4; ++i) xv[i] = x_tile[d * kFusedStride + ty * 4 + i];
-          DSCH_UNROLL
-          for (int j = 0; j < kCols; ++j) lv[j] = l_tile[d * DP + tx * kCols + j];
-          DSCH_UNROLL
-          for (int i = 0; i < 4; ++i) {
-            DSCH_UNROLL
-            for (int j = 0; j < kCols; ++j) acc[i][j] = fmaf(xv[i], lv[j], acc[i][j]);
-          }
-        }
-        DSCH_UNROLL
-        for (int i = 0; i < 4; ++i) {
-          float sq = 0.0f;
-          DSCH_UNROLL
-          for (int j = 0; j < kCols; ++j) {
-            const float y = acc[i][j] - b_tile[tx * kCols + j];
-            sq = fmaf(y, y, sq);
-          }
-          for (int offset = 8; offset > 0; offset >>= 1) sq += __shfl_xor_sync(kFullWarpMask, sq, offset, 16);
-          if (tx == 0) lp_tile[(ty * 4 + i) * (kFusedComponents + 1) + kk] = log_const[comp] - 0.5f * sq;
-        }
-      }
-      __syncthreads();
-      for (int e = threadIdx.x; e < kFusedRows * kFusedComponents; e += kThreads) {
-        const int r = e / kFusedComponents, kk = e % kFusedComponents;
-        if (kk < comps && p0 + r < plan.n) out[(p0 + r) * plan.k + c0 + kk] = lp_tile[r * (kFusedComponents + 1) + kk];
-      }
-      if (threadIdx.x < kFusedRows) {
-        for (int kk = 0; kk < comps; ++kk) row_lse.add(lp_tile[threadIdx.x * (kFusedComponents + 1) + kk]);
-      }
-    }
-    if (threadIdx.x < kFusedRows && p0 + threadIdx.x < plan.n) {
-      part_max[blockIdx.y * plan.n + p0 + threadIdx.x] = row_lse.m;
-      part_sum[blockIdx.y * plan.n + p0 + threadIdx.x] = row_lse.s;
+  __device__ __forceinline__ void start(State& s) const { s = {{-INFINITY, 0.0f}, 0.0f}; }
+  __device__ __forceinline__ void visit(State& s, int64_t, int64_t col, float a) const {
+    const float y = a - b[col];
+    s.sq = fmaf(y, y, s.sq);
+  }
+  __device__ __forceinline__ void end_tile(State (&state)[4], int64_t p0, int64_t c0) const {
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int64_t comp = c0 / kPairTileCols;
+    DSCH_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      float sq = state[i].sq;
+      for (int offset = 8; offset > 0; offset >>= 1) sq += __shfl_xor_sync(kFullWarpMask, sq, offset, 16);
+      state[i].sq = 0.0f;
+      const float lp = log_const[comp] - 0.5f * sq;
+      const int64_t point = p0 + ty * 4 + i;
+      if (tx == 0 && point < n) out[point * k + comp] = lp;
+      state[i].lse.add(lp);
     }
   }
-}
+  __device__ __forceinline__ void finish(State& s, int64_t point, int group, bool writer) const {
+    if (!writer) return;
+    part_max[group * n + point] = s.lse.m;
+    part_sum[group * n + point] = s.lse.s;
+  }
+};
 
 // One warp per point: merges the groups' (max, sum-exp), recounts the sum
 // over the entries the floor keeps (only when there is a floor), and
@@ -263,33 +221,23 @@ void exact_full_route(const GmmPrepared& g, double log_floor, at::Tensor& out, a
 }
 
 // 'full', float32, D <= 64: returns the number of component groups written to the partials.
-int64_t fused_full_route(const GmmPrepared& g, const at::Tensor& prec_chol, at::Tensor& out, at::Tensor& part_max,
-                         at::Tensor& part_sum) {
+int64_t tile_full_route(const GmmPrepared& g, const at::Tensor& prec_chol, at::Tensor& out, at::Tensor& part_max,
+                        at::Tensor& part_sum) {
   const int64_t n = g.x.size(0), dim = g.x.size(1), k = g.b.size(0);
-  const int64_t point_tiles = (n + kFusedRows - 1) / kFusedRows;
-  const int64_t chunks = (k + kFusedComponents - 1) / kFusedComponents;
-  const int64_t sms = gpu::multiprocessor_count(g.x.device());
-  const int64_t groups =
-      std::max<int64_t>(1, std::min<int64_t>({(4 * sms + point_tiles - 1) / point_tiles, chunks, 32, gpu::max_grid_yz()}));
-  const FusedPlan plan{n, k, dim, ((chunks + groups - 1) / groups) * kFusedComponents};
-  const int64_t used = (k + plan.per_group - 1) / plan.per_group;
-  part_max = at::empty({used, n}, g.x.options());
-  part_sum = at::empty({used, n}, g.x.options());
-  const at::Tensor L = prec_chol.contiguous();
-  const dim3 grid(gpu::grid_for(n, kFusedRows), static_cast<unsigned>(used));
-  auto run = [&](auto kernel) {
-    gpu::launch("gmm_full_fused", kernel, grid, kThreads, 0, gpu::current_stream(), plan, g.x.const_data_ptr<float>(),
-                L.const_data_ptr<float>(), g.b.const_data_ptr<float>(), g.log_const.const_data_ptr<float>(),
-                out.data_ptr<float>(), part_max.data_ptr<float>(), part_sum.data_ptr<float>());
-  };
-  if (dim <= 16) {
-    run(&gmm_full_fused_kernel<16>);
-  } else if (dim <= 32) {
-    run(&gmm_full_fused_kernel<32>);
-  } else {
-    run(&gmm_full_fused_kernel<64>);
-  }
-  return used;
+  // Row c * 64 + j: column j of L_c (so the tile's B side), and b_c's coordinate j; zeros past D.
+  const at::Tensor columns = at::constant_pad_nd(prec_chol.transpose(1, 2), {0, 0, 0, kPairTileCols - dim})
+                                 .contiguous()
+                                 .view({k * kPairTileCols, dim});
+  const at::Tensor b_columns = at::constant_pad_nd(g.b, {0, kPairTileCols - dim}).contiguous();
+  const PairTilePlan plan = plan_pair_tiles(n, k * kPairTileCols, dim, gpu::multiprocessor_count(g.x.device()));
+  const int64_t groups = pair_groups(plan);
+  part_max = at::empty({groups, n}, g.x.options());
+  part_sum = at::empty({groups, n}, g.x.options());
+  const FullGmmVisitor visitor{out.data_ptr<float>(), b_columns.const_data_ptr<float>(),
+                               g.log_const.const_data_ptr<float>(), n, k, part_max.data_ptr<float>(),
+                               part_sum.data_ptr<float>()};
+  launch_dot_tiles<float>("gmm_full_tiles", plan, g.x, columns, visitor, gpu::current_stream());
+  return groups;
 }
 
 // 'diag', 'spherical' and 'tied' by the pair scan: returns the number of groups.
@@ -328,14 +276,14 @@ std::tuple<at::Tensor, at::Tensor> gmm_log_resp_cuda(const at::Tensor& x_in, con
   at::Tensor out = at::empty({n, k}, g.x.options());
   at::Tensor out_norm = at::empty({n}, g.x.options());
   if (n == 0) return {out, out_norm};
-  const bool fused = g.cov == kGmmFull && g.x.scalar_type() == at::kFloat && dim <= kFusedMaxDim;
-  if (g.cov == kGmmFull && !fused) {
+  const bool on_tiles = g.cov == kGmmFull && g.x.scalar_type() == at::kFloat && dim <= kTileMaxDim;
+  if (g.cov == kGmmFull && !on_tiles) {
     exact_full_route(g, log_floor, out, out_norm);
     return {out, out_norm};
   }
   at::Tensor part_max, part_sum;
-  const int64_t groups = fused ? fused_full_route(g, prec_chol, out, part_max, part_sum)
-                               : pair_route(g, out, part_max, part_sum);
+  const int64_t groups = on_tiles ? tile_full_route(g, prec_chol, out, part_max, part_sum)
+                                  : pair_route(g, out, part_max, part_sum);
   AT_DISPATCH_FLOATING_TYPES(g.x.scalar_type(), "gmm_normalise_cuda", [&] {
     gpu::launch("gmm_normalise", &gmm_normalise_kernel<scalar_t>, gpu::grid_for(n, kThreads / 32), kThreads, 0,
                 gpu::current_stream(), out.data_ptr<scalar_t>(), out_norm.data_ptr<scalar_t>(),

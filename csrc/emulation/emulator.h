@@ -93,6 +93,9 @@ void* dynamic_shared();
 
 // ----------------------------------------------------------------- CUDA names
 using dim3 = dsch_ext::emu::Dim3;
+struct alignas(16) float4 {  // CUDA's vector type, for 16-byte shared and global accesses
+  float x, y, z, w;
+};
 using uint3 = dsch_ext::emu::Dim3;
 inline thread_local dsch_ext::emu::Dim3 threadIdx, blockIdx, blockDim, gridDim;
 constexpr int warpSize = 32;
