@@ -124,6 +124,8 @@ def shared_wavefronts(opcode: str, lane_stride: Optional[int] = None) -> int:
     width = access_bytes(opcode)
     if lane_stride is None:
         return 1
+    if lane_stride == DISTINCT_WORDS:
+        return max(1, 32 * width // 128)
     lanes_per_phase = 32 if width <= 4 else 128 // width
     total = 0
     for phase in range(0, 32, lanes_per_phase):
@@ -134,6 +136,21 @@ def shared_wavefronts(opcode: str, lane_stride: Optional[int] = None) -> int:
                 words_in_bank.setdefault(word % 32, set()).add(word)
         total += max(len(words) for words in words_in_bank.values())
     return total
+
+
+# A lane stride meaning "every lane its own words, layout unknown": an access then moves 32
+# times its width in bytes, at least that many 128-byte wavefronts (bank conflicts add more).
+DISTINCT_WORDS = -1
+
+
+def shared_lane_stride(kernel: str) -> Optional[int]:
+    """What shared_wavefronts may assume of a kernel's shared accesses: a scan's loads of its
+    staged codes have a known stride (scan_lane_stride); every shared access of the tensor-core
+    pair tiles (fragments, staged centres, the epilogue's tile) has each lane on its own words,
+    none a broadcast, so it costs at least its bytes over 128."""
+    if "pair_tile_mma" in kernel:
+        return DISTINCT_WORDS
+    return scan_lane_stride(kernel)
 
 
 def scan_lane_stride(kernel: str) -> Optional[int]:
@@ -302,7 +319,8 @@ class PathCost:
             counts["issue"] += 1
             pipe = pipe_of(ins.opcode)
             if pipe == "shared":
-                counts["shared"] += shared_wavefronts(ins.opcode, lane_stride if ins.opcode.startswith("LDS") else None)
+                known = ins.opcode.startswith("LDS") or lane_stride == DISTINCT_WORDS
+                counts["shared"] += shared_wavefronts(ins.opcode, lane_stride if known else None)
             elif pipe == "tensor":
                 counts["tensor"] += tensor_cycles(ins.opcode)
             elif pipe is not None:
@@ -333,7 +351,7 @@ def mark_work(fn: Function, work_opcode: str) -> None:
 
 def _block_costs(fn: Function, blocks: List[Block], loop: Loop) -> Dict[int, PathCost]:
     """Each body block's instructions costed alone."""
-    stride = scan_lane_stride(fn.name)
+    stride = shared_lane_stride(fn.name)
     return {b: PathCost.of(fn.instrs[blocks[b].start:blocks[b].end], stride) for b in loop.body}
 
 
@@ -417,7 +435,7 @@ def hot_loop(fn: Function, work_opcode: str) -> Optional[LoopBound]:
         binding = min((pipe for pipe in per_pipe if per_pipe[pipe][1]), key=lambda p: per_pipe[p][0])
         ratio, path = per_pipe[binding]
         cost = PathCost.of([fn.instrs[i] for b in path for i in range(blocks[b].start, blocks[b].end)],
-                           scan_lane_stride(fn.name))
+                           shared_lane_stride(fn.name))
         body = [fn.instrs[i] for b in loop.body for i in range(blocks[b].start, blocks[b].end)]
         fallbacks = sum(ins.opcode.startswith(("BRA.DIV", "WARPSYNC")) for ins in body)
         bound = LoopBound(fn.name, fn.instrs[blocks[min(loop.body)].start].addr,
@@ -527,7 +545,7 @@ WORKLOADS = {
                    "10^6 x 64 bits, 1,000 queries, range search, hits overflowing the segments"),
     # Float kernels: one FFMA per point-centre-dimension for a dot product, two for the diagonal
     # E-step's (a p - b)^2, and D^2 per point and component for x L_k in the full one.
-    "G1": _pairs("gmm_log_resp.cu", r"gmm_full_fused_kernelILi64E", 1e4 * 1000 * 64 * 64,
+    "G1": _pairs("gmm_log_resp.cu", r"pair_tile_mma_resident_kernelILi64E.*FullGmmVisitor", 1e4 * 1000 * 64 * 64,
                  "full-covariance E-step, N = 10^4, K = 1000, D = 64, float32"),
     "G3": _pairs("gmm_log_resp.cu", r"pair_tile_kernelIf.*ScaledDiffPair", 2 * 1e4 * 1000 * 64,
                  "diagonal E-step, N = 10^4, K = 1000, D = 64, float32"),
@@ -640,7 +658,7 @@ def kernel_bounds(sources: List[str], cubin_dir: Optional[str] = None) -> Dict[s
 
 
 def pass_name(kernel: str) -> str:
-    for pattern, name in ((r"(Histogram|Count|Collect|Append|Segment)Visitor", None), (r"gmm_full_fused", "fused"),
+    for pattern, name in ((r"(Histogram|Count|Collect|Append|Segment)Visitor", None),
                           (r"pair_tile_mma", "pair tile, 3xTF32"), (r"pair_tile_kernel", "pair tile")):
         found = re.search(pattern, kernel)
         if found:

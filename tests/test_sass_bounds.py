@@ -99,6 +99,17 @@ def test_scan_lane_stride_from_the_kernel_name():
     assert sb.scan_lane_stride("_ZN8dsch_ext16pair_tile_kernelIfEEvv") is None
 
 
+def test_tensor_core_tiles_pay_their_shared_bytes():
+    # Every lane of the tensor-core tiles reads or writes its own words: a 16-byte access of 32
+    # lanes moves 512 bytes, at least 4 wavefronts, a store as much as a load.
+    tile = "_ZN8dsch_ext29pair_tile_mma_resident_kernelILi64ENS_13NearestVisitorIfEEEEvNS_12PairTilePlanEPKfS6_T0_"
+    stride = sb.shared_lane_stride(tile)
+    assert [sb.shared_wavefronts(op, stride) for op in ("LDS", "LDS.64", "LDS.128", "STS.128")] == [1, 2, 4, 4]
+    assert sb.shared_lane_stride("_ZN8dsch_ext16pair_tile_kernelIfEEvv") is None
+    cost = sb.PathCost.of([sb.Instr(0, "STS.128", False, ["[R1]", "R4"], None, "STS.128 [R1], R4")], stride)
+    assert cost.counts["shared"] == 4
+
+
 def test_host_launches_counts_call_sites_and_torch_calls(tmp_path, monkeypatch):
     source = tmp_path / "op.cu"
     source.write_text("""
