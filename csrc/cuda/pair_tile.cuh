@@ -150,8 +150,8 @@ __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_kernel(PairTilePlan
 }
 
 // The same scan for float32 inner products (DotPair) on the tensor cores, in
-// 3xTF32 (tf32_math.h): the block's 64 x 64 tile is eight warps of 16 x 32,
-// four m16n8k8 products each a k-step. Both sides are staged row-major,
+// 3xTF32 (tf32_math.h): the block's 64 x 64 tile is eight warps of 32 x 16
+// (below), four m16n8k8 products each a k-step. Both sides are staged row-major,
 // already split into TF32 high and residual parts (stride kMmaStride: the
 // fragment loads of a warp hit 32 different banks). The finished tile goes
 // through shared memory to the visitors in the SIMT kernel's layout, so every
