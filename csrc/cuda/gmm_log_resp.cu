@@ -32,7 +32,7 @@
 #include "block_scan.cuh"
 #include "device_runtime.cuh"
 #include "launch_constants.cuh"
-#include "pair_tile.cuh"
+#include "pair_tile_mma.cuh"
 
 namespace dsch_ext {
 namespace {

@@ -19,7 +19,7 @@
 
 #include "../common/center_checks.h"
 #include "center_stats.cuh"
-#include "pair_tile.cuh"
+#include "pair_tile_mma.cuh"
 
 namespace dsch_ext {
 namespace {

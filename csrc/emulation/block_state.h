@@ -13,7 +13,6 @@
 #include <string>
 #include <vector>
 
-#include "../common/tf32_math.h"
 #include "emulator.h"
 #include "tsan_orderings.h"
 
@@ -24,6 +23,9 @@ using sync::QuietSync;
 using sync::order_acquire;
 using sync::order_release;
 
+// d += A B for one warp's tensor-core product (emulator.cpp), given each lane's MmaFragments.
+void form_warp_mma(const uint64_t (&lanes)[32]);
+
 namespace {
 
 // Thrown into the threads of a block once a check failed, to unwind them.
@@ -33,33 +35,6 @@ std::string hex(unsigned v) {
   char buf[16];
   std::snprintf(buf, sizeof(buf), "0x%08x", v);
   return buf;
-}
-
-// d += A B for one warp's m16n8k8 fragments (csrc/cuda/mma_tf32.cuh), given
-// each lane's MmaFragments; with g = lane / 4, t = lane % 4 a lane holds
-// A[g][t], A[g + 8][t], A[g][t + 4], A[g + 8][t + 4], B[t][g], B[t + 4][g] and
-// C[g][2t], C[g][2t + 1], C[g + 8][2t], C[g + 8][2t + 1].
-void mma_tf32_m16n8k8(const uint64_t (&lanes)[32]) {
-  const auto frag = [&](int lane) { return reinterpret_cast<const MmaFragments*>(lanes[lane]); };
-  float a[16][8], b[8][8];  // A row-major, B column by column: b[n][k] = B[k][n]
-  for (int lane = 0; lane < 32; ++lane) {
-    const int g = lane / 4, t = lane % 4;
-    const float* fa = frag(lane)->a;
-    const float* fb = frag(lane)->b;
-    a[g][t] = fa[0];
-    a[g + 8][t] = fa[1];
-    a[g][t + 4] = fa[2];
-    a[g + 8][t + 4] = fa[3];
-    b[g][t] = fb[0];
-    b[g][t + 4] = fb[1];
-  }
-  for (int lane = 0; lane < 32; ++lane) {
-    const int g = lane / 4, t = lane % 4;
-    float* d = frag(lane)->d;
-    for (int r = 0; r < 2; ++r) {
-      for (int c = 0; c < 2; ++c) d[2 * r + c] = tf32_mma_dot8(d[2 * r + c], a[g + 8 * r], b[2 * t + c]);
-    }
-  }
 }
 
 struct PendingCollective {
@@ -310,7 +285,7 @@ class BlockState {
   void complete(int tid, PendingCollective& c) {
     if (c.kind == Collective::kMmaTf32) {
       if (c.mask != 0xffffffffu) fail(tid, "mma.sync(mask " + hex(c.mask) + "): the instruction needs all 32 lanes");
-      mma_tf32_m16n8k8(c.values);
+      form_warp_mma(c.values);
       c.done = true;
       return;
     }

@@ -3,6 +3,8 @@
 
 #include "block_state.h"
 
+#include "../common/tf32_math.h"
+
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -198,6 +200,33 @@ void syncthreads() { current_block("__syncthreads").syncthreads(current.linear, 
 
 uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int param, int width) {
   return current_block(collective_name(kind)).collective(current.linear, kind, mask, value, param, width);
+}
+
+// d += A B for one warp's m16n8k8 fragments (csrc/cuda/mma_tf32.cuh), given
+// each lane's MmaFragments; with g = lane / 4, t = lane % 4 a lane holds
+// A[g][t], A[g + 8][t], A[g][t + 4], A[g + 8][t + 4], B[t][g], B[t + 4][g] and
+// C[g][2t], C[g][2t + 1], C[g + 8][2t], C[g + 8][2t + 1].
+void form_warp_mma(const uint64_t (&lanes)[32]) {
+  const auto frag = [&](int lane) { return reinterpret_cast<const MmaFragments*>(lanes[lane]); };
+  float a[16][8], b[8][8];  // A row-major, B column by column: b[n][k] = B[k][n]
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    const float* fa = frag(lane)->a;
+    const float* fb = frag(lane)->b;
+    a[g][t] = fa[0];
+    a[g + 8][t] = fa[1];
+    a[g][t + 4] = fa[2];
+    a[g + 8][t + 4] = fa[3];
+    b[g][t] = fb[0];
+    b[g][t + 4] = fb[1];
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    float* d = frag(lane)->d;
+    for (int r = 0; r < 2; ++r) {
+      for (int c = 0; c < 2; ++c) d[2 * r + c] = tf32_mma_dot8(d[2 * r + c], a[g + 8 * r], b[2 * t + c]);
+    }
+  }
 }
 
 void warp_mma_tf32_m16n8k8(float (&d)[4], const float (&a)[4], const float (&b)[2]) {

@@ -1,0 +1,297 @@
+// The pair scan of pair_tile.cuh on the tensor cores, for float32 inner
+// products (centre distances, nearest centre, the full-covariance E-step's
+// x L_k): the same 64 x 64 tiles, plan and visitors, with the products in
+// 3xTF32 (mma_tf32.cuh, tf32_math.h). launch_dot_tiles picks the kernel.
+#pragma once
+
+#include <ATen/ops/constant_pad_nd.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "mma_tf32.cuh"
+#include "pair_tile.cuh"
+
+namespace dsch_ext {
+
+// The scan for float32 inner products (DotPair) on the tensor cores, in
+// 3xTF32 (tf32_math.h): the block's 64 x 64 tile is eight warps of 32 x 16
+// (below), four m16n8k8 products each a k-step. Both sides are staged row-major,
+// already split into TF32 high and residual parts (stride kMmaStride: the
+// fragment loads of a warp hit 32 different banks). The finished tile goes
+// through shared memory to the visitors in the SIMT kernel's layout, so every
+// visitor serves both kernels unchanged.
+constexpr int kMmaStride = kPairChunk + 4;
+constexpr int kMmaOutStride = kPairTileCols + 4;
+// A warp's share of the tile: 32 points x 16 columns, two m16 by two n8
+// products a k-step. Each B fragment (the staged centres) is then read by two
+// warps, not four as with 16 x 32: half the shared-memory traffic, which
+// bounds the kernel, for twice the A fragments in registers.
+constexpr int kWarpRows = 32, kWarpCols = 16, kMTiles = kWarpRows / 16, kNTiles = kWarpCols / 8;
+static_assert(kPairThreads == 8 * 32 && kPairTileRows == 2 * kWarpRows && kPairTileCols == 4 * kWarpCols,
+              "eight warps of 32 x 16 cover the tile");
+
+// A lane's place in the tile's fragments: g = lane / 4, t = lane % 4 and its warp's corner.
+struct MmaLane {
+  int g, t, row_base, col_base;
+  __device__ __forceinline__ static MmaLane here() {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    return {lane / 4, lane % 4, (warp % 2) * kWarpRows, (warp / 2) * kWarpCols};
+  }
+};
+static_assert(kPairChunk % 8 == 0, "a chunk is whole k-steps");
+
+__device__ __forceinline__ void stage_split_chunk(float* hi, float* lo, const float* __restrict__ src, int64_t row0,
+                                                  int64_t rows, int64_t dim, int64_t d0) {
+  DSCH_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const int e = threadIdx.x + i * kPairThreads;
+    const int r = e / kPairChunk, d = e % kPairChunk;
+    const int64_t row = row0 + r, col = d0 + d;
+    const float v = row < rows && col < dim ? src[row * dim + col] : 0.0f;
+    const float h = tf32_round(v);
+    hi[r * kMmaStride + d] = h;
+    lo[r * kMmaStride + d] = tf32_residual(v, h);
+  }
+}
+
+// The epilogue of both tensor-core kernels: after a barrier (out_tile's earlier
+// readers are done) each warp writes its 32 x 16 accumulators into out_tile in
+// the SIMT kernel's layout, and after another every pair in range goes to the
+// visitor from there. A visitor may also have
+//   void end_tile(State (&)[4], int64_t p0, int64_t c0)
+// which every thread calls after the tile's pairs (so it may reduce over the half-warp).
+template <typename Visitor>
+__device__ __forceinline__ void visit_mma_tile(const PairTilePlan& plan, const Visitor& visitor,
+                                               typename Visitor::State (&state)[4], float* out_tile,
+                                               const float (&acc)[kMTiles][kNTiles][4], int64_t p0, int64_t c0) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const MmaLane m = MmaLane::here();
+  __syncthreads();
+  DSCH_UNROLL
+  for (int mt = 0; mt < kMTiles; ++mt) {
+    DSCH_UNROLL
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      DSCH_UNROLL
+      for (int f = 0; f < 4; ++f)
+        out_tile[(m.row_base + 16 * mt + m.g + 8 * (f / 2)) * kMmaOutStride + m.col_base + 8 * nt + 2 * m.t + f % 2] =
+            acc[mt][nt][f];
+    }
+  }
+  __syncthreads();
+  DSCH_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const int64_t point = p0 + ty * 4 + i;
+    DSCH_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const int64_t col = c0 + tx * 4 + j;
+      if (point < plan.n && col < plan.k)
+        visitor.visit(state[i], point, col, out_tile[(ty * 4 + i) * kMmaOutStride + tx * 4 + j]);
+    }
+  }
+  // A visitor that reduces over a whole tile (the full-covariance E-step: one component a tile).
+  if constexpr (requires { visitor.end_tile(state, p0, c0); }) visitor.end_tile(state, p0, c0);
+}
+
+template <typename Visitor>
+__global__ void __launch_bounds__(kPairThreads, 1) pair_tile_mma_kernel(PairTilePlan plan, const float* __restrict__ points,
+                                                                     const float* __restrict__ centers, Visitor visitor) {
+  DSCH_SHARED_ARRAY(float, point_hi, kPairTileRows * kMmaStride);
+  DSCH_SHARED_ARRAY(float, point_lo, kPairTileRows * kMmaStride);
+  DSCH_SHARED_ARRAY(float, col_hi, kPairTileCols * kMmaStride);
+  DSCH_SHARED_ARRAY(float, col_lo, kPairTileCols * kMmaStride);
+  DSCH_SHARED_ARRAY(float, out_tile, kPairTileRows * kMmaOutStride);
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const MmaLane m = MmaLane::here();
+  const int64_t first_tile = blockIdx.y * plan.tiles_per_group;
+  const int64_t last_tile = min(plan.col_tiles, first_tile + plan.tiles_per_group);
+  for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
+       p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
+    typename Visitor::State state[4];
+    DSCH_UNROLL
+    for (int i = 0; i < 4; ++i) visitor.start(state[i]);
+    for (int64_t tile = first_tile; tile < last_tile; ++tile) {
+      const int64_t c0 = tile * kPairTileCols;
+      float acc[kMTiles][kNTiles][4] = {};
+      for (int64_t d0 = 0; d0 < plan.dim; d0 += kPairChunk) {
+        __syncthreads();  // the previous chunk's reads are done
+        stage_split_chunk(point_hi, point_lo, points, p0, plan.n, plan.dim, d0);
+        stage_split_chunk(col_hi, col_lo, centers, c0, plan.k, plan.dim, d0);
+        __syncthreads();
+        DSCH_UNROLL
+        for (int ks = 0; ks < kPairChunk; ks += 8) {
+          float a_hi[kMTiles][4], a_lo[kMTiles][4];
+          DSCH_UNROLL
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            DSCH_UNROLL
+            for (int f = 0; f < 4; ++f) {
+              const int at = (m.row_base + 16 * mt + m.g + 8 * (f % 2)) * kMmaStride + ks + m.t + 4 * (f / 2);
+              a_hi[mt][f] = point_hi[at];
+              a_lo[mt][f] = point_lo[at];
+            }
+          }
+          DSCH_UNROLL
+          for (int nt = 0; nt < kNTiles; ++nt) {
+            float b_hi[2], b_lo[2];
+            DSCH_UNROLL
+            for (int f = 0; f < 2; ++f) {
+              const int at = (m.col_base + 8 * nt + m.g) * kMmaStride + ks + m.t + 4 * f;
+              b_hi[f] = col_hi[at];
+              b_lo[f] = col_lo[at];
+            }
+            DSCH_UNROLL
+            for (int mt = 0; mt < kMTiles; ++mt) mma_tf32x3_m16n8k8(acc[mt][nt], a_hi[mt], a_lo[mt], b_hi, b_lo);
+          }
+        }
+      }
+      // The previous tile's visitors have read out_tile (dim == 0 stages nothing).
+      visit_mma_tile(plan, visitor, state, out_tile, acc, p0, c0);
+    }
+    DSCH_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int64_t point = p0 + ty * 4 + i;
+      visitor.finish(state[i], point, static_cast<int>(blockIdx.y), tx == 0 && point < plan.n);
+    }
+  }
+}
+
+// The tensor-core scan for D <= DP (16, 32 or 64): each warp keeps its 16
+// points' split A fragments for all DP coordinates in registers, loaded once
+// per point tile, so a column tile stages only the centres (all DP
+// coordinates at once, split) and runs DP / 8 k-steps between two barriers.
+// The centres come padded with zeros to [col_tiles * kPairTileCols, DP]
+// (pad_centers_for_tiles), so staging them takes no bounds checks or 64-bit
+// index arithmetic: that integer work, not the tensor cores, bounded the
+// kernel. A centre's staged row holds, for each k-step s and t < 4, the four
+// values one lane's B fragments take {hi(8s + t), hi(8s + t + 4), lo(8s + t),
+// lo(8s + t + 4)} side by side, so a lane loads them in one 16-byte access
+// (a quarter of the instructions of four scalar loads; the bytes, and so the
+// wavefronts, are the same) and stages them in one. The staged centres and
+// the finished tile share one buffer. Same products in the same order as
+// pair_tile_mma_kernel (zeros add nothing).
+template <int DP>
+constexpr int resident_stride() {
+  return 2 * DP + 16;  // = 16 mod 32: the two centres of a quarter-warp's 16-byte loads hit 32 banks
+}
+
+template <int DP>
+constexpr int resident_buffer() {
+  return kPairTileCols * resident_stride<DP>() > kPairTileRows * kMmaOutStride ? kPairTileCols * resident_stride<DP>()
+                                                                               : kPairTileRows * kMmaOutStride;
+}
+
+template <int DP, typename Visitor>
+__global__ void __launch_bounds__(kPairThreads, 1)
+    pair_tile_mma_resident_kernel(PairTilePlan plan, const float* __restrict__ points,
+                                  const float* __restrict__ padded_centers, Visitor visitor) {
+  constexpr int kSteps = DP / 8, kStride = resident_stride<DP>();
+  // Staging: a thread splits coordinates 8s + t and 8s + t + 4 (q = 4s + t) of one centre a round.
+  constexpr int kQuads = DP / 2, kRowsPerRound = kPairThreads / kQuads;
+  static_assert(kPairThreads % kQuads == 0 && kPairTileCols % kRowsPerRound == 0, "whole staging rounds");
+  const int stage_row = threadIdx.x / kQuads, stage_q = threadIdx.x % kQuads;
+  DSCH_SHARED_ARRAY(float, buffer, resident_buffer<DP>());
+  float* const cols = buffer;
+  float* const out_tile = buffer;  // after the products have read the centres
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const MmaLane m = MmaLane::here();
+  const int64_t first_tile = blockIdx.y * plan.tiles_per_group;
+  const int64_t last_tile = min(plan.col_tiles, first_tile + plan.tiles_per_group);
+  for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
+       p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
+    float a_hi[kMTiles][kSteps][4], a_lo[kMTiles][kSteps][4];
+    DSCH_UNROLL
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      DSCH_UNROLL
+      for (int s = 0; s < kSteps; ++s) {
+        DSCH_UNROLL
+        for (int f = 0; f < 4; ++f) {
+          const int64_t row = p0 + m.row_base + 16 * mt + m.g + 8 * (f % 2);
+          const int col = 8 * s + m.t + 4 * (f / 2);
+          const float v = row < plan.n && col < plan.dim ? points[row * plan.dim + col] : 0.0f;
+          a_hi[mt][s][f] = tf32_round(v);
+          a_lo[mt][s][f] = tf32_residual(v, a_hi[mt][s][f]);
+        }
+      }
+    }
+    typename Visitor::State state[4];
+    DSCH_UNROLL
+    for (int i = 0; i < 4; ++i) visitor.start(state[i]);
+    const float* tile_src =
+        padded_centers + (first_tile * kPairTileCols + stage_row) * DP + 8 * (stage_q / 4) + stage_q % 4;
+    for (int64_t tile = first_tile; tile < last_tile; ++tile) {
+      const int64_t c0 = tile * kPairTileCols;
+      __syncthreads();  // the previous tile's visitors have read out_tile
+      DSCH_UNROLL
+      for (int i = 0; i < kPairTileCols / kRowsPerRound; ++i) {
+        const float v0 = tile_src[i * kRowsPerRound * DP], v1 = tile_src[i * kRowsPerRound * DP + 4];
+        const float h0 = tf32_round(v0), h1 = tf32_round(v1);
+        *reinterpret_cast<float4*>(&cols[(stage_row + i * kRowsPerRound) * kStride + 4 * stage_q]) =
+            float4{h0, h1, tf32_residual(v0, h0), tf32_residual(v1, h1)};
+      }
+      tile_src += kPairTileCols * DP;
+      __syncthreads();
+      float acc[kMTiles][kNTiles][4] = {};
+      DSCH_UNROLL
+      for (int s = 0; s < kSteps; ++s) {
+        DSCH_UNROLL
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          const float4 b =
+              *reinterpret_cast<const float4*>(&cols[(m.col_base + 8 * nt + m.g) * kStride + 16 * s + 4 * m.t]);
+          const float b_hi[2] = {b.x, b.y}, b_lo[2] = {b.z, b.w};
+          DSCH_UNROLL
+          for (int mt = 0; mt < kMTiles; ++mt) mma_tf32x3_m16n8k8(acc[mt][nt], a_hi[mt][s], a_lo[mt][s], b_hi, b_lo);
+        }
+      }
+      visit_mma_tile(plan, visitor, state, out_tile, acc, p0, c0);  // after every warp's products read the centres
+    }
+    DSCH_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int64_t point = p0 + ty * 4 + i;
+      visitor.finish(state[i], point, static_cast<int>(blockIdx.y), tx == 0 && point < plan.n);
+    }
+  }
+}
+
+template <typename T, typename Pair>
+constexpr T pair_tile_epsilon() {
+  return pair_tiles_use_mma<T, Pair>() ? T(kTf32x3Epsilon) : std::numeric_limits<T>::epsilon();
+}
+
+// The padded dimension of the resident tensor-core kernel for D, or 0 above 64.
+inline int resident_dim(int64_t dim) { return dim <= 16 ? 16 : dim <= 32 ? 32 : dim <= 64 ? 64 : 0; }
+
+// The centres as pair_tile_mma_resident_kernel<dp> reads them: [col_tiles *
+// kPairTileCols, dp], zeros past K and D. An O(K dp) copy each call, against
+// the O(N K D) scan that no longer checks bounds.
+inline at::Tensor pad_centers_for_tiles(const at::Tensor& centers, const PairTilePlan& plan, int dp) {
+  return at::constant_pad_nd(centers, {0, dp - plan.dim, 0, plan.col_tiles * kPairTileCols - plan.k});
+}
+
+// Inner products of points [n, dim] with centres [k, dim] (DotPair): float32
+// on the tensor cores in 3xTF32, float64 on the FMA tile.
+template <typename T, typename Visitor>
+void launch_dot_tiles(const char* name, const PairTilePlan& plan, const at::Tensor& points,
+                      const at::Tensor& centers, const Visitor& visitor, gpu::Stream stream) {
+  if (plan.n == 0) return;
+  const dim3 grid(gpu::grid_for(plan.n, kPairTileRows), static_cast<unsigned>(pair_groups(plan)));
+  const T* xp = points.const_data_ptr<T>();
+  if constexpr (pair_tiles_use_mma<T, DotPair>()) {
+    const int dp = resident_dim(plan.dim);
+    if (dp == 0) {
+      gpu::launch(name, &pair_tile_mma_kernel<Visitor>, grid, kPairThreads, 0, stream, plan, xp,
+                  centers.const_data_ptr<float>(), visitor);
+      return;
+    }
+    // Freed when this returns: the caching allocator reuses it only after the launch, in stream order.
+    const at::Tensor padded = pad_centers_for_tiles(centers, plan, dp);
+    const auto kernel = dp == 16   ? &pair_tile_mma_resident_kernel<16, Visitor>
+                        : dp == 32 ? &pair_tile_mma_resident_kernel<32, Visitor>
+                                   : &pair_tile_mma_resident_kernel<64, Visitor>;
+    gpu::launch(name, kernel, grid, kPairThreads, 0, stream, plan, xp, padded.const_data_ptr<float>(), visitor);
+  } else {
+    gpu::launch(name, &pair_tile_kernel<T, DotPair, Visitor>, grid, kPairThreads, 0, stream, plan, xp,
+                centers.const_data_ptr<T>(), static_cast<const T*>(nullptr), visitor);
+  }
+}
+
+}  // namespace dsch_ext
