@@ -39,7 +39,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kFullBufferElements = launch::kGmmFullBufferElements;
-constexpr int kTileMaxDim = 64;  // 'full' on the tensor-core tile up to this D
+constexpr int kTileMaxDim = 64;  // 'full' on the tensor-core tile up to this D (the resident kernel's)
 
 // A running log-sum-exp: m the largest value seen, s = sum exp(v - m).
 // -inf entries (components of weight 0) add nothing; NaN makes s NaN.
@@ -225,9 +225,12 @@ int64_t tile_full_route(const GmmPrepared& g, const at::Tensor& prec_chol, at::T
                         at::Tensor& part_sum) {
   const int64_t n = g.x.size(0), dim = g.x.size(1), k = g.b.size(0);
   // Row c * 64 + j: column j of L_c (so the tile's B side), and b_c's coordinate j; zeros past D.
-  const at::Tensor columns = at::constant_pad_nd(prec_chol.transpose(1, 2), {0, 0, 0, kPairTileCols - dim})
-                                 .contiguous()
-                                 .view({k * kPairTileCols, dim});
+  // Padded to the resident kernel's dimension as well, so launching makes no second copy.
+  const int dp = resident_dim(dim);
+  const at::Tensor columns =
+      at::constant_pad_nd(prec_chol.transpose(1, 2), {0, dp - dim, 0, kPairTileCols - dim})
+          .contiguous()
+          .view({k * kPairTileCols, dp});
   const at::Tensor b_columns = at::constant_pad_nd(g.b, {0, kPairTileCols - dim}).contiguous();
   const PairTilePlan plan = plan_pair_tiles(n, k * kPairTileCols, dim, gpu::multiprocessor_count(g.x.device()));
   const int64_t groups = pair_groups(plan);
@@ -236,7 +239,7 @@ int64_t tile_full_route(const GmmPrepared& g, const at::Tensor& prec_chol, at::T
   const FullGmmVisitor visitor{out.data_ptr<float>(), b_columns.const_data_ptr<float>(),
                                g.log_const.const_data_ptr<float>(), n, k, part_max.data_ptr<float>(),
                                part_sum.data_ptr<float>()};
-  launch_dot_tiles<float>("gmm_full_tiles", plan, g.x, columns, visitor, gpu::current_stream());
+  launch_resident_dot_tiles("gmm_full_tiles", plan, g.x, columns, visitor, gpu::current_stream());
   return groups;
 }
 

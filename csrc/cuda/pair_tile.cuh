@@ -70,6 +70,10 @@ inline int64_t pair_groups(const PairTilePlan& plan) {
   return (plan.col_tiles + plan.tiles_per_group - 1) / plan.tiles_per_group;
 }
 
+inline dim3 pair_tile_grid(const PairTilePlan& plan) {
+  return dim3(gpu::grid_for(plan.n, kPairTileRows), static_cast<unsigned>(pair_groups(plan)));
+}
+
 // Stages coordinates [d0, d0 + kPairChunk) of `count` rows starting at row0
 // of a [rows, dim] matrix into tile[d][r], zeros past the matrix.
 template <typename T>
@@ -84,6 +88,51 @@ __device__ __forceinline__ void stage_pair_chunk(T* tile, const T* __restrict__ 
   }
 }
 
+// The column tiles [first, last) that grid.y's group walks.
+struct ColumnGroup {
+  int64_t first, last;
+  __device__ __forceinline__ static ColumnGroup of_block(const PairTilePlan& plan) {
+    const int64_t first = blockIdx.y * plan.tiles_per_group;
+    return {first, min(plan.col_tiles, first + plan.tiles_per_group)};
+  }
+};
+
+// A thread's four points of the point tile at p0 are p0 + 4 (t / 16) + i; the
+// tile kernels (here and in pair_tile_mma.cuh) share these three steps.
+template <typename Visitor>
+__device__ __forceinline__ void start_points(const Visitor& visitor, typename Visitor::State (&state)[4]) {
+  DSCH_UNROLL
+  for (int i = 0; i < 4; ++i) visitor.start(state[i]);
+}
+
+// value(i, j): the thread's pair (point i, column j) of the column tile at c0.
+template <typename Visitor, typename Value>
+__device__ __forceinline__ void visit_pairs(const PairTilePlan& plan, const Visitor& visitor,
+                                            typename Visitor::State (&state)[4], int64_t p0, int64_t c0,
+                                            const Value& value) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  DSCH_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const int64_t point = p0 + ty * 4 + i;
+    DSCH_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const int64_t col = c0 + tx * 4 + j;
+      if (point < plan.n && col < plan.k) visitor.visit(state[i], point, col, value(i, j));
+    }
+  }
+}
+
+template <typename Visitor>
+__device__ __forceinline__ void finish_points(const PairTilePlan& plan, const Visitor& visitor,
+                                              typename Visitor::State (&state)[4], int64_t p0) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  DSCH_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const int64_t point = p0 + ty * 4 + i;
+    visitor.finish(state[i], point, static_cast<int>(blockIdx.y), tx == 0 && point < plan.n);
+  }
+}
+
 // operands[o]: [k, dim] matrices, the column side of the pair.
 template <typename T, typename Pair, typename Visitor>
 __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_kernel(PairTilePlan plan, const T* __restrict__ points,
@@ -92,15 +141,13 @@ __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_kernel(PairTilePlan
   DSCH_SHARED_ARRAY(T, point_tile, kPairChunk * kPairStride);
   DSCH_SHARED_ARRAY(T, col_tile, Pair::kOperands * kPairChunk * kPairStride);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int64_t first_tile = blockIdx.y * plan.tiles_per_group;
-  const int64_t last_tile = min(plan.col_tiles, first_tile + plan.tiles_per_group);
+  const ColumnGroup group = ColumnGroup::of_block(plan);
   const T* const operands[2] = {operand0, operand1};
   for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
        p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
     typename Visitor::State state[4];
-    DSCH_UNROLL
-    for (int i = 0; i < 4; ++i) visitor.start(state[i]);
-    for (int64_t tile = first_tile; tile < last_tile; ++tile) {
+    start_points(visitor, state);
+    for (int64_t tile = group.first; tile < group.last; ++tile) {
       const int64_t c0 = tile * kPairTileCols;
       T acc[4][4] = {};
       for (int64_t d0 = 0; d0 < plan.dim; d0 += kPairChunk) {
@@ -128,21 +175,9 @@ __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_kernel(PairTilePlan
           }
         }
       }
-      DSCH_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        const int64_t point = p0 + ty * 4 + i;
-        DSCH_UNROLL
-        for (int j = 0; j < 4; ++j) {
-          const int64_t col = c0 + tx * 4 + j;
-          if (point < plan.n && col < plan.k) visitor.visit(state[i], point, col, acc[i][j]);
-        }
-      }
+      visit_pairs(plan, visitor, state, p0, c0, [&](int i, int j) { return acc[i][j]; });
     }
-    DSCH_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const int64_t point = p0 + ty * 4 + i;
-      visitor.finish(state[i], point, static_cast<int>(blockIdx.y), tx == 0 && point < plan.n);
-    }
+    finish_points(plan, visitor, state, p0);
   }
 }
 
@@ -158,8 +193,7 @@ void launch_pair_tiles(const char* name, const PairTilePlan& plan, const T* poin
                        const T* operand1, const Visitor& visitor, gpu::Stream stream) {
   static_assert(!pair_tiles_use_mma<T, Pair>(), "float32 dot products go through launch_dot_tiles");
   if (plan.n == 0) return;
-  const dim3 grid(gpu::grid_for(plan.n, kPairTileRows), static_cast<unsigned>(pair_groups(plan)));
-  gpu::launch(name, &pair_tile_kernel<T, Pair, Visitor>, grid, kPairThreads, 0, stream, plan, points, operand0,
+  gpu::launch(name, &pair_tile_kernel<T, Pair, Visitor>, pair_tile_grid(plan), kPairThreads, 0, stream, plan, points, operand0,
               operand1, visitor);
 }
 

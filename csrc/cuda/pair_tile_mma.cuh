@@ -79,16 +79,8 @@ __device__ __forceinline__ void visit_mma_tile(const PairTilePlan& plan, const V
     }
   }
   __syncthreads();
-  DSCH_UNROLL
-  for (int i = 0; i < 4; ++i) {
-    const int64_t point = p0 + ty * 4 + i;
-    DSCH_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      const int64_t col = c0 + tx * 4 + j;
-      if (point < plan.n && col < plan.k)
-        visitor.visit(state[i], point, col, out_tile[(ty * 4 + i) * kMmaOutStride + tx * 4 + j]);
-    }
-  }
+  visit_pairs(plan, visitor, state, p0, c0,
+              [&](int i, int j) { return out_tile[(ty * 4 + i) * kMmaOutStride + tx * 4 + j]; });
   // A visitor that reduces over a whole tile (the full-covariance E-step: one component a tile).
   if constexpr (requires { visitor.end_tile(state, p0, c0); }) visitor.end_tile(state, p0, c0);
 }
@@ -101,16 +93,13 @@ __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_mma_kernel(PairTile
   DSCH_SHARED_ARRAY(float, col_hi, kPairTileCols * kMmaStride);
   DSCH_SHARED_ARRAY(float, col_lo, kPairTileCols * kMmaStride);
   DSCH_SHARED_ARRAY(float, out_tile, kPairTileRows * kMmaOutStride);
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const MmaLane m = MmaLane::here();
-  const int64_t first_tile = blockIdx.y * plan.tiles_per_group;
-  const int64_t last_tile = min(plan.col_tiles, first_tile + plan.tiles_per_group);
+  const ColumnGroup group = ColumnGroup::of_block(plan);
   for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
        p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
     typename Visitor::State state[4];
-    DSCH_UNROLL
-    for (int i = 0; i < 4; ++i) visitor.start(state[i]);
-    for (int64_t tile = first_tile; tile < last_tile; ++tile) {
+    start_points(visitor, state);
+    for (int64_t tile = group.first; tile < group.last; ++tile) {
       const int64_t c0 = tile * kPairTileCols;
       float acc[kMTiles][kNTiles][4] = {};
       for (int64_t d0 = 0; d0 < plan.dim; d0 += kPairChunk) {
@@ -147,11 +136,7 @@ __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_mma_kernel(PairTile
       // The previous tile's visitors have read out_tile (dim == 0 stages nothing).
       visit_mma_tile(plan, visitor, state, out_tile, acc, p0, c0);
     }
-    DSCH_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const int64_t point = p0 + ty * 4 + i;
-      visitor.finish(state[i], point, static_cast<int>(blockIdx.y), tx == 0 && point < plan.n);
-    }
+    finish_points(plan, visitor, state, p0);
   }
 }
 
@@ -192,10 +177,8 @@ __global__ void __launch_bounds__(kPairThreads, 1)
   DSCH_SHARED_ARRAY(float, buffer, resident_buffer<DP>());
   float* const cols = buffer;
   float* const out_tile = buffer;  // after the products have read the centres
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const MmaLane m = MmaLane::here();
-  const int64_t first_tile = blockIdx.y * plan.tiles_per_group;
-  const int64_t last_tile = min(plan.col_tiles, first_tile + plan.tiles_per_group);
+  const ColumnGroup group = ColumnGroup::of_block(plan);
   for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
        p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
     float a_hi[kMTiles][kSteps][4], a_lo[kMTiles][kSteps][4];
@@ -214,11 +197,10 @@ __global__ void __launch_bounds__(kPairThreads, 1)
       }
     }
     typename Visitor::State state[4];
-    DSCH_UNROLL
-    for (int i = 0; i < 4; ++i) visitor.start(state[i]);
+    start_points(visitor, state);
     const float* tile_src =
-        padded_centers + (first_tile * kPairTileCols + stage_row) * DP + 8 * (stage_q / 4) + stage_q % 4;
-    for (int64_t tile = first_tile; tile < last_tile; ++tile) {
+        padded_centers + (group.first * kPairTileCols + stage_row) * DP + 8 * (stage_q / 4) + stage_q % 4;
+    for (int64_t tile = group.first; tile < group.last; ++tile) {
       const int64_t c0 = tile * kPairTileCols;
       __syncthreads();  // the previous tile's visitors have read out_tile
       DSCH_UNROLL
@@ -244,11 +226,7 @@ __global__ void __launch_bounds__(kPairThreads, 1)
       }
       visit_mma_tile(plan, visitor, state, out_tile, acc, p0, c0);  // after every warp's products read the centres
     }
-    DSCH_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const int64_t point = p0 + ty * 4 + i;
-      visitor.finish(state[i], point, static_cast<int>(blockIdx.y), tx == 0 && point < plan.n);
-    }
+    finish_points(plan, visitor, state, p0);
   }
 }
 
@@ -267,30 +245,43 @@ inline at::Tensor pad_centers_for_tiles(const at::Tensor& centers, const PairTil
   return at::constant_pad_nd(centers, {0, dp - plan.dim, 0, plan.col_tiles * kPairTileCols - plan.k});
 }
 
+// Float32 inner products of points [n, dim <= 64] with centres already in
+// pad_centers_for_tiles' layout, on the resident tensor-core kernel (a caller
+// that builds its centres padded saves the copy).
+template <typename Visitor>
+void launch_resident_dot_tiles(const char* name, const PairTilePlan& plan, const at::Tensor& points,
+                               const at::Tensor& padded_centers, const Visitor& visitor, gpu::Stream stream) {
+  if (plan.n == 0) return;
+  const int dp = resident_dim(plan.dim);
+  TORCH_INTERNAL_ASSERT(dp != 0 && padded_centers.is_contiguous() &&
+                            padded_centers.sizes() == at::IntArrayRef({plan.col_tiles * kPairTileCols, dp}),
+                        "the resident tile's centres must be [col_tiles * 64, ", dp, "], got ",
+                        padded_centers.sizes());
+  const auto kernel = dp == 16   ? &pair_tile_mma_resident_kernel<16, Visitor>
+                      : dp == 32 ? &pair_tile_mma_resident_kernel<32, Visitor>
+                                 : &pair_tile_mma_resident_kernel<64, Visitor>;
+  gpu::launch(name, kernel, pair_tile_grid(plan), kPairThreads, 0, stream, plan, points.const_data_ptr<float>(),
+              padded_centers.const_data_ptr<float>(), visitor);
+}
+
 // Inner products of points [n, dim] with centres [k, dim] (DotPair): float32
 // on the tensor cores in 3xTF32, float64 on the FMA tile.
 template <typename T, typename Visitor>
 void launch_dot_tiles(const char* name, const PairTilePlan& plan, const at::Tensor& points,
                       const at::Tensor& centers, const Visitor& visitor, gpu::Stream stream) {
   if (plan.n == 0) return;
-  const dim3 grid(gpu::grid_for(plan.n, kPairTileRows), static_cast<unsigned>(pair_groups(plan)));
-  const T* xp = points.const_data_ptr<T>();
   if constexpr (pair_tiles_use_mma<T, DotPair>()) {
     const int dp = resident_dim(plan.dim);
-    if (dp == 0) {
-      gpu::launch(name, &pair_tile_mma_kernel<Visitor>, grid, kPairThreads, 0, stream, plan, xp,
-                  centers.const_data_ptr<float>(), visitor);
-      return;
+    if (dp != 0) {
+      // The padded copy is freed after the launch is queued: the caching allocator reuses it in stream order.
+      launch_resident_dot_tiles(name, plan, points, pad_centers_for_tiles(centers, plan, dp), visitor, stream);
+    } else {
+      gpu::launch(name, &pair_tile_mma_kernel<Visitor>, pair_tile_grid(plan), kPairThreads, 0, stream, plan,
+                  points.const_data_ptr<float>(), centers.const_data_ptr<float>(), visitor);
     }
-    // Freed when this returns: the caching allocator reuses it only after the launch, in stream order.
-    const at::Tensor padded = pad_centers_for_tiles(centers, plan, dp);
-    const auto kernel = dp == 16   ? &pair_tile_mma_resident_kernel<16, Visitor>
-                        : dp == 32 ? &pair_tile_mma_resident_kernel<32, Visitor>
-                                   : &pair_tile_mma_resident_kernel<64, Visitor>;
-    gpu::launch(name, kernel, grid, kPairThreads, 0, stream, plan, xp, padded.const_data_ptr<float>(), visitor);
   } else {
-    gpu::launch(name, &pair_tile_kernel<T, DotPair, Visitor>, grid, kPairThreads, 0, stream, plan, xp,
-                centers.const_data_ptr<T>(), static_cast<const T*>(nullptr), visitor);
+    gpu::launch(name, &pair_tile_kernel<T, DotPair, Visitor>, pair_tile_grid(plan), kPairThreads, 0, stream, plan,
+                points.const_data_ptr<T>(), centers.const_data_ptr<T>(), static_cast<const T*>(nullptr), visitor);
   }
 }
 
