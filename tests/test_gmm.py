@@ -496,19 +496,26 @@ print((status("VmHWM") - base) * 1024)
 
 @pytest.mark.slow
 def test_fit_memory_at_large_dimension_near_sklearn(tmp_path):
-    # K = 4, D = 1024: the [K, D, D] matrices are 34 MB each. The fit's peak stays within 2x
-    # of scikit-learn's (1.6x here): no [rows, D^2/2] products on either step's routes, the
-    # checks and factorisations a chunk of components at a time, the old parameters freed
-    # before the M-step. (Packed products in both steps made it 10x.)
+    # K = 4, D = 1024: the [K, D, D] matrices are 34 MB each. The fit's peak of live memory
+    # stays within 1.5x of scikit-learn's (1.07x here): no [rows, D^2/2] products on either
+    # step's routes, the checks and factorisations a chunk of components at a time, the old
+    # parameters freed before the M-step. (Packed products in both steps made it 10x.)
+    # glibc's sliding mmap threshold lets freed blocks of a few MB stay in the heap, and how
+    # many do varies from run to run (1.0x-2.0x of the same fit's peak); a fixed threshold
+    # returns every block of 1 MB or more on free, so both processes' peaks count live memory.
     import os
+    import platform
     import subprocess
     import sys
 
     if not os.path.exists("/proc/self/clear_refs"):
         pytest.skip("needs Linux's /proc/self/clear_refs to measure a process's peak memory")
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("needs glibc's MALLOC_MMAP_THRESHOLD_ to measure live memory")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20))
     peaks = {}
     for cls in ("sklearn", "dsch_ext"):
         run = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, cls], capture_output=True, text=True, check=True,
-                             cwd=tmp_path)  # not the source tree's dsch_ext
+                             cwd=tmp_path, env=env)  # cwd: not the source tree's dsch_ext
         peaks[cls] = int(run.stdout.split()[-1])
-    assert peaks["dsch_ext"] <= 2 * peaks["sklearn"], peaks
+    assert peaks["dsch_ext"] <= 1.5 * peaks["sklearn"], peaks
