@@ -337,6 +337,25 @@ def test_gmm_log_resp(emu, cov, dtype, n, k, d, floor, generator):
     assert_close(got[1], want[1], dtype)
 
 
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+def test_gmm_scaled_difference_rounds_once_as_on_the_gpu(emu, cov):
+    # x p - b with x = 100 + j ulps, p = 3, b = 300: the product's low bits are the whole
+    # answer. The GPU's FFMA rounds x p - b once; the host compiler the emulation is built
+    # with rounds x p first unless the shared math asks for the fused step. With one
+    # component the log-likelihood is log_const - y^2 / 2 exactly, so every row shows which.
+    x64 = 100.0 + torch.arange(1, 2001, dtype=torch.float64) * 2.0**-17  # exact in float32
+    x = x64.float()[:, None]
+    means, log_w = torch.tensor([[100.0]]), torch.zeros(1)
+    prec = torch.tensor([[3.0]]) if cov == "diag" else torch.tensor([3.0])
+    got = emu.gmm_log_resp(x, means, prec, log_w, cov, 0.0)[1]
+    log_const = emu.gmm_log_resp(means, means, prec, log_w, cov, 0.0)[1]  # y = 0
+    once = (x64 * 3.0 - 300.0).float()  # exact in float64, then one rounding
+    twice = x[:, 0] * 3.0 - 300.0
+    want = log_const - 0.5 * (once * once)
+    assert (log_const - 0.5 * (twice * twice) != want).sum() > 1000  # the two roundings differ here
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("n,k,d", [(70, 9, 40), (33, 4, 64), (5, 3, 16)])
 def test_full_gmm_float32_on_the_tensor_cores_is_within_1e_5_of_float64(emu, n, k, d, generator):
     # 'full' float32 runs x L_k in 3xTF32: the log-likelihood of every point (and each entry,

@@ -37,7 +37,7 @@ DSCH_HOST_DEVICE T center_distance_from_dot(int metric, T dot, T x_stat, T c_sta
     const T d = x_stat + c_stat - T(2) * dot;
     return d < T(0) ? T(0) : d;  // NaN (a non-finite row on CUDA) stays NaN
   }
-  if (metric == kCosine) return T(1) - dot * x_stat * c_stat;
+  if (metric == kCosine) return gpu_multiply_add(-(dot * x_stat), c_stat, T(1));
   return -dot;
 }
 
@@ -90,22 +90,16 @@ DSCH_HOST_DEVICE T expanded_sqdist_error(int64_t dim, T x_sqnorm, T c_sqnorm_max
   return T(dim + 8) * eps * scale * scale;
 }
 
-//
-// The sum is written as explicit FMAs: ptxas fuses `acc += diff * diff` into
-// one where the host compiler rounds twice (or fuses too, in its AVX2 clones),
-// and the CPU and CUDA ops must break a tie alike. fma is correctly rounded
-// everywhere (a library call on a host without FMA, fine for the few
-// candidates rechecked).
+// The direct sum as explicit FMAs (fused_multiply_add): ptxas would fuse
+// `acc += diff * diff` and the host compiler only in its FMA clones, and the CPU
+// and CUDA ops must break a tie alike. A libm call on a host without FMA, fine
+// for the few candidates rechecked.
 template <typename T>
 DSCH_HOST_DEVICE T direct_sqdist(const T* x, const T* c, int64_t dim) {
   T acc = 0;
   for (int64_t d = 0; d < dim; ++d) {
     const T diff = x[d] - c[d];
-#if defined(__CUDA_ARCH__)
-    acc = fma(diff, diff, acc);
-#else
-    acc = std::fma(diff, diff, acc);
-#endif
+    acc = fused_multiply_add(diff, diff, acc);
   }
   return acc;
 }

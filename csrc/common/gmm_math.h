@@ -28,7 +28,7 @@ constexpr double kLog2Pi = 1.8378770664093454835606594728112;
 // a p - b: one coordinate of a diagonal or spherical component (tied is p = 1).
 template <typename T>
 DSCH_HOST_DEVICE T gmm_scaled_diff(T a, T p, T b) {
-  return a * p - b;
+  return gpu_multiply_add(a, p, -b);
 }
 
 // y_d of one point and one component (see the table above).
@@ -52,7 +52,7 @@ DSCH_HOST_DEVICE T gmm_weighted_log_prob(int cov, const T* __restrict__ a, const
   DSCH_SIMD_SUM(sq)
   for (int64_t d = 0; d < dim; ++d) {
     const T y = gmm_transformed_diff(cov, a, p, b, d);
-    sq += y * y;
+    sq = gpu_multiply_add(y, y, sq);
   }
   return log_const - T(0.5) * sq;
 }
@@ -69,10 +69,10 @@ DSCH_HOST_DEVICE void gmm_weighted_log_prob4(int cov, const T* const a[4], const
     const T y1 = gmm_transformed_diff(cov, a[1], p[1], b[1], d);
     const T y2 = gmm_transformed_diff(cov, a[2], p[2], b[2], d);
     const T y3 = gmm_transformed_diff(cov, a[3], p[3], b[3], d);
-    s0 += y0 * y0;
-    s1 += y1 * y1;
-    s2 += y2 * y2;
-    s3 += y3 * y3;
+    s0 = gpu_multiply_add(y0, y0, s0);
+    s1 = gpu_multiply_add(y1, y1, s1);
+    s2 = gpu_multiply_add(y2, y2, s2);
+    s3 = gpu_multiply_add(y3, y3, s3);
   }
   out[0] = log_const[0] - T(0.5) * s0;
   out[1] = log_const[1] - T(0.5) * s1;

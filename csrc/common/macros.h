@@ -1,6 +1,7 @@
 // Portability macros for arithmetic shared between host and device code.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -42,6 +43,33 @@
 #endif
 
 namespace dsch_ext {
+
+// a * b + c rounded once on every build: fma on the device, std::fma on the host (one
+// instruction in the FMA clones, a libm call in the baseline one). For sums whose rounding
+// the CPU and CUDA ops must share (the exact-tie rechecks) and for the kernels' own
+// arithmetic, which the emulation must round as the GPU does.
+template <typename T>
+DSCH_HOST_DEVICE T fused_multiply_add(T a, T b, T c) {
+#if defined(__CUDA_ARCH__)
+  return fma(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
+// a * b + c as the GPU computes it, for math shared with the host's hot loops: one rounding
+// on the device and in the emulated kernels (ptxas fuses the plain expression too, the
+// baseline host compiler the emulation is built with does not); in the CPU ops the plain
+// expression, which GCC contracts to the same one rounding in the FMA clones and the
+// baseline clone rounds twice (a libm call per term there would stop the loop vectorising).
+template <typename T>
+DSCH_HOST_DEVICE T gpu_multiply_add(T a, T b, T c) {
+#if defined(__CUDA_ARCH__) || defined(DSCH_EXT_EMULATION)
+  return fused_multiply_add(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
 
 // The bits of a float and back, on both compilers.
 DSCH_HOST_DEVICE uint32_t float_bits(float v) {

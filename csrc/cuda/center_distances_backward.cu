@@ -40,7 +40,7 @@ __global__ void center_grad_combine_kernel(T* __restrict__ out, const T* __restr
     const int64_t r = e / dim;
     const T a = center_gemm_scale<T>(metric, stat[r]);
     const T b = center_self_scale<T>(metric, stat[r], sqnorm[r]) * sums[r];
-    out[e] = a * out[e] + b * rows[e];
+    out[e] = fused_multiply_add(a, out[e], b * rows[e]);
   }
 }
 

@@ -28,7 +28,7 @@ __global__ void center_row_stats_kernel(const T* __restrict__ rows, int64_t nrow
     for (int64_t d = lane; d < dim; d += 32) {
       const T v = rows[r * dim + d];
       finite = finite && isfinite(v);
-      acc += v * v;
+      acc = fused_multiply_add(v, v, acc);
     }
     for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_xor_sync(kFullWarpMask, acc, offset);
     finite = __all_sync(kFullWarpMask, finite);

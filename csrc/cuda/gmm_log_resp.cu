@@ -51,7 +51,7 @@ struct LogSumExp {
     const bool larger = v > m;
     const T e = exp(larger ? m - v : v - m);
     if (larger) {
-      s = s * e + T(1);
+      s = fused_multiply_add(s, e, T(1));
       m = v;
     } else if (v != -INFINITY) {
       s += e;
@@ -70,7 +70,7 @@ struct ScaledDiffPair {
   template <typename T>
   __device__ __forceinline__ static T step(T acc, T a, const T* pb) {
     const T y = gmm_scaled_diff(a, pb[0], pb[1]);
-    return fma(y, y, acc);
+    return fused_multiply_add(y, y, acc);
   }
 };
 

@@ -118,7 +118,7 @@ __global__ void nearest_center_combine_kernel(const T* __restrict__ part_best, c
       NearestPair<T> direct{inf, -1, inf};
       for (int64_t j = lane; j < k; j += 32) {
         T dot = 0;
-        for (int64_t d = 0; d < dim; ++d) dot = fma(xr[d], centers[j * dim + d], dot);
+        for (int64_t d = 0; d < dim; ++d) dot = fused_multiply_add(xr[d], centers[j * dim + d], dot);
         if (c_stat[j] - T(2) * dot <= limit) direct.offer(direct_sqdist(xr, centers + j * dim, dim), j);
       }
       for (int offset = 16; offset > 0; offset >>= 1) direct.merge(direct.shuffled(offset, 32));

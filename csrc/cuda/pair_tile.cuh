@@ -45,7 +45,7 @@ struct DotPair {
   static constexpr int kOperands = 1;
   template <typename T>
   __device__ __forceinline__ static T step(T acc, T x, const T* c) {
-    return fma(x, c[0], acc);
+    return fused_multiply_add(x, c[0], acc);
   }
 };
 
