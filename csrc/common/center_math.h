@@ -90,10 +90,9 @@ DSCH_HOST_DEVICE T expanded_sqdist_error(int64_t dim, T x_sqnorm, T c_sqnorm_max
   return T(dim + 8) * eps * scale * scale;
 }
 
-// The direct sum as explicit FMAs (fused_multiply_add): ptxas would fuse
-// `acc += diff * diff` and the host compiler only in its FMA clones, and the CPU
-// and CUDA ops must break a tie alike. A libm call on a host without FMA, fine
-// for the few candidates rechecked.
+// The direct sum rounds each step once on every build (fused_multiply_add): the
+// CPU and CUDA ops must break a tie alike. A libm call on a host without FMA,
+// fine for the few candidates rechecked.
 template <typename T>
 DSCH_HOST_DEVICE T direct_sqdist(const T* x, const T* c, int64_t dim) {
   T acc = 0;

@@ -118,7 +118,7 @@ struct FullGmmVisitor {
   __device__ __forceinline__ void start(State& s) const { s = {{-INFINITY, 0.0f}, 0.0f}; }
   __device__ __forceinline__ void visit(State& s, int64_t, int64_t col, float a) const {
     const float y = a - b[col];
-    s.sq = fmaf(y, y, s.sq);
+    s.sq = fused_multiply_add(y, y, s.sq);
   }
   __device__ __forceinline__ void end_tile(State (&state)[4], int64_t p0, int64_t c0) const {
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
