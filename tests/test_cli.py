@@ -288,15 +288,29 @@ def test_ctrl_c_during_training_is_one_line_saying_what_was_saved(tmp_path):
     import signal
     import time
 
+    def default_sigint():
+        # A job started in the background by a non-interactive shell inherits SIGINT ignored, and
+        # Python then keeps it ignored (as a background `dsch train` should): restore the default
+        # so the child gets the Ctrl-C of an interactive terminal whoever started pytest.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     data = features_npz(tmp_path / "feats.npz", n=2000)
-    proc = subprocess.Popen([sys.executable, "-m", "dsch_ext", "train", "--data", data, "--out", "run", *TINY[:2],
-                             "--rounds", "50", *TINY[4:], "--no-eval"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "run" / "checkpoint.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    # Outputs go to files, not pipes: nothing is read until the signal, and a full pipe would
+    # block the child's progress lines. Enough rounds that no machine finishes before the signal.
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "dsch_ext", "train", "--data", data, "--out", "run",
+                                 *TINY[:2], "--rounds", "100000", *TINY[4:], "--no-eval"], cwd=tmp_path,
+                                stdout=out, stderr=err_file, text=True, preexec_fn=default_sigint)
+        try:
+            deadline = time.monotonic() + 300
+            while not (tmp_path / "run" / "checkpoint.pt").exists() and time.monotonic() < deadline:
+                assert proc.poll() is None, (tmp_path / "err.txt").read_text()[-3000:]
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    err = (tmp_path / "err.txt").read_text()
     assert proc.returncode == 130, err[-3000:]
     lines = err.strip().splitlines()
     assert lines[-1].startswith("dsch: interrupted: the last finished round is saved in") and "--resume" in lines[-1]
