@@ -87,12 +87,21 @@ def test_progress_lines_give_the_time_left(capsys):
     images, labels = tiny_images(seed=2)
     torch.manual_seed(0)
     DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=3), verbose=1).fit(images, labels)
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round ")]
+    out = capsys.readouterr().out
+    assert "Initialization" not in out  # the mixture's own lines only at verbose=2
+    lines = [line for line in out.splitlines() if line.startswith("round ")]
     assert len(lines) == 3
     # From the first round alone (k-means start, many EM iterations) the estimate is a bound.
     assert ", at most about " in lines[0] and lines[0].endswith(" left")
     assert ", about " in lines[1] and "at most" not in lines[1] and lines[1].endswith(" left")
     assert "left" not in lines[2]
+
+
+def test_verbose_2_adds_the_mixtures_lines(capsys):
+    images, labels = tiny_images(seed=2)
+    DSCHTrainer(networks.small_cnn_hash_net(16, 1, 8), config(rounds=1), verbose=2).fit(images, labels)
+    out = capsys.readouterr().out
+    assert "Initialization 0" in out and out.count("round 1/1") == 1
 
 
 def test_baseline_mode_has_no_component_terms():

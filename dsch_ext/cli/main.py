@@ -172,7 +172,8 @@ def _add_demo(sub):
     p.add_argument("--train-per-class", type=POSITIVE, default=200, dest="train_per_class",
                    help="training images per class")
     p.add_argument("--out", default="", help="directory for demo.json, demo.png and the models (default: none)")
-    p.add_argument("--verbose", type=_int_type(0, 1), default=1, help="0: quiet, 1: progress")
+    p.add_argument("--verbose", type=_int_type(0, 2), default=1,
+                   help="0: quiet, 1: a line per round, 2: also the E-step's EM iterations")
     p.set_defaults(func=training.demo_command)
 
 

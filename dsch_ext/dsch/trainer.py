@@ -87,7 +87,10 @@ def _duration(seconds: float) -> str:
 
 
 class DSCHTrainer:
-    """Trains ``net`` (a :class:`dsch_ext.dsch.networks.HashNet`) with DSCH on ``images``."""
+    """Trains ``net`` (a :class:`dsch_ext.dsch.networks.HashNet`) with DSCH on ``images``.
+
+    ``verbose``: 0 quiet; 1 a line per round with the time left (and an M-step bar on a
+    terminal); 2 also the E-step mixture's own lines (its initialisations and EM iterations)."""
 
     def __init__(self, net: torch.nn.Module, config: Optional[DSCHConfig] = None, device="cpu",
                  augment: Optional[TwoViewAugment] = None, checkpoint: Optional[str] = None, verbose: int = 1,
@@ -208,7 +211,7 @@ class DSCHTrainer:
         if cfg.cooccurrence or (cfg.component_weight > 0 and (cfg.fine or cfg.coarse)):
             comp = fit_components(codes[start:stop], cfg.m1, cfg.m2, cfg.covariance_type, cfg.gmm_max_iter,
                                   normalize_p1=cfg.normalize_p1, resp_threshold=cfg.resp_threshold,
-                                  random_state=cfg.seed + rnd, verbose=min(self.verbose, 1),
+                                  random_state=cfg.seed + rnd, verbose=1 if self.verbose >= 2 else 0,
                                   distributed=comm.distributed, process_group=self.process_group)
         else:  # the contrastive baseline needs no E-step: stand-ins that the loss ignores
             comp = _UnusedComponents(codes.shape[1])
