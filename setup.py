@@ -121,7 +121,9 @@ ext = Extension(
 
 torch_base = torch.__version__.split("+")[0]
 setup(
-    packages=find_packages(include=["dsch_ext", "dsch_ext.*"]),
+    # The embedded images' directory is a data package (no __init__.py), named so that
+    # setuptools ships its files as package data.
+    packages=find_packages(include=["dsch_ext", "dsch_ext.*"]) + ["dsch_ext.datasets.fashion_mnist"],
     ext_modules=[ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     # The compiled ops only load against the torch they were built with.

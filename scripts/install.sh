@@ -40,7 +40,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip)
-"${PIP[@]}" install -q --upgrade "pip>=23" "setuptools>=64" wheel ninja numpy
+"${PIP[@]}" install -q --upgrade "pip>=23" "setuptools>=77" wheel ninja numpy
 "${PIP[@]}" install -q "$TORCH_REQ" $VISION_REQ
 
 TARGET="$ROOT"
