@@ -34,6 +34,7 @@ instructions outside the hot loop, small kernels, launch overhead and clock chan
 time can only be slower.
 """
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -473,18 +474,32 @@ def nvdisasm() -> Optional[str]:
     return next((c for c in candidates if os.path.exists(c)), None)
 
 
+PTXAS_REPORT = "-Xptxas=-v,-warn-lmem-usage,-warn-spills"  # ptxas's per-kernel usage on stderr; same code
+
+
 def compile_cubin(source: str, out_dir: str) -> str:
+    """csrc/cuda/<source> built for sm_90 into out_dir/<name>.cubin, with ptxas's -v report
+    in out_dir/<name>.ptxas (tests/test_cuda_sources.py reads it: one build serves both)."""
     from torch.utils import cpp_extension
 
     includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
     out = os.path.join(out_dir, os.path.splitext(source)[0] + ".cubin")
     cmd = [nvcc(), "-cubin", "-arch=sm_90", "-O3", "-std=c++20", "--expt-relaxed-constexpr",
            "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-           "-D__CUDA_NO_HALF2_OPERATORS__", *includes, os.path.join(CUDA_DIR, source), "-o", out]
+           "-D__CUDA_NO_HALF2_OPERATORS__", PTXAS_REPORT, *includes, os.path.join(CUDA_DIR, source), "-o", out]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if run.returncode != 0:
         raise RuntimeError(f"nvcc failed on {source}:\n{run.stderr[-3000:]}")
+    with open(os.path.splitext(out)[0] + ".ptxas", "w") as f:
+        f.write(run.stderr)
     return out
+
+
+def compile_cubins(sources: List[str], out_dir: str, jobs: Optional[int] = None) -> Dict[str, str]:
+    """{source: cubin} for sources not yet in out_dir, MAX_JOBS (default 2) builds at a time."""
+    jobs = jobs or int(os.environ.get("MAX_JOBS", "2"))
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        return dict(zip(sources, pool.map(lambda s: compile_cubin(s, out_dir), sources)))
 
 
 def disassemble(cubin: str) -> str:
@@ -643,14 +658,15 @@ def h5_bound(bounds: Dict[str, LoopBound]) -> dict:
 
 
 def kernel_bounds(sources: List[str], cubin_dir: Optional[str] = None) -> Dict[str, LoopBound]:
-    """{kernel (mangled): its hot loop's bound} for the given sources."""
+    """{kernel (mangled): its hot loop's bound} for the given sources (their cubins from
+    cubin_dir where it has them, built here otherwise)."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
+        given = {s: os.path.join(cubin_dir, os.path.splitext(s)[0] + ".cubin") for s in sources} if cubin_dir else {}
+        cubins = {s: c for s, c in given.items() if os.path.exists(c)}
+        cubins.update(compile_cubins([s for s in sources if s not in cubins], tmp))
         for source in sources:
-            cubin = os.path.join(cubin_dir, os.path.splitext(source)[0] + ".cubin") if cubin_dir else None
-            if cubin is None or not os.path.exists(cubin):
-                cubin = compile_cubin(source, tmp)
-            for fn in parse(disassemble(cubin)):
+            for fn in parse(disassemble(cubins[source])):
                 loop = hot_loop(fn, "POPC") or hot_loop(fn, "HMMA") or hot_loop(fn, "FFMA")
                 if loop is not None:
                     out[fn.name] = loop

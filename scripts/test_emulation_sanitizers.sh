@@ -4,7 +4,9 @@
 # the sanitizer runtime preloaded that loads the matching build of the emulation library
 # (tests/emulation_build.py --variant tsan asan builds them; this script does too). A data
 # race, an out-of-bounds access or undefined behaviour ends the run with a report and a
-# non-zero status.
+# non-zero status. The plain emulation run (scripts/test.sh) takes every case; here each test
+# takes its first and last parameter sets and a fixed quarter of the others (tests/conftest.py),
+# as the sanitizers run the kernels many times slower: DSCH_EMULATION_CASES=all takes every one.
 #   VENV=.venv bash scripts/test_emulation_sanitizers.sh [pytest args...]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +26,6 @@ print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
 PY
 )
   # The sanitizer-detection tests start their own sanitizer subprocesses; skip them here.
-  eval "env $env_cmd $VENV/bin/pytest tests/test_emulation.py -q -p no:cacheprovider -k 'not sanitizers_catch' --capture=sys $*"
+  eval "env $env_cmd DSCH_EMULATION_CASES=${DSCH_EMULATION_CASES:-sample} $VENV/bin/pytest tests/test_emulation.py -q -p no:cacheprovider -k 'not sanitizers_catch' --capture=sys $*"
   echo "=== $variant done in $((SECONDS - start)) s"
 done
