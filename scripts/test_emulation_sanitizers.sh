@@ -5,7 +5,7 @@
 # (tests/emulation_build.py --variant tsan asan builds them; this script does too). A data
 # race, an out-of-bounds access or undefined behaviour ends the run with a report and a
 # non-zero status. The plain emulation run (scripts/test.sh) takes every case; here each test
-# takes its first and last parameter sets and a fixed quarter of the others (tests/conftest.py),
+# takes its first parameter set and a fixed quarter of the others (tests/conftest.py),
 # as the sanitizers run the kernels many times slower: DSCH_EMULATION_CASES=all takes every one.
 #   VENV=.venv bash scripts/test_emulation_sanitizers.sh [pytest args...]
 set -euo pipefail
