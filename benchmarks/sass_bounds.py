@@ -496,7 +496,7 @@ def compile_cubin(source: str, out_dir: str) -> str:
 
 
 def compile_cubins(sources: List[str], out_dir: str, jobs: Optional[int] = None) -> Dict[str, str]:
-    """{source: cubin} for sources not yet in out_dir, MAX_JOBS (default 2) builds at a time."""
+    """{source: cubin} for the given sources, built into out_dir MAX_JOBS (default 2) at a time."""
     jobs = jobs or int(os.environ.get("MAX_JOBS", "2"))
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         return dict(zip(sources, pool.map(lambda s: compile_cubin(s, out_dir), sources)))
