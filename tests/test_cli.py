@@ -300,7 +300,7 @@ def test_ctrl_c_during_training_is_one_line_saying_what_was_saved(tmp_path):
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err_file:
         proc = subprocess.Popen([sys.executable, "-m", "dsch_ext", "train", "--data", data, "--out", "run",
                                  *TINY[:2], "--rounds", "100000", *TINY[4:], "--no-eval"], cwd=tmp_path,
-                                stdout=out, stderr=err_file, text=True, preexec_fn=default_sigint)
+                                stdout=out, stderr=err_file, preexec_fn=default_sigint)
         try:
             deadline = time.monotonic() + 300
             while not (tmp_path / "run" / "checkpoint.pt").exists() and time.monotonic() < deadline:
