@@ -8,17 +8,20 @@
 #     both sanitizers (scripts/test_emulation_sanitizers.sh);
 #  2. builds it in .venv-cpu against the CPU-only torch with plain `pip install .` (the
 #     isolated PEP 517 path) and runs the suite there too.
+# Each pytest run spreads its tests over pytest-xdist workers, one per CPU (most tests keep one
+# core busy); DSCH_TEST_WORKERS sets the number (0: no workers, one process).
 # DSCH_TEST_STAGES="cuda cpu" picks stages; extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STAGES="${DSCH_TEST_STAGES:-cuda cpu}"
+WORKERS="${DSCH_TEST_WORKERS:-logical}"
 cd "$ROOT"
 
 run_suite() {  # venv, pytest args...
   local venv="$1"; shift
   # Run from the repository root with the venv's pytest: the tests import the installed
   # dsch_ext (pytest does not put the root on sys.path), never the unbuilt source tree.
-  "$venv/bin/pytest" tests benchmarks --benchmark-disable -q -ra -p no:cacheprovider "$@"
+  "$venv/bin/pytest" tests benchmarks --benchmark-disable -q -ra -p no:cacheprovider -n "$WORKERS" "$@"
 }
 
 start=$SECONDS

@@ -7,6 +7,8 @@
 # non-zero status. The plain emulation run (scripts/test.sh) takes every case; here each test
 # takes its first parameter set and a fixed quarter of the others (tests/conftest.py),
 # as the sanitizers run the kernels many times slower: DSCH_EMULATION_CASES=all takes every one.
+# The cases are spread over pytest-xdist workers, one per CPU (DSCH_TEST_WORKERS sets the number):
+# the emulator keeps about one core busy.
 #   VENV=.venv bash scripts/test_emulation_sanitizers.sh [pytest args...]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +28,6 @@ print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
 PY
 )
   # The sanitizer-detection tests start their own sanitizer subprocesses; skip them here.
-  eval "env $env_cmd DSCH_EMULATION_CASES=${DSCH_EMULATION_CASES:-sample} $VENV/bin/pytest tests/test_emulation.py -q -p no:cacheprovider -k 'not sanitizers_catch' --capture=sys $*"
+  eval "env $env_cmd DSCH_EMULATION_CASES=${DSCH_EMULATION_CASES:-sample} $VENV/bin/pytest tests/test_emulation.py -q -p no:cacheprovider -k 'not sanitizers_catch' --capture=sys -n ${DSCH_TEST_WORKERS:-logical} $*"
   echo "=== $variant done in $((SECONDS - start)) s"
 done

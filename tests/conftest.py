@@ -1,6 +1,7 @@
 """Shared fixtures: the devices to test on (CUDA whenever a GPU is visible), the kernels
 built once for sm_90; the cases a sanitizer run of the emulated kernels takes."""
 import collections
+import fcntl
 import os
 import sys
 import zlib
@@ -49,9 +50,19 @@ def sm90_cubins(tmp_path_factory):
 
     if sass_bounds.nvcc() is None:
         pytest.skip("nvcc not found")
-    out = str(tmp_path_factory.mktemp("sm90"))
-    sass_bounds.compile_cubins(sorted(f for f in os.listdir(sass_bounds.CUDA_DIR) if f.endswith(".cu")), out)
-    return out
+    # Under pytest-xdist each worker runs session fixtures: the first to take the lock builds into
+    # the run's shared temporary directory, the others wait and read the same build.
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    out = base / "sm90"
+    with open(base / "sm90.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "complete").exists():
+            out.mkdir(exist_ok=True)
+            sass_bounds.compile_cubins(sorted(f for f in os.listdir(sass_bounds.CUDA_DIR) if f.endswith(".cu")), str(out))
+            (out / "complete").touch()
+    return str(out)
 
 
 @pytest.fixture
