@@ -15,10 +15,18 @@ fp32 peak = SMs * 128 lanes * 2 flops * clock (67 TFLOP/s on an H100 SXM). The a
 scikit-learn's formula in torch: the same GEMM through torch.matmul, then the norms and a
 logsumexp, unfused. Centre distances and nearest centre are set against torch.cdist
 (+ autograd, + min) like the CPU benchmarks (C1, C2); their roofline column is left empty.
+The last rows set G1's E-step and a two-iteration G2 fit against scikit-learn's own
+GaussianMixture on the same CUDA tensors (its array API path).
 """
 import argparse
 import math
+import os
 import subprocess
+import time
+import warnings
+
+# scikit-learn's array API path (its GaussianMixture on CUDA tensors) needs this before scipy loads.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import torch
 
@@ -262,6 +270,64 @@ def kmeans_rows(check_cpu):
     return rows
 
 
+def wall_time(fn, *args, repeats=3):
+    """cuda_time's stand-in off the GPU: the median of wall-clock runs after one warm-up."""
+    fn(*args)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def sklearn_array_api_rows(_check_cpu, device="cuda", size=(10_000, 1000, 64), iterations=2, timer=None):
+    """G1 and G2 on the same device's tensors against scikit-learn's own GaussianMixture there
+    (its array API path: array_api_dispatch=True, init_params='random'): an E-step
+    (predict_proba) and a fit of `iterations` EM steps from the same start, float64. Rows
+    saying why when scikit-learn or array-api-compat is missing."""
+    timer = timer or cuda_time
+    try:
+        import array_api_compat  # noqa: F401  (scikit-learn's array API path needs it)
+        import sklearn
+        from sklearn.mixture import GaussianMixture as SkGaussianMixture
+    except ImportError as e:
+        return [("scikit-learn array API G1/G2", "-", "-", f"not run: {e}", "-", "-")]
+    n, k, d = size
+    x, means, prec_chol, log_weights = [a.to(device) for a in gmm_model(n, k, d)]
+    init = dict(weights_init=log_weights.exp(), means_init=means,
+                precisions_init=prec_chol @ prec_chol.transpose(1, 2))
+
+    def fit(cls, its):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tol=0: "did not converge"
+            return cls(k, covariance_type="full", init_params="random", max_iter=its, tol=0, **init).fit(x)
+
+    rows = []
+    workload = f"N={n} K={k} D={d}, {device} float64 tensors"
+    with sklearn.config_context(array_api_dispatch=True):
+        sk = fit(SkGaussianMixture, 1)
+        args = (x, sk.means_, sk.precisions_cholesky_, torch.log(sk.weights_))
+        want = sk.predict_proba(x)
+        lr, _ = dsch_ext.gmm_log_resp(*args, "full")
+        ok = f"{(lr.exp() - want).abs().max().item() < 1e-8} (responsibilities)"
+        ta = timer(sk.predict_proba, x)
+        t = timer(dsch_ext.gmm_log_resp, *args, "full")
+        t32 = timer(dsch_ext.gmm_log_resp, *[a.float() for a in args], "full")
+        rows.append(("gmm_log_resp full vs sklearn G1", workload, t * 1e3,
+                     f"sklearn predict_proba {ta * 1e3:.1f} ms = {ta / t:.2f}x; float32 {t32 * 1e3:.2f} ms = "
+                     f"{ta / t32:.2f}x", "-", ok))
+        ref = fit(SkGaussianMixture, iterations)
+        ours = fit(dsch_ext.GaussianMixture, iterations)
+        gap = abs(float(ours.lower_bound_) - float(ref.lower_bound_)) / abs(float(ref.lower_bound_))
+        ta = timer(fit, SkGaussianMixture, iterations)
+        t = timer(fit, dsch_ext.GaussianMixture, iterations)
+        rows.append(("GaussianMixture.fit vs sklearn G2", f"{workload}, {iterations} EM iterations", t * 1e3,
+                     f"sklearn fit {ta * 1e3:.1f} ms = {ta / t:.2f}x", "-", f"{gap < 1e-6} (lower bound rel {gap:.1e})"))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-check", action="store_true", help="skip the CPU answer checks")
@@ -272,7 +338,7 @@ def main():
     header = ("op", "workload", "median ms", "rate", "% roofline", "equals CPU")
     print_row(header)
     # Each group's rows as soon as they are measured: a step time limit still leaves the rest.
-    for group in (hamming_rows, gmm_rows, center_rows, kmeans_rows):
+    for group in (hamming_rows, gmm_rows, center_rows, kmeans_rows, sklearn_array_api_rows):
         for row in group(check):
             print_row(row)
 

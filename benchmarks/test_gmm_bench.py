@@ -263,3 +263,16 @@ def test_sparse_second_moments(impl, quick, timed):
         timed(group, "anchor", "torch packed products + index_add_", _moments_torch, *args)
     else:
         timed(group, "ours", "dsch_ext segment_gram", _moments_ours, *args)
+
+
+def test_gpu_report_sets_g1_g2_against_sklearn_on_the_same_tensors():
+    """The GPU report's scikit-learn array API rows, run here on CPU tensors at a small size:
+    the same code the GPU run takes, with wall-clock timing, must agree with scikit-learn."""
+    _array_api_sklearn()  # skips saying what is missing
+    import gpu_report
+
+    rows = gpu_report.sklearn_array_api_rows(False, device="cpu", size=(300, 6, 4), timer=gpu_report.wall_time)
+    assert [r[0] for r in rows] == ["gmm_log_resp full vs sklearn G1", "GaussianMixture.fit vs sklearn G2"]
+    for row in rows:
+        assert row[-1].startswith("True"), row
+        assert row[2] > 0 and "x" in row[3], row
