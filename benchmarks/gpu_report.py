@@ -42,19 +42,32 @@ def sm_clock_hz():
         return 1.98e9  # H100 SXM boost clock
 
 
-def cuda_time(fn, *args, repeats=7):
-    for _ in range(2):
+def median_time(clock, fn, args, repeats, warmups):
+    """The median of `repeats` timed runs of fn(*args) after `warmups` untimed ones; clock(fn,
+    args) runs it once and returns its seconds."""
+    for _ in range(warmups):
         fn(*args)
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(*args)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    times.sort()
+    times = sorted(clock(fn, args) for _ in range(repeats))
     return times[len(times) // 2]
+
+
+def cuda_clock(fn, args):
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn(*args)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def wall_clock(fn, args):
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def cuda_time(fn, *args, repeats=7):
+    return median_time(cuda_clock, fn, args, repeats, warmups=2)
 
 
 def hamming_rows(check_cpu):
@@ -271,15 +284,8 @@ def kmeans_rows(check_cpu):
 
 
 def wall_time(fn, *args, repeats=3):
-    """cuda_time's stand-in off the GPU: the median of wall-clock runs after one warm-up."""
-    fn(*args)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+    """cuda_time's stand-in off the GPU: wall-clock runs after one warm-up."""
+    return median_time(wall_clock, fn, args, repeats, warmups=1)
 
 
 def sklearn_array_api_rows(_check_cpu, device="cuda", size=(10_000, 1000, 64), iterations=2, timer=None):
