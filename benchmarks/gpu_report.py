@@ -14,7 +14,9 @@ transforms every point by every precision factor, 2 N K D^2 flops (one N x D by 
 fp32 peak = SMs * 128 lanes * 2 flops * clock (67 TFLOP/s on an H100 SXM). The anchor is
 scikit-learn's formula in torch: the same GEMM through torch.matmul, then the norms and a
 logsumexp, unfused. Centre distances and nearest centre are set against torch.cdist
-(+ autograd, + min) like the CPU benchmarks (C1, C2); their roofline column is left empty.
+(+ autograd, + min) like the CPU benchmarks (C1, C2; C1 also without autograd, so the
+backward's share shows); their roofline column is left empty. G5 is G1 at D = 128 (the exact
+route: a full-fp32 GEMM into a buffer).
 The last rows set G1's E-step and a two-iteration G2 fit against scikit-learn's own
 GaussianMixture on the same CUDA tensors (its array API path).
 """
@@ -147,7 +149,7 @@ def gmm_model(n, k, d, seed=0):
 def gmm_rows(check_cpu):
     rows = []
     peak = fp32_peak()
-    for wid, (n, k, d) in [("G1", (10_000, 1000, 64)), ("G1 x5", (50_000, 1000, 64))]:
+    for wid, (n, k, d) in [("G1", (10_000, 1000, 64)), ("G1 x5", (50_000, 1000, 64)), ("G5", (10_000, 1000, 128))]:
         args64 = gmm_model(n, k, d)
         args32 = [a.float().cuda() for a in args64]
         got_lr, got_norm = dsch_ext.gmm_log_resp(*args32, "full")
@@ -216,6 +218,13 @@ def center_rows(check_cpu):
     t, ta = cuda_time(ours), cuda_time(anchor)
     rows.append(("center_distances fwd+bwd C1", f"N={n} K={k} D={d}", t * 1e3,
                  f"torch.cdist {ta * 1e3:.2f} ms = {ta / t:.2f}x", "-", ok))
+    # The forward alone (the 3xTF32 tile), so that the backward's share (two full-fp32 GEMMs
+    # and their weight and combine kernels) shows: it decides whether the backward moves to the tile.
+    xd, cd = xc.detach(), cc.detach()
+    tf, tfa = cuda_time(dsch_ext.center_distances, xd, cd), cuda_time(lambda: torch.cdist(xd, cd).square())
+    rows.append(("center_distances fwd C1", f"N={n} K={k} D={d}", tf * 1e3,
+                 f"torch.cdist {tfa * 1e3:.2f} ms = {tfa / tf:.2f}x; backward {(t - tf) * 1e3:.2f} ms "
+                 f"(cdist's {(ta - tfa) * 1e3:.2f})", "-", "-"))
 
     n = 1_000_000
     x = torch.randn(n, d, generator=g).cuda()
