@@ -13,6 +13,9 @@ import dsch_ext  # noqa: F401  (registers the ops before any test imports them)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+# benchmarks/ on the path: the sm_90 build below and the static-bound test use its sass_bounds.py.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
 
 def pytest_generate_tests(metafunc):
     if "device" in metafunc.fixturenames:
@@ -45,7 +48,6 @@ def sm90_cubins(tmp_path_factory):
     and the static-bound test share."""
     if torch.version.cuda is None:
         pytest.skip("needs a CUDA build of torch (its headers)")
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     import sass_bounds
 
     if sass_bounds.nvcc() is None:

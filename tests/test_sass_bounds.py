@@ -5,13 +5,10 @@ small hand-written listing; the slow test builds the real sm_90 kernels and fail
 workload's bound is worse than the one recorded in benchmarks/sass_bounds.json, so a
 regression in the compiled hot loops shows on every machine, GPU or not."""
 import json
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import sass_bounds as sb  # noqa: E402
+import sass_bounds as sb  # benchmarks/sass_bounds.py (conftest puts benchmarks/ on the path)
 
 # A kernel with one loop: per iteration two code words are xor-ed and popcounted (the work),
 # a ballot's popcount (overhead) on a side path, and a diamond whose cheap side skips a block.
