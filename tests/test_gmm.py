@@ -1,4 +1,9 @@
 """gmm_log_resp and GaussianMixture against float64 references and scikit-learn."""
+import importlib
+import platform
+import re
+import shutil
+import subprocess
 import warnings
 
 import numpy as np
@@ -110,6 +115,27 @@ def tight_mixture(d, k, n_per, seed, spread=1e-3):
                                         means_init=centers, random_state=0).fit(X)
     outside = rng.uniform(-1, 1, (37, d))
     return np.concatenate([X, outside]), gm
+
+
+def test_float32_log_sum_exp_is_vectorised_in_every_cpu_clone():
+    """The float32 E-step's log-sum-exp (fast_expf over a row) must compile to SIMD code in
+    each of the library's CPU clones: a scalar loop, or libm's fmaf a term, made it a large
+    share of an E-step with small D. Read from the loaded library's machine code."""
+    if platform.machine() != "x86_64" or shutil.which("nm") is None or shutil.which("objdump") is None:
+        pytest.skip("needs x86-64 and binutils (nm, objdump)")
+    library = dsch_ext.build_info["source"]
+    if library == "dsch_ext._C":
+        library = importlib.import_module("dsch_ext._C").__file__
+    symbols = subprocess.run(["nm", library], capture_output=True, text=True, check=True).stdout.split()
+    clones = [s for s in symbols if "normalize_rows_float" in s and s.rsplit(".", 1)[-1] in
+              ("arch_x86_64_v4", "arch_x86_64_v3", "default")]
+    if len(clones) != 3:
+        pytest.skip(f"no CPU clones of the row normalisation in {library} (stripped, or not built by GCC)")
+    for clone in clones:
+        code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", f"--disassemble={clone}", library],
+                              capture_output=True, text=True, check=True).stdout
+        assert "cvttps2dq" in code, f"{clone}: fast_expf's float-to-int step is scalar, the loop is not vectorised"
+        assert not re.search(r"call.*<fmaf", code), f"{clone} calls libm's fmaf"
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])

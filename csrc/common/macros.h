@@ -42,6 +42,16 @@
 #define DSCH_CPU_CLONES
 #endif
 
+// For host loops with float compares in them (the clamps of fast_expf): under GCC's default
+// -ftrapping-math a compare that may raise an FP exception is not if-converted, and the
+// loop around it stays scalar. Without traps the results are the same, only the exception
+// flags (which nothing here reads) may differ.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define DSCH_NO_TRAPPING_MATH __attribute__((optimize("no-trapping-math")))
+#else
+#define DSCH_NO_TRAPPING_MATH
+#endif
+
 namespace dsch_ext {
 
 // a * b + c rounded once on every build: fma on the device, std::fma on the host (one

@@ -159,7 +159,8 @@ void normalize_rows(T* out, T* out_norm, int64_t rows, int64_t k, T log_floor) {
 
 // Non-template entry points, compiled for AVX2+FMA and the baseline and
 // picked at load time (DSCH_CPU_CLONES): the E-step's inner loop is the hot spot.
-DSCH_CPU_CLONES void normalize_rows_float(float* out, float* norm, int64_t rows, int64_t k, float log_floor) {
+DSCH_CPU_CLONES DSCH_NO_TRAPPING_MATH void normalize_rows_float(float* out, float* norm, int64_t rows, int64_t k,
+                                                                float log_floor) {
   normalize_rows<float>(out, norm, rows, k, log_floor);
 }
 DSCH_CPU_CLONES void normalize_rows_double(double* out, double* norm, int64_t rows, int64_t k, double log_floor) {
