@@ -562,6 +562,8 @@ WORKLOADS = {
     # E-step's (a p - b)^2, and D^2 per point and component for x L_k in the full one.
     "G1": _pairs("gmm_log_resp.cu", r"pair_tile_mma_resident_kernelILi64E.*FullGmmVisitor", 1e4 * 1000 * 64 * 64,
                  "full-covariance E-step, N = 10^4, K = 1000, D = 64, float32"),
+    "G5": _pairs("gmm_log_resp.cu", r"pair_tile_mma_wide_kernel.*FullGmmVisitor", 1e4 * 1000 * 128 * 128,
+                 "full-covariance E-step, N = 10^4, K = 1000, D = 128, float32"),
     "G3": _pairs("gmm_log_resp.cu", r"pair_tile_kernelIf.*ScaledDiffPair", 2 * 1e4 * 1000 * 64,
                  "diagonal E-step, N = 10^4, K = 1000, D = 64, float32"),
     "C1": _pairs("center_distances.cu", r"pair_tile_mma_resident_kernelILi64E.*DistanceVisitor", 65536 * 1000 * 64,

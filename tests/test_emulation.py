@@ -322,10 +322,11 @@ def gmm_params(cov, k, d, dtype, generator):
 @pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 # (29, 37, 40): 37 components are 37 column tiles over column groups ('full' float32 on the
-# tensor-core tile, D = 40 padded to 64); (70, 5, 20) two point tiles at D padded to 32; D = 70
-# takes the exact route; 130 components are three column tiles of the pair scan.
+# tensor-core tile, D = 40 padded to 64); (70, 5, 20) two point tiles at D padded to 32; 'full'
+# float32 at D = 70 runs the wide tensor-core kernel, two column tiles a component, and at
+# D = 130 (and in float64) the exact route; 130 components are three column tiles of the pair scan.
 @pytest.mark.parametrize("n,k,d,floor", [(1, 1, 1, 0.0), (40, 6, 5, 0.0), (29, 9, 8, 1e-6), (29, 37, 40, 0.0),
-                                         (70, 5, 20, 1e-3), (9, 3, 70, 0.0), (6, 130, 3, 0.0)])
+                                         (70, 5, 20, 1e-3), (9, 3, 70, 1e-3), (7, 2, 130, 0.0), (6, 130, 3, 0.0)])
 def test_gmm_log_resp(emu, cov, dtype, n, k, d, floor, generator):
     means, prec, log_w = gmm_params(cov, k, d, dtype, generator)
     x = means[torch.randint(k, (n,), generator=generator)] + torch.randn(n, d, generator=generator, dtype=dtype)
@@ -356,7 +357,10 @@ def test_gmm_scaled_difference_rounds_once_as_on_the_gpu(emu, cov):
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("n,k,d", [(70, 9, 40), (33, 4, 64), (5, 3, 16)])
+# D = 100 and 128 run the wide kernel (its truncating split), two column tiles a component; at
+# (70, 37, 70) the 74 tiles' column groups of 13 are rounded up to 14, so that none splits a
+# component, and two point tiles share them.
+@pytest.mark.parametrize("n,k,d", [(70, 9, 40), (33, 4, 64), (5, 3, 16), (21, 3, 100), (9, 2, 128), (70, 37, 70)])
 def test_full_gmm_float32_on_the_tensor_cores_is_within_1e_5_of_float64(emu, n, k, d, generator):
     # 'full' float32 runs x L_k in 3xTF32: the log-likelihood of every point (and each entry,
     # relative to its size) stays within 1e-5 of float64's on the same inputs.

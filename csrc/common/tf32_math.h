@@ -38,6 +38,20 @@ DSCH_HOST_DEVICE float tf32_round(float v) {
 // The residual of the split: exact difference, then rounded to TF32.
 DSCH_HOST_DEVICE float tf32_residual(float v, float hi) { return tf32_round(v - hi); }
 
+// The split of the wide tensor-core kernel (pair_tile_mma.cuh), made where a
+// value is used: hi is v truncated to TF32 (its 13 low mantissa bits cleared)
+// and lo = v - hi, exact in fp32. lo goes to the tensor cores whole; they read
+// its top 10 explicit bits, a truncation (error < 2^-10 |lo| < 2^-20 |v|). One
+// AND and one subtraction, no special cases: NaN stays NaN, Inf gives a NaN
+// lo as the rounded split does. A product then errs by about 3 2^-20 |a b|
+// (the two truncated lo terms and the dropped lo lo) where the rounded split
+// errs by about 2^-22: inside the full E-step's 1e-5 (tested), not used where
+// a tie bound relies on kTf32x3Epsilon.
+DSCH_HOST_DEVICE void tf32_truncating_split(float v, float& hi, float& lo) {
+  hi = bits_float(float_bits(v) & 0xffffe000u);
+  lo = v - hi;
+}
+
 // One output of an m16n8k8 TF32 tensor-core product as the emulation forms it
 // (mma_tf32.cuh): acc plus the 8 products of a row of A and a column of B in
 // k order, each sum rounded to nearest. Like the tensor cores it ignores the

@@ -1,15 +1,16 @@
 // CUDA kernel of dsch_ext::gmm_log_resp: the GMM E-step, in the stable form
 // of gmm_math.h (differences of transformed vectors, never the expanded
 // quadratic), with no N x K x D intermediate:
-//   - 'full', float32, D <= 64: the tensor-core pair scan (pair_tile.cuh, 3xTF32)
-//     over the columns of every L_k, each component padded to one 64-column
-//     tile: x L_k stays in the tile, its epilogue subtracts b_k, sums the
-//     squares over the tile's columns and folds the component's log
-//     probability into a running log-sum-exp.
+//   - 'full', float32, D <= 128: the tensor-core pair scan (pair_tile_mma.cuh,
+//     3xTF32) over the columns of every L_k, each component padded to one
+//     64-column tile (two above D = 64, on the wide kernel): x L_k stays in
+//     the tile, its epilogue subtracts b_k, sums the squares over the
+//     component's columns and folds its log probability into a running
+//     log-sum-exp.
 //   - 'diag', 'spherical', 'tied': the register-tiled pair scan
 //     (pair_tile.cuh) with (a p_k - b_k)^2 as the pair's accumulation ('tied'
 //     after one x L GEMM, p = 1) and the log-sum-exp folded in its epilogue.
-//   - 'full' in float64 or D > 64: x L_k by one GEMM per block of points into
+//   - 'full' in float64 or D > 128: x L_k by one GEMM per block of points into
 //     a fixed buffer, then a block per point (the exact route).
 // Column groups keep partial (max, sum-exp) per point; a normalise kernel
 // (one warp per point) merges them and rewrites the row once. resp_floor > 0
@@ -39,7 +40,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kFullBufferElements = launch::kGmmFullBufferElements;
-constexpr int kTileMaxDim = 64;  // 'full' on the tensor-core tile up to this D (the resident kernel's)
+constexpr int kTileMaxDim = kWideDim;  // 'full' float32 on the tensor cores up to this D
 
 // A running log-sum-exp: m the largest value seen, s = sum exp(v - m).
 // -inf entries (components of weight 0) add nothing; NaN makes s NaN.
@@ -98,18 +99,23 @@ struct GmmVisitor {
   }
 };
 
-// 'full', float32, D <= 64, on the tensor-core tile: column c * 64 + j of the
-// scan is coordinate j of x L_c (zeros past D), so a column tile is one
-// component. visit sums (x L_c - b_c)^2 over a thread's 4 columns; end_tile
-// completes the sum over the half-warp (every lane then holds the same log
-// probability and running log-sum-exp) and writes the component's entry.
+// 'full', float32, D <= 128, on the tensor-core tile: column c * 64 T + j of
+// the scan is coordinate j of x L_c (zeros past D), so T column tiles (one, or
+// two above D = 64) are one component, and no column group splits one
+// (align_pair_groups). visit sums (x L_c - b_c)^2 over a thread's 4 columns;
+// end_tile completes the sum over the half-warp (every lane then holds the
+// same log probability and running log-sum-exp) and, at a component's last
+// tile, writes its entry. With T = 2 the first tile's pass is the same code
+// with the result discarded (selects, no branch): the kernel's cost, and the
+// static bound read from its SASS, are those of the path that runs.
+template <int T>
 struct FullGmmVisitor {
   struct State {
     LogSumExp<float> lse;
     float sq;
   };
   float* out;             // [n, k]
-  const float* b;         // [k * kPairTileCols]: b_c padded with zeros
+  const float* b;         // [k * T * kPairTileCols]: b_c padded with zeros
   const float* log_const;
   int64_t n, k;           // points, components
   float* part_max;        // [groups, n]
@@ -121,17 +127,19 @@ struct FullGmmVisitor {
     s.sq = fused_multiply_add(y, y, s.sq);
   }
   __device__ __forceinline__ void end_tile(State (&state)[4], int64_t p0, int64_t c0) const {
+    const int64_t tile = c0 / kPairTileCols;
+    const bool last = (tile + 1) % T == 0;  // the component's sums go on in its next tile otherwise
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-    const int64_t comp = c0 / kPairTileCols;
+    const int64_t comp = tile / T;
     DSCH_UNROLL
     for (int i = 0; i < 4; ++i) {
       float sq = state[i].sq;
       for (int offset = 8; offset > 0; offset >>= 1) sq += __shfl_xor_sync(kFullWarpMask, sq, offset, 16);
-      state[i].sq = 0.0f;
+      state[i].sq = last ? 0.0f : state[i].sq;  // this thread's own share goes on; the sum is redone
       const float lp = log_const[comp] - 0.5f * sq;
       const int64_t point = p0 + ty * 4 + i;
-      if (tx == 0 && point < n) out[point * k + comp] = lp;
-      state[i].lse.add(lp);
+      if (last && tx == 0 && point < n) out[point * k + comp] = lp;
+      state[i].lse.add(last ? lp : -INFINITY);  // -inf adds nothing
     }
   }
   __device__ __forceinline__ void finish(State& s, int64_t point, int group, bool writer) const {
@@ -169,7 +177,7 @@ __global__ void gmm_normalise_kernel(T* __restrict__ out, T* __restrict__ out_no
   }
 }
 
-// The exact route ('full' in float64 or D > 64): a block per point over the
+// The exact route ('full' in float64 or D > 128): a block per point over the
 // GEMM's transformed rows, log-sum-exp reduced across the block.
 template <typename T>
 __global__ void gmm_rows_kernel(int cov, const T* __restrict__ a, int64_t a_stride, const T* __restrict__ p,
@@ -220,26 +228,38 @@ void exact_full_route(const GmmPrepared& g, double log_floor, at::Tensor& out, a
   });
 }
 
-// 'full', float32, D <= 64: returns the number of component groups written to the partials.
+// 'full', float32, D <= 128: returns the number of component groups written to the partials.
 int64_t tile_full_route(const GmmPrepared& g, const at::Tensor& prec_chol, at::Tensor& out, at::Tensor& part_max,
                         at::Tensor& part_sum) {
   const int64_t n = g.x.size(0), dim = g.x.size(1), k = g.b.size(0);
-  // Row c * 64 + j: column j of L_c (so the tile's B side), and b_c's coordinate j; zeros past D.
-  // Padded to the resident kernel's dimension as well, so launching makes no second copy.
-  const int dp = resident_dim(dim);
+  const int64_t tiles = (dim + kPairTileCols - 1) / kPairTileCols, width = tiles * kPairTileCols;
+  // Row c * width + j: column j of L_c (so the tile's B side), and b_c's coordinate j; zeros past
+  // D, and in the kernel's layout: padded to the resident kernel's dimension (one copy), or
+  // interleaved for the wide one.
+  const int dp = dim <= kPairTileCols ? resident_dim(dim) : kWideDim;
+  const at::Tensor padded =
+      at::constant_pad_nd(prec_chol.transpose(1, 2), {0, dp - dim, 0, width - dim}).contiguous();
   const at::Tensor columns =
-      at::constant_pad_nd(prec_chol.transpose(1, 2), {0, dp - dim, 0, kPairTileCols - dim})
-          .contiguous()
-          .view({k * kPairTileCols, dp});
-  const at::Tensor b_columns = at::constant_pad_nd(g.b, {0, kPairTileCols - dim}).contiguous();
-  const PairTilePlan plan = plan_pair_tiles(n, k * kPairTileCols, dim, gpu::multiprocessor_count(g.x.device()));
+      dp == kWideDim ? interleave_for_wide_tiles(padded.view({k * width, dp})) : padded.view({k * width, dp});
+  const at::Tensor b_columns = at::constant_pad_nd(g.b, {0, width - dim}).contiguous();
+  const PairTilePlan plan =
+      align_pair_groups(plan_pair_tiles(n, k * width, dim, gpu::multiprocessor_count(g.x.device())), tiles);
   const int64_t groups = pair_groups(plan);
   part_max = at::empty({groups, n}, g.x.options());
   part_sum = at::empty({groups, n}, g.x.options());
-  const FullGmmVisitor visitor{out.data_ptr<float>(), b_columns.const_data_ptr<float>(),
-                               g.log_const.const_data_ptr<float>(), n, k, part_max.data_ptr<float>(),
-                               part_sum.data_ptr<float>()};
-  launch_resident_dot_tiles("gmm_full_tiles", plan, g.x, columns, visitor, gpu::current_stream());
+  const gpu::Stream stream = gpu::current_stream();
+  if (dp == kWideDim) {
+    const FullGmmVisitor<2> visitor{out.data_ptr<float>(), b_columns.const_data_ptr<float>(),
+                                    g.log_const.const_data_ptr<float>(), n, k, part_max.data_ptr<float>(),
+                                    part_sum.data_ptr<float>()};
+    gpu::launch("gmm_full_wide_tiles", &pair_tile_mma_wide_kernel<FullGmmVisitor<2>>, pair_tile_grid(plan),
+                kPairThreads, 0, stream, plan, g.x.const_data_ptr<float>(), columns.const_data_ptr<float>(), visitor);
+  } else {
+    const FullGmmVisitor<1> visitor{out.data_ptr<float>(), b_columns.const_data_ptr<float>(),
+                                    g.log_const.const_data_ptr<float>(), n, k, part_max.data_ptr<float>(),
+                                    part_sum.data_ptr<float>()};
+    launch_resident_dot_tiles("gmm_full_tiles", plan, g.x, columns, visitor, stream);
+  }
   return groups;
 }
 

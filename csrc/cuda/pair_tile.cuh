@@ -70,6 +70,14 @@ inline int64_t pair_groups(const PairTilePlan& plan) {
   return (plan.col_tiles + plan.tiles_per_group - 1) / plan.tiles_per_group;
 }
 
+// Makes every group start at a multiple of `tiles` column tiles, for a visitor
+// whose unit (one component of the full-covariance E-step) spans that many:
+// fewer, longer groups, never a unit split between two blocks.
+inline PairTilePlan align_pair_groups(PairTilePlan plan, int64_t tiles) {
+  plan.tiles_per_group = (plan.tiles_per_group + tiles - 1) / tiles * tiles;
+  return plan;
+}
+
 inline dim3 pair_tile_grid(const PairTilePlan& plan) {
   return dim3(gpu::grid_for(plan.n, kPairTileRows), static_cast<unsigned>(pair_groups(plan)));
 }

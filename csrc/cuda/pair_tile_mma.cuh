@@ -31,12 +31,18 @@ constexpr int kWarpRows = 32, kWarpCols = 16, kMTiles = kWarpRows / 16, kNTiles 
 static_assert(kPairThreads == 8 * 32 && kPairTileRows == 2 * kWarpRows && kPairTileCols == 4 * kWarpCols,
               "eight warps of 32 x 16 cover the tile");
 
-// A lane's place in the tile's fragments: g = lane / 4, t = lane % 4 and its warp's corner.
+// A lane's place in the tile's fragments: g = lane / 4, t = lane % 4 and the
+// corner of its warp's MT m16 by NT n8 products (32 x 16 by default; the wide
+// kernel's warps are 16 x 32), the warps filling the tile's rows first.
+template <int MT = kMTiles, int NT = kNTiles>
 struct MmaLane {
+  static_assert((kPairTileRows / (16 * MT)) * (kPairTileCols / (8 * NT)) * 32 == kPairThreads,
+                "the eight warps cover the tile");
   int g, t, row_base, col_base;
   __device__ __forceinline__ static MmaLane here() {
+    constexpr int kWarpsDown = kPairTileRows / (16 * MT);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    return {lane / 4, lane % 4, (warp % 2) * kWarpRows, (warp / 2) * kWarpCols};
+    return {lane / 4, lane % 4, (warp % kWarpsDown) * 16 * MT, (warp / kWarpsDown) * 8 * NT};
   }
 };
 static_assert(kPairChunk % 8 == 0, "a chunk is whole k-steps");
@@ -61,17 +67,17 @@ __device__ __forceinline__ void stage_split_chunk(float* hi, float* lo, const fl
 // visitor from there. A visitor may also have
 //   void end_tile(State (&)[4], int64_t p0, int64_t c0)
 // which every thread calls after the tile's pairs (so it may reduce over the half-warp).
-template <typename Visitor>
+template <typename Visitor, int MT, int NT>
 __device__ __forceinline__ void visit_mma_tile(const PairTilePlan& plan, const Visitor& visitor,
                                                typename Visitor::State (&state)[4], float* out_tile,
-                                               const float (&acc)[kMTiles][kNTiles][4], int64_t p0, int64_t c0) {
+                                               const float (&acc)[MT][NT][4], int64_t p0, int64_t c0) {
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const MmaLane m = MmaLane::here();
+  const MmaLane<MT, NT> m = MmaLane<MT, NT>::here();
   __syncthreads();
   DSCH_UNROLL
-  for (int mt = 0; mt < kMTiles; ++mt) {
+  for (int mt = 0; mt < MT; ++mt) {
     DSCH_UNROLL
-    for (int nt = 0; nt < kNTiles; ++nt) {
+    for (int nt = 0; nt < NT; ++nt) {
       DSCH_UNROLL
       for (int f = 0; f < 4; ++f)
         out_tile[(m.row_base + 16 * mt + m.g + 8 * (f / 2)) * kMmaOutStride + m.col_base + 8 * nt + 2 * m.t + f % 2] =
@@ -93,7 +99,7 @@ __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_mma_kernel(PairTile
   DSCH_SHARED_ARRAY(float, col_hi, kPairTileCols * kMmaStride);
   DSCH_SHARED_ARRAY(float, col_lo, kPairTileCols * kMmaStride);
   DSCH_SHARED_ARRAY(float, out_tile, kPairTileRows * kMmaOutStride);
-  const MmaLane m = MmaLane::here();
+  const MmaLane<> m = MmaLane<>::here();
   const ColumnGroup group = ColumnGroup::of_block(plan);
   for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
        p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
@@ -177,7 +183,7 @@ __global__ void __launch_bounds__(kPairThreads, 1)
   DSCH_SHARED_ARRAY(float, buffer, resident_buffer<DP>());
   float* const cols = buffer;
   float* const out_tile = buffer;  // after the products have read the centres
-  const MmaLane m = MmaLane::here();
+  const MmaLane<> m = MmaLane<>::here();
   const ColumnGroup group = ColumnGroup::of_block(plan);
   for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
        p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
@@ -228,6 +234,89 @@ __global__ void __launch_bounds__(kPairThreads, 1)
     }
     finish_points(plan, visitor, state, p0);
   }
+}
+
+// The tensor-core scan for 64 < D <= 128 (kWideDim, so far only the float32
+// full-covariance E-step's x L_k, whose 1e-5 claim leaves room for this
+// kernel's cheaper split): the resident kernel's register budget cannot hold
+// split A fragments for 128 coordinates, so both sides stay raw, A in
+// registers (a warp owns 16 points x 32 columns: 64 values a lane) and the
+// centres in shared memory, and every value is split where it is used
+// (tf32_truncating_split: an AND and a subtraction, no integer rounding; the
+// staging is a plain copy). The centres come padded to [col_tiles *
+// kPairTileCols, 128] with each 8 coordinates in the order 0 4 1 5 2 6 3 7
+// (interleave_for_wide_tiles), so a lane's two B values of a k-step, t and
+// t + 4, are one 8-byte load; the row stride, 8 mod 32 floats, gives each
+// half-warp 32 different banks.
+constexpr int kWideDim = 128;
+constexpr int kWideStride = kWideDim + 8;
+
+template <typename Visitor>
+__global__ void __launch_bounds__(kPairThreads, 1)
+    pair_tile_mma_wide_kernel(PairTilePlan plan, const float* __restrict__ points,
+                              const float* __restrict__ padded_centers, Visitor visitor) {
+  constexpr int kMT = 1, kNT = 4, kSteps = kWideDim / 8;
+  constexpr int kVecs = kWideDim / 4, kRowsPerRound = kPairThreads / kVecs;  // staging: float4s
+  static_assert(kPairTileCols % kRowsPerRound == 0, "whole staging rounds");
+  constexpr int kBuffer = kPairTileCols * kWideStride > kPairTileRows * kMmaOutStride ? kPairTileCols * kWideStride
+                                                                                    : kPairTileRows * kMmaOutStride;
+  DSCH_SHARED_ARRAY(float, buffer, kBuffer);
+  float* const cols = buffer;
+  float* const out_tile = buffer;  // after the products have read the centres
+  const MmaLane<kMT, kNT> m = MmaLane<kMT, kNT>::here();
+  const int stage_row = threadIdx.x / kVecs, stage_v = threadIdx.x % kVecs;
+  const ColumnGroup group = ColumnGroup::of_block(plan);
+  for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
+       p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
+    float a[kSteps][4];
+    DSCH_UNROLL
+    for (int s = 0; s < kSteps; ++s) {
+      DSCH_UNROLL
+      for (int f = 0; f < 4; ++f) {
+        const int64_t row = p0 + m.row_base + m.g + 8 * (f % 2);
+        const int col = 8 * s + m.t + 4 * (f / 2);
+        a[s][f] = row < plan.n && col < plan.dim ? points[row * plan.dim + col] : 0.0f;
+      }
+    }
+    typename Visitor::State state[4];
+    start_points(visitor, state);
+    const float* tile_src = padded_centers + (group.first * kPairTileCols + stage_row) * kWideDim + 4 * stage_v;
+    for (int64_t tile = group.first; tile < group.last; ++tile) {
+      const int64_t c0 = tile * kPairTileCols;
+      __syncthreads();  // the previous tile's visitors have read out_tile
+      DSCH_UNROLL
+      for (int i = 0; i < kPairTileCols / kRowsPerRound; ++i)
+        *reinterpret_cast<float4*>(&cols[(stage_row + i * kRowsPerRound) * kWideStride + 4 * stage_v]) =
+            *reinterpret_cast<const float4*>(tile_src + i * kRowsPerRound * kWideDim);
+      tile_src += kPairTileCols * kWideDim;
+      __syncthreads();
+      float acc[kMT][kNT][4] = {};
+      DSCH_UNROLL
+      for (int s = 0; s < kSteps; ++s) {
+        float a_hi[4], a_lo[4];
+        DSCH_UNROLL
+        for (int f = 0; f < 4; ++f) tf32_truncating_split(a[s][f], a_hi[f], a_lo[f]);
+        DSCH_UNROLL
+        for (int nt = 0; nt < kNT; ++nt) {
+          const float2 b =
+              *reinterpret_cast<const float2*>(&cols[(m.col_base + 8 * nt + m.g) * kWideStride + 8 * s + 2 * m.t]);
+          float b_hi[2], b_lo[2];
+          tf32_truncating_split(b.x, b_hi[0], b_lo[0]);
+          tf32_truncating_split(b.y, b_hi[1], b_lo[1]);
+          mma_tf32x3_m16n8k8(acc[0][nt], a_hi, a_lo, b_hi, b_lo);
+        }
+      }
+      visit_mma_tile(plan, visitor, state, out_tile, acc, p0, c0);  // after every warp's products read the centres
+    }
+    finish_points(plan, visitor, state, p0);
+  }
+}
+
+// Centres padded to [col_tiles * kPairTileCols, 128] (zeros past K and D) in
+// pair_tile_mma_wide_kernel's layout: each 8 coordinates in the order 0 4 1 5 2 6 3 7.
+inline at::Tensor interleave_for_wide_tiles(const at::Tensor& padded) {
+  const int64_t rows = padded.size(0);
+  return padded.view({rows, kWideDim / 8, 2, 4}).transpose(2, 3).contiguous().view({rows, kWideDim});
 }
 
 template <typename T, typename Pair>

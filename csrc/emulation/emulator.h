@@ -93,8 +93,11 @@ void* dynamic_shared();
 
 // ----------------------------------------------------------------- CUDA names
 using dim3 = dsch_ext::emu::Dim3;
-struct alignas(16) float4 {  // CUDA's vector type, for 16-byte shared and global accesses
+struct alignas(16) float4 {  // CUDA's vector types, for 16- and 8-byte shared and global accesses
   float x, y, z, w;
+};
+struct alignas(8) float2 {
+  float x, y;
 };
 using uint3 = dsch_ext::emu::Dim3;
 inline thread_local dsch_ext::emu::Dim3 threadIdx, blockIdx, blockDim, gridDim;
