@@ -15,8 +15,8 @@ fp32 peak = SMs * 128 lanes * 2 flops * clock (67 TFLOP/s on an H100 SXM). The a
 scikit-learn's formula in torch: the same GEMM through torch.matmul, then the norms and a
 logsumexp, unfused. Centre distances and nearest centre are set against torch.cdist
 (+ autograd, + min) like the CPU benchmarks (C1, C2; C1 also without autograd, so the
-backward's share shows); their roofline column is left empty. G5 is G1 at D = 128 (the exact
-route: a full-fp32 GEMM into a buffer).
+backward's share shows); their roofline column is left empty. G5 is G1 at D = 128 (the wide
+tensor-core kernel).
 The last rows set G1's E-step and a two-iteration G2 fit against scikit-learn's own
 GaussianMixture on the same CUDA tensors (its array API path).
 """
