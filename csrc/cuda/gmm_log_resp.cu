@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 
 #include "../common/gmm_prepare.h"
 #include "block_scan.cuh"
@@ -248,17 +249,17 @@ int64_t tile_full_route(const GmmPrepared& g, const at::Tensor& prec_chol, at::T
   part_max = at::empty({groups, n}, g.x.options());
   part_sum = at::empty({groups, n}, g.x.options());
   const gpu::Stream stream = gpu::current_stream();
+  const auto visitor = [&](auto tiles_per_component) {
+    return FullGmmVisitor<decltype(tiles_per_component)::value>{
+        out.data_ptr<float>(), b_columns.const_data_ptr<float>(), g.log_const.const_data_ptr<float>(), n, k,
+        part_max.data_ptr<float>(), part_sum.data_ptr<float>()};
+  };
   if (dp == kWideDim) {
-    const FullGmmVisitor<2> visitor{out.data_ptr<float>(), b_columns.const_data_ptr<float>(),
-                                    g.log_const.const_data_ptr<float>(), n, k, part_max.data_ptr<float>(),
-                                    part_sum.data_ptr<float>()};
     gpu::launch("gmm_full_wide_tiles", &pair_tile_mma_wide_kernel<FullGmmVisitor<2>>, pair_tile_grid(plan),
-                kPairThreads, 0, stream, plan, g.x.const_data_ptr<float>(), columns.const_data_ptr<float>(), visitor);
+                kPairThreads, 0, stream, plan, g.x.const_data_ptr<float>(), columns.const_data_ptr<float>(),
+                visitor(std::integral_constant<int, 2>{}));
   } else {
-    const FullGmmVisitor<1> visitor{out.data_ptr<float>(), b_columns.const_data_ptr<float>(),
-                                    g.log_const.const_data_ptr<float>(), n, k, part_max.data_ptr<float>(),
-                                    part_sum.data_ptr<float>()};
-    launch_resident_dot_tiles("gmm_full_tiles", plan, g.x, columns, visitor, stream);
+    launch_resident_dot_tiles("gmm_full_tiles", plan, g.x, columns, visitor(std::integral_constant<int, 1>{}), stream);
   }
   return groups;
 }

@@ -165,10 +165,11 @@ constexpr int resident_stride() {
   return 2 * DP + 16;  // = 16 mod 32: the two centres of a quarter-warp's 16-byte loads hit 32 banks
 }
 
-template <int DP>
-constexpr int resident_buffer() {
-  return kPairTileCols * resident_stride<DP>() > kPairTileRows * kMmaOutStride ? kPairTileCols * resident_stride<DP>()
-                                                                               : kPairTileRows * kMmaOutStride;
+// Floats of the shared buffer that holds a column tile's staged centres (rows
+// of `stride`) and, after the products, the finished tile.
+constexpr int centres_and_tile_buffer(int stride) {
+  return kPairTileCols * stride > kPairTileRows * kMmaOutStride ? kPairTileCols * stride
+                                                                : kPairTileRows * kMmaOutStride;
 }
 
 template <int DP, typename Visitor>
@@ -180,7 +181,7 @@ __global__ void __launch_bounds__(kPairThreads, 1)
   constexpr int kQuads = DP / 2, kRowsPerRound = kPairThreads / kQuads;
   static_assert(kPairThreads % kQuads == 0 && kPairTileCols % kRowsPerRound == 0, "whole staging rounds");
   const int stage_row = threadIdx.x / kQuads, stage_q = threadIdx.x % kQuads;
-  DSCH_SHARED_ARRAY(float, buffer, resident_buffer<DP>());
+  DSCH_SHARED_ARRAY(float, buffer, centres_and_tile_buffer(kStride));
   float* const cols = buffer;
   float* const out_tile = buffer;  // after the products have read the centres
   const MmaLane<> m = MmaLane<>::here();
@@ -258,9 +259,7 @@ __global__ void __launch_bounds__(kPairThreads, 1)
   constexpr int kMT = 1, kNT = 4, kSteps = kWideDim / 8;
   constexpr int kVecs = kWideDim / 4, kRowsPerRound = kPairThreads / kVecs;  // staging: float4s
   static_assert(kPairTileCols % kRowsPerRound == 0, "whole staging rounds");
-  constexpr int kBuffer = kPairTileCols * kWideStride > kPairTileRows * kMmaOutStride ? kPairTileCols * kWideStride
-                                                                                    : kPairTileRows * kMmaOutStride;
-  DSCH_SHARED_ARRAY(float, buffer, kBuffer);
+  DSCH_SHARED_ARRAY(float, buffer, centres_and_tile_buffer(kWideStride));
   float* const cols = buffer;
   float* const out_tile = buffer;  // after the products have read the centres
   const MmaLane<kMT, kNT> m = MmaLane<kMT, kNT>::here();
