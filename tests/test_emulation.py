@@ -205,22 +205,50 @@ def tf32_round(v):
     return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
 
 
-def tf32x3_dot_model(x, c, chunk=16):
+def tf32_truncate(v):
+    """The 13 low mantissa bits cleared: what the tensor cores read of an fp32 operand."""
+    bits = np.ascontiguousarray(v, dtype=np.float32).view(np.uint32)
+    return (bits & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def tf32x3_dot_model(x, c, chunk=16, split="rounded"):
     """The float32 tile's inner products as the emulated tensor cores form them: operands split
     into TF32 high and residual parts, per k-step of 8 the passes lo*hi, hi*lo, hi*hi, each
-    adding its 8 exact products in k order with one fp32 rounding a sum."""
+    adding its 8 exact products in k order with one fp32 rounding a sum. split="rounded" is
+    the split of the staged kernels (both parts rounded to nearest); "truncating" the wide
+    kernel's (hi truncated, lo = v - hi whole, of which the tensor cores read the top bits)."""
     d = x.shape[1]
     width = -(-d // chunk) * chunk
     pad = lambda a: np.pad(a.astype(np.float32), ((0, 0), (0, width - d)))  # noqa: E731
     x, c = pad(x), pad(c)
-    x_hi, c_hi = tf32_round(x), tf32_round(c)
-    x_lo, c_lo = tf32_round(x - x_hi), tf32_round(c - c_hi)
+    if split == "rounded":
+        x_hi, c_hi = tf32_round(x), tf32_round(c)
+        x_lo, c_lo = tf32_round(x - x_hi), tf32_round(c - c_hi)
+    else:
+        x_hi, c_hi = tf32_truncate(x), tf32_truncate(c)
+        x_lo, c_lo = tf32_truncate(x - x_hi), tf32_truncate(c - c_hi)
     acc = np.zeros((x.shape[0], c.shape[0]), np.float32)
     for k0 in range(0, width, 8):
         for a, b in ((x_lo, c_hi), (x_hi, c_lo), (x_hi, c_hi)):
             for kk in range(k0, k0 + 8):
                 acc = acc + np.outer(a[:, kk], b[:, kk])  # exact products, one rounding a sum
     return acc
+
+
+def fma32(a, b, c):
+    """a * b + c in float32 with one rounding (numpy has no fma). a * b is exact in float64
+    and s + err (TwoSum) is the exact sum, so rounding s to float32 is right except where s
+    lies exactly halfway between two float32s: there err's sign decides."""
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c = c.astype(np.float64)
+    s = p + c
+    s_p = s - c
+    err = (p - s_p) + (c - (s - s_p))
+    r = s.astype(np.float32)
+    beyond = np.nextafter(r, np.where(s > r, np.float32(np.inf), np.float32(-np.inf)))
+    halfway = (s != r) & (s - r == beyond.astype(np.float64) - s)
+    toward_beyond = np.sign(err) == np.sign(beyond.astype(np.float64) - s)
+    return np.where(halfway & (err != 0) & toward_beyond, beyond, r)
 
 
 # d = 13, 17, 40, 64: the kernels with the points' fragments in registers (D <= 16, 32, 64); 70: the
@@ -373,6 +401,51 @@ def test_full_gmm_float32_on_the_tensor_cores_is_within_1e_5_of_float64(emu, n, 
     joint = got[0].double() + got[1].double()[:, None], want[0] + want[1][:, None]  # log w_k N(x | k)
     assert ((joint[0] - joint[1]).abs() <= 1e-5 * joint[1].abs().clamp(min=1)).all()
     assert ((got[1].double() - want[1]).abs() <= 1e-5 * want[1].abs().clamp(min=1)).all()
+
+
+LOG_2PI = float("1.8378770664093454835606594728112")  # gmm_math.h's kLog2Pi, the same double
+
+
+def full_gmm_log_prob_model(x, means, prec, log_w):
+    """log w_k N(x | k) as the float32 'full' E-step's tensor-core kernels form it, bit for bit:
+    b_k and the log constants by the torch ops the preparation uses; x L_k in 3xTF32
+    (tf32x3_dot_model, the wide kernel's split above D = 64); per point and component, each
+    of 16 lanes sums (x L_k - b_k)^2 over its 4 columns of each 64-column tile with fused
+    steps, the lanes' sums are added by a xor butterfly (offsets 8, 4, 2, 1), and
+    log_const_k - sq / 2 is the entry."""
+    n, d = x.shape
+    k = means.shape[0]
+    width, split = (64, "rounded") if d <= 64 else (128, "truncating")
+    prec = prec.contiguous()  # as the preparation reads it (a transposed one takes another GEMM path)
+    b = torch.bmm(means.unsqueeze(1), prec).squeeze(1).numpy()
+    log_const = torch.log(torch.diagonal(prec, 0, 1, 2)).sum(1).add(log_w).sub(0.5 * d * LOG_2PI).numpy()
+    y = np.zeros((n, k, width), np.float32)
+    for comp in range(k):
+        y[:, comp, :d] = tf32x3_dot_model(x.numpy(), prec[comp].T.numpy(), split=split) - b[comp]
+    lanes = y.reshape(n, k, width // 64, 16, 4)  # [.., tile, lane, column of the lane]
+    sq = np.zeros((n, k, 16), np.float32)
+    for tile in range(width // 64):
+        for j in range(4):
+            sq = fma32(lanes[:, :, tile, :, j], lanes[:, :, tile, :, j], sq)
+    for offset in (8, 4, 2, 1):
+        sq = sq + sq[:, :, np.arange(16) ^ offset]
+    return log_const - np.float32(0.5) * sq[:, :, 0]
+
+
+# The resident kernel at D = 5, 40, 64 (padded to 16, 64, 64); the wide one at D = 70, 100, 128.
+# With one component the log-likelihood is the entry itself; with several, every log
+# responsibility is the modelled entry minus the kernel's log-likelihood, in one rounding.
+@pytest.mark.parametrize("n,k,d", [(9, 1, 40), (6, 1, 100), (70, 9, 5), (33, 4, 64), (21, 3, 70), (9, 2, 128), (5, 3, 100)])
+def test_full_gmm_float32_is_its_3xtf32_model_bit_for_bit(emu, n, k, d, generator):
+    means, prec, log_w = gmm_params("full", k, d, torch.float32, generator)
+    x = means[torch.randint(k, (n,), generator=generator)] + torch.randn(n, d, generator=generator)
+    got = emu.gmm_log_resp(x, means, prec, log_w, "full", 0.0)
+    want = full_gmm_log_prob_model(x, means, prec, log_w)
+    if k == 1:
+        assert np.array_equal(got[1].numpy().view(np.uint32), want[:, 0].view(np.uint32))
+    assert np.array_equal(got[0].numpy().view(np.uint32), (want - got[1].numpy()[:, None]).view(np.uint32))
+    lse = torch.logsumexp(torch.from_numpy(want).double(), 1)
+    assert ((got[1].double() - lse).abs() <= 1e-6 * lse.abs().clamp(min=1)).all()
 
 
 @pytest.mark.parametrize("sizes", [[0], [5], [0, 3, 0, 40, 1], [1] * 9, [60, 0, 0, 2]])
