@@ -1,5 +1,6 @@
 """gmm_log_resp and GaussianMixture against float64 references and scikit-learn."""
 import importlib
+import math
 import platform
 import re
 import shutil
@@ -22,6 +23,9 @@ def fitted_sklearn(X, k, cov, seed=0):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return sk_mixture.GaussianMixture(k, covariance_type=cov, max_iter=3, random_state=seed).fit(X)
+
+
+LOG_2PI = float("1.8378770664093454835606594728112")  # gmm_math.h's kLog2Pi, the same double
 
 
 def op_args(gm, X, dtype, device):
@@ -118,25 +122,57 @@ def tight_mixture(d, k, n_per, seed, spread=1e-3):
     return np.concatenate([X, outside]), gm
 
 
-def test_float32_log_sum_exp_is_vectorised_in_every_cpu_clone():
-    """The float32 E-step's log-sum-exp (fast_expf over a row) must compile to SIMD code in
-    each of the library's CPU clones: a scalar loop, or libm's fmaf a term, made it a large
-    share of an E-step with small D. Read from the loaded library's machine code."""
+# The row normalisation's clone symbols, and an instruction only its vectorised exp uses.
+LOG_SUM_EXP_CLONES = {"float32": ("normalize_rows_float", r"cvttps2dq"),
+                      "float64": ("normalize_rows_double", r"\b(v?mulpd|vfn?madd\w*pd)\b")}
+
+
+@pytest.mark.parametrize("dtype", sorted(LOG_SUM_EXP_CLONES))
+def test_log_sum_exp_is_vectorised_in_every_cpu_clone(dtype):
+    """The E-step's log-sum-exp (fast_expf / fast_exp over a row) must compile to SIMD code
+    in each of the library's CPU clones: a scalar loop, or a libm exp, expf or fmaf a term,
+    made it a large share of an E-step with small D. Read from the loaded library's machine
+    code."""
     if platform.machine() != "x86_64" or shutil.which("nm") is None or shutil.which("objdump") is None:
         pytest.skip("needs x86-64 and binutils (nm, objdump)")
     library = dsch_ext.build_info["source"]
     if library == "dsch_ext._C":
         library = importlib.import_module("dsch_ext._C").__file__
+    name, vector_step = LOG_SUM_EXP_CLONES[dtype]
     symbols = subprocess.run(["nm", library], capture_output=True, text=True, check=True).stdout.split()
-    clones = [s for s in symbols if "normalize_rows_float" in s and s.rsplit(".", 1)[-1] in
+    clones = [s for s in symbols if name in s and s.rsplit(".", 1)[-1] in
               ("arch_x86_64_v4", "arch_x86_64_v3", "default")]
     if len(clones) != 3:
         pytest.skip(f"no CPU clones of the row normalisation in {library} (stripped, or not built by GCC)")
     for clone in clones:
         code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", f"--disassemble={clone}", library],
                               capture_output=True, text=True, check=True).stdout
-        assert "cvttps2dq" in code, f"{clone}: fast_expf's float-to-int step is scalar, the loop is not vectorised"
-        assert not re.search(r"call.*<fmaf", code), f"{clone} calls libm's fmaf"
+        assert re.search(vector_step, code), f"{clone}: the exp's arithmetic is scalar, the loop is not vectorised"
+        assert not re.search(r"call.*<(exp|expf|fma|fmaf)(@|>)", code), f"{clone} calls libm's exp or fma a term"
+
+
+@pytest.mark.parametrize("floor", [0.0, 1e-300, 1e-14])
+def test_float64_log_sum_exp_matches_libm_to_rounding(floor):
+    # The float64 row normalisation's own exp against numpy's, on log probabilities from 0
+    # to -4000 below each row's best (most underflow). With unit precisions the kernel's
+    # log probabilities are numpy's bit for bit, so what is left is the exp and the sum's
+    # order: a few ulps of the normaliser, where an exp off by 1e-12 would show.
+    rng = np.random.default_rng(0)
+    k = 257
+    means = np.linspace(-40.0, 40.0, k)[:, None]
+    x = np.concatenate([rng.uniform(-45, 45, (300, 1)), means[::16] + 1e-3])
+    log_w = np.log(np.full(k, 1.0 / k))
+    lp = (log_w - 0.5 * LOG_2PI) - 0.5 * (x - means.T) ** 2
+    mx = lp.max(1, keepdims=True)
+    kept = lp >= mx + math.log(floor) if floor > 0 else np.ones_like(lp, dtype=bool)
+    want_norm = mx[:, 0] + np.log(np.where(kept, np.exp(lp - mx), 0.0).sum(1))
+    log_resp, norm = dsch_ext.gmm_log_resp(torch.from_numpy(x), torch.from_numpy(means),
+                                           torch.ones(k, dtype=torch.float64), torch.from_numpy(log_w),
+                                           "spherical", floor)
+    assert np.abs(norm.numpy() - want_norm).max() <= 1e-13
+    assert np.array_equal(np.isfinite(log_resp.numpy()), kept)
+    want = lp - want_norm[:, None]
+    assert (np.abs(log_resp.numpy() - want)[kept] <= 1e-13 + 4e-16 * np.abs(want[kept])).all()
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])

@@ -42,7 +42,7 @@
 #define DSCH_CPU_CLONES
 #endif
 
-// For host loops with float compares in them (the clamps of fast_expf): under GCC's default
+// For host loops with float compares in them (the clamps of fast_expf, fast_exp): under GCC's default
 // -ftrapping-math a compare that may raise an FP exception is not if-converted, and the
 // loop around it stays scalar. Without traps the results are the same, only the exception
 // flags (which nothing here reads) may differ.
@@ -95,6 +95,22 @@ DSCH_HOST_DEVICE float bits_float(uint32_t b) {
   return __uint_as_float(b);
 #else
   return __builtin_bit_cast(float, b);
+#endif
+}
+
+DSCH_HOST_DEVICE uint64_t double_bits(double v) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint64_t>(__double_as_longlong(v));
+#else
+  return __builtin_bit_cast(uint64_t, v);
+#endif
+}
+
+DSCH_HOST_DEVICE double bits_double(uint64_t b) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(b));
+#else
+  return __builtin_bit_cast(double, b);
 #endif
 }
 

@@ -119,40 +119,42 @@ void gmm_block_any(int cov, const T* a, int64_t s, int64_t c0, int64_t c1, const
   }
 }
 
+// exp of an entry against its row's best: both SIMD-friendly (gmm_math.h).
+template <typename T>
+T row_exp(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return fast_expf(x);
+  } else {
+    return fast_exp(x);
+  }
+}
+
 // Log-sum-exp of each row, subtracted in place (rows still in cache); see
-// normalize_rows_dispatch (log_floor = -inf keeps everything).
+// normalize_rows_dispatch (log_floor = -inf keeps everything). Entries more
+// than -log_floor below the row's best leave the sum and become -inf. Both
+// loops are selects and arithmetic only, so they vectorise; a row is written
+// once.
 template <typename T>
 void normalize_rows(T* out, T* out_norm, int64_t rows, int64_t k, T log_floor) {
+  constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
   for (int64_t r = 0; r < rows; ++r) {
     T* o = out + r * k;
-    T mx = -std::numeric_limits<T>::infinity();
+    T mx = kMinusInf;
 #if defined(_OPENMP)
 #pragma omp simd reduction(max : mx)
 #endif
     for (int64_t c = 0; c < k; ++c) mx = o[c] > mx ? o[c] : mx;
+    const T cut = mx + log_floor;  // -inf without a floor
     T s = 0;
-    if (log_floor > -std::numeric_limits<T>::infinity()) {
-      const T cut = mx + log_floor;
-      for (int64_t c = 0; c < k; ++c) {
-        if (o[c] < cut) {
-          o[c] = -std::numeric_limits<T>::infinity();
-        } else {
-          s += std::exp(o[c] - mx);
-        }
-      }
-    } else if constexpr (std::is_same_v<T, float>) {
-      DSCH_SIMD_SUM(s)
-      for (int64_t c = 0; c < k; ++c) s += fast_expf(o[c] - mx);
-    } else {
-      // exp(-746) is 0 in float64: skipping those terms changes nothing, and with 1000
-      // components most are there, where libm's exp takes its slow underflow path.
-      for (int64_t c = 0; c < k; ++c) {
-        const T t = o[c] - mx;
-        if (t > T(-746)) s += std::exp(t);
-      }
+    DSCH_SIMD_SUM(s)
+    for (int64_t c = 0; c < k; ++c) {
+      // exp for every entry, times 0 or 1: a select of the sum (GCC's AVX clones, float32) or a
+      // conditional call keeps the loop scalar.
+      const T kept = o[c] < cut ? T(0) : T(1);
+      s += kept * row_exp(o[c] - mx);
     }
     const T norm = mx + std::log(s);
-    for (int64_t c = 0; c < k; ++c) o[c] -= norm;
+    for (int64_t c = 0; c < k; ++c) o[c] = o[c] < cut ? kMinusInf : o[c] - norm;
     out_norm[r] = norm;
   }
 }
@@ -163,7 +165,8 @@ DSCH_CPU_CLONES DSCH_NO_TRAPPING_MATH void normalize_rows_float(float* out, floa
                                                                 float log_floor) {
   normalize_rows<float>(out, norm, rows, k, log_floor);
 }
-DSCH_CPU_CLONES void normalize_rows_double(double* out, double* norm, int64_t rows, int64_t k, double log_floor) {
+DSCH_CPU_CLONES DSCH_NO_TRAPPING_MATH void normalize_rows_double(double* out, double* norm, int64_t rows, int64_t k,
+                                                                 double log_floor) {
   normalize_rows<double>(out, norm, rows, k, log_floor);
 }
 DSCH_CPU_CLONES void gmm_block_float(int cov, const float* a, int64_t s, int64_t c0, int64_t c1, const float* p,
