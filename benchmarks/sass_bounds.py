@@ -560,9 +560,11 @@ WORKLOADS = {
                    "10^6 x 64 bits, 1,000 queries, range search, hits overflowing the segments"),
     # Float kernels: one FFMA per point-centre-dimension for a dot product, two for the diagonal
     # E-step's (a p - b)^2, and D^2 per point and component for x L_k in the full one.
-    "G1": _pairs("gmm_log_resp.cu", r"pair_tile_mma_resident_kernelILi64E.*FullGmmVisitor", 1e4 * 1000 * 64 * 64,
+    "G1": _pairs("gmm_log_resp.cu", r"pair_tile_mma_split_at_use_kernelILi64E.*FullGmmVisitor",
+                 1e4 * 1000 * 64 * 64,
                  "full-covariance E-step, N = 10^4, K = 1000, D = 64, float32"),
-    "G5": _pairs("gmm_log_resp.cu", r"pair_tile_mma_wide_kernel.*FullGmmVisitor", 1e4 * 1000 * 128 * 128,
+    "G5": _pairs("gmm_log_resp.cu", r"pair_tile_mma_split_at_use_kernelILi128E.*FullGmmVisitor",
+                 1e4 * 1000 * 128 * 128,
                  "full-covariance E-step, N = 10^4, K = 1000, D = 128, float32"),
     "G3": _pairs("gmm_log_resp.cu", r"pair_tile_kernelIf.*ScaledDiffPair", 2 * 1e4 * 1000 * 64,
                  "diagonal E-step, N = 10^4, K = 1000, D = 64, float32"),

@@ -9,6 +9,7 @@ reductions sum in another order). ``DSCH_EMULATION_LIBRARY`` points these tests 
 sanitizer build (``scripts/test.sh`` runs them under ThreadSanitizer and under
 AddressSanitizer + UndefinedBehaviorSanitizer).
 """
+import math
 import os
 import subprocess
 import sys
@@ -215,17 +216,16 @@ def tf32x3_dot_model(x, c, chunk=16, split="rounded"):
     """The float32 tile's inner products as the emulated tensor cores form them: operands split
     into TF32 high and residual parts, per k-step of 8 the passes lo*hi, hi*lo, hi*hi, each
     adding its 8 exact products in k order with one fp32 rounding a sum. split="rounded" is
-    the split of the staged kernels (both parts rounded to nearest); "truncating" the wide
-    kernel's (hi truncated, lo = v - hi whole, of which the tensor cores read the top bits)."""
+    the split of the staged kernels (both parts rounded to nearest); "at_use" the split-at-use
+    kernel's (hi rounded, lo = v - hi whole, of which the tensor cores read the top bits)."""
     d = x.shape[1]
     width = -(-d // chunk) * chunk
     pad = lambda a: np.pad(a.astype(np.float32), ((0, 0), (0, width - d)))  # noqa: E731
     x, c = pad(x), pad(c)
+    x_hi, c_hi = tf32_round(x), tf32_round(c)
     if split == "rounded":
-        x_hi, c_hi = tf32_round(x), tf32_round(c)
         x_lo, c_lo = tf32_round(x - x_hi), tf32_round(c - c_hi)
     else:
-        x_hi, c_hi = tf32_truncate(x), tf32_truncate(c)
         x_lo, c_lo = tf32_truncate(x - x_hi), tf32_truncate(c - c_hi)
     acc = np.zeros((x.shape[0], c.shape[0]), np.float32)
     for k0 in range(0, width, 8):
@@ -351,7 +351,7 @@ def gmm_params(cov, k, d, dtype, generator):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 # (29, 37, 40): 37 components are 37 column tiles over column groups ('full' float32 on the
 # tensor-core tile, D = 40 padded to 64); (70, 5, 20) two point tiles at D padded to 32; 'full'
-# float32 at D = 70 runs the wide tensor-core kernel, two column tiles a component, and at
+# float32 at D = 70 runs the 128-coordinate tensor-core kernel, two column tiles a component, and at
 # D = 130 (and in float64) the exact route; 130 components are three column tiles of the pair scan.
 @pytest.mark.parametrize("n,k,d,floor", [(1, 1, 1, 0.0), (40, 6, 5, 0.0), (29, 9, 8, 1e-6), (29, 37, 40, 0.0),
                                          (70, 5, 20, 1e-3), (9, 3, 70, 1e-3), (7, 2, 130, 0.0), (6, 130, 3, 0.0)])
@@ -385,9 +385,9 @@ def test_gmm_scaled_difference_rounds_once_as_on_the_gpu(emu, cov):
     assert torch.equal(got, want)
 
 
-# D = 100 and 128 run the wide kernel (its truncating split), two column tiles a component; at
-# (70, 37, 70) the 74 tiles' column groups of 13 are rounded up to 14, so that none splits a
-# component, and two point tiles share them.
+# D = 16, 40, 64 run the split-at-use kernel padded to 16 and 64 coordinates; D = 70, 100, 128 its
+# 128-coordinate form, two column tiles a component; at (70, 37, 70) the 74 tiles' column groups
+# of 13 are rounded up to 14, so that none splits a component, and two point tiles share them.
 @pytest.mark.parametrize("n,k,d", [(70, 9, 40), (33, 4, 64), (5, 3, 16), (21, 3, 100), (9, 2, 128), (70, 37, 70)])
 def test_full_gmm_float32_on_the_tensor_cores_is_within_1e_5_of_float64(emu, n, k, d, generator):
     # 'full' float32 runs x L_k in 3xTF32: the log-likelihood of every point (and each entry,
@@ -403,25 +403,42 @@ def test_full_gmm_float32_on_the_tensor_cores_is_within_1e_5_of_float64(emu, n, 
     assert ((got[1].double() - want[1]).abs() <= 1e-5 * want[1].abs().clamp(min=1)).all()
 
 
+@pytest.mark.parametrize("d", [16, 64, 128])
+def test_full_gmm_float32_on_tight_clusters_is_within_1e_5_of_float64(emu, d, generator):
+    # Clusters of std 1e-3 around means in [-1, 1]^d: L_k's entries are about 10^3 and x L_k
+    # nearly cancels against mu_k L_k, so every product's error shows. A split whose errors
+    # all lean one way (hi truncated, not rounded) misses 1e-5 here.
+    k, per = 3, 2 * d
+    means = torch.rand(k, d, generator=generator, dtype=torch.float64) * 2 - 1
+    x = (means.repeat_interleave(per, 0) + 1e-3 * torch.randn(k * per, d, generator=generator, dtype=torch.float64))
+    x = x.float().double()
+    cov = torch.stack([torch.cov(x[i * per:(i + 1) * per].T) for i in range(k)]) + 1e-6 * torch.eye(d)
+    prec = torch.linalg.cholesky(torch.linalg.inv(cov)).float().double()
+    log_w = torch.full((k,), -math.log(k), dtype=torch.float64)
+    got = emu.gmm_log_resp(x.float(), means.float(), prec.float(), log_w.float(), "full", 0.0)
+    want = cpu.gmm_log_resp(x, means.float().double(), prec, log_w.float().double(), "full", 0.0)
+    assert ((got[1].double() - want[1]).abs() <= 1e-5 * want[1].abs().clamp(min=1)).all()
+
+
 LOG_2PI = float("1.8378770664093454835606594728112")  # gmm_math.h's kLog2Pi, the same double
 
 
 def full_gmm_log_prob_model(x, means, prec, log_w):
     """log w_k N(x | k) as the float32 'full' E-step's tensor-core kernels form it, bit for bit:
     b_k and the log constants by the torch ops the preparation uses; x L_k in 3xTF32
-    (tf32x3_dot_model, the wide kernel's split above D = 64); per point and component, each
+    (tf32x3_dot_model with the split-at-use kernel's split); per point and component, each
     of 16 lanes sums (x L_k - b_k)^2 over its 4 columns of each 64-column tile with fused
     steps, the lanes' sums are added by a xor butterfly (offsets 8, 4, 2, 1), and
     log_const_k - sq / 2 is the entry."""
     n, d = x.shape
     k = means.shape[0]
-    width, split = (64, "rounded") if d <= 64 else (128, "truncating")
+    width = 64 if d <= 64 else 128
     prec = prec.contiguous()  # as the preparation reads it (a transposed one takes another GEMM path)
     b = torch.bmm(means.unsqueeze(1), prec).squeeze(1).numpy()
     log_const = torch.log(torch.diagonal(prec, 0, 1, 2)).sum(1).add(log_w).sub(0.5 * d * LOG_2PI).numpy()
     y = np.zeros((n, k, width), np.float32)
     for comp in range(k):
-        y[:, comp, :d] = tf32x3_dot_model(x.numpy(), prec[comp].T.numpy(), split=split) - b[comp]
+        y[:, comp, :d] = tf32x3_dot_model(x.numpy(), prec[comp].T.numpy(), split="at_use") - b[comp]
     lanes = y.reshape(n, k, width // 64, 16, 4)  # [.., tile, lane, column of the lane]
     sq = np.zeros((n, k, 16), np.float32)
     for tile in range(width // 64):
@@ -432,7 +449,7 @@ def full_gmm_log_prob_model(x, means, prec, log_w):
     return log_const - np.float32(0.5) * sq[:, :, 0]
 
 
-# The resident kernel at D = 5, 40, 64 (padded to 16, 64, 64); the wide one at D = 70, 100, 128.
+# The split-at-use kernel at D = 5, 40, 64 (padded to 16, 64, 64) and at D = 70, 100, 128 (128).
 # With one component the log-likelihood is the entry itself; with several, every log
 # responsibility is the modelled entry minus the kernel's log-likelihood, in one rounding.
 @pytest.mark.parametrize("n,k,d", [(9, 1, 40), (6, 1, 100), (70, 9, 5), (33, 4, 64), (21, 3, 70), (9, 2, 128), (5, 3, 100)])

@@ -34,7 +34,7 @@ def op_args(gm, X, dtype, device):
 
 
 @pytest.mark.parametrize("cov", COV_TYPES)
-# D = 100: on CUDA the float32 'full' E-step's wide tensor-core kernel (64 < D <= 128).
+# D = 100: on CUDA the float32 'full' E-step's tensor-core kernel at 128 coordinates (64 < D <= 128).
 @pytest.mark.parametrize("n,k,d", [(1, 1, 1), (57, 3, 5), (600, 40, 16), (300, 100, 7), (600, 3, 100)])
 def test_log_resp_matches_sklearn(cov, n, k, d, device):
     rng = np.random.default_rng(n * 100 + k)

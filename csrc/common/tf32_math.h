@@ -38,17 +38,21 @@ DSCH_HOST_DEVICE float tf32_round(float v) {
 // The residual of the split: exact difference, then rounded to TF32.
 DSCH_HOST_DEVICE float tf32_residual(float v, float hi) { return tf32_round(v - hi); }
 
-// The split of the wide tensor-core kernel (pair_tile_mma.cuh), made where a
-// value is used: hi is v truncated to TF32 (its 13 low mantissa bits cleared)
-// and lo = v - hi, exact in fp32. lo goes to the tensor cores whole; they read
-// its top 10 explicit bits, a truncation (error < 2^-10 |lo| < 2^-20 |v|). One
-// AND and one subtraction, no special cases: NaN stays NaN, Inf gives a NaN
-// lo as the rounded split does. A product then errs by about 3 2^-20 |a b|
-// (the two truncated lo terms and the dropped lo lo) where the rounded split
-// errs by about 2^-22: inside the full E-step's 1e-5 (tested), not used where
-// a tie bound relies on kTf32x3Epsilon.
-DSCH_HOST_DEVICE void tf32_truncating_split(float v, float& hi, float& lo) {
-  hi = bits_float(float_bits(v) & 0xffffe000u);
+// The split of the split-at-use tensor-core kernel (pair_tile_mma.cuh), made
+// where a value is used: hi is v rounded to TF32 (to nearest, ties away, as
+// tf32_round but with no special cases: an add and an AND) and lo = v - hi,
+// exact in fp32, is passed whole; the tensor cores read its top 10 explicit
+// bits, a truncation (error < 2^-10 |lo| <= 2^-21 |v|). A product then errs by
+// at most about 1.25 2^-20 |a b| (the two truncated lo terms and the dropped
+// lo lo), with the sign of lo, which rounding hi leaves either way: a split
+// that truncated hi too would make every lo, and so every error, lean one way
+// (several times the error on tight clusters, past the E-step's 1e-5). Past
+// fp32's range hi is infinite and lo -hi, as the rounded split gives; a NaN's
+// hi may be anything, but lo = NaN - hi is a NaN that survives the tensor
+// cores' truncation (the subtraction sets its quiet bit). Inside the full
+// E-step's 1e-5 (tested); not used where a tie bound relies on kTf32x3Epsilon.
+DSCH_HOST_DEVICE void tf32_split_at_use(float v, float& hi, float& lo) {
+  hi = bits_float((float_bits(v) + 0x1000u) & 0xffffe000u);
   lo = v - hi;
 }
 

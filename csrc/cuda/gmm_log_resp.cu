@@ -1,10 +1,10 @@
 // CUDA kernel of dsch_ext::gmm_log_resp: the GMM E-step, in the stable form
 // of gmm_math.h (differences of transformed vectors, never the expanded
 // quadratic), with no N x K x D intermediate:
-//   - 'full', float32, D <= 128: the tensor-core pair scan (pair_tile_mma.cuh,
-//     3xTF32) over the columns of every L_k, each component padded to one
-//     64-column tile (two above D = 64, on the wide kernel): x L_k stays in
-//     the tile, its epilogue subtracts b_k, sums the squares over the
+//   - 'full', float32, D <= 128: the tensor-core pair scan with the split at
+//     use (pair_tile_mma.cuh, 3xTF32) over the columns of every L_k, each
+//     component padded to one 64-column tile (two above D = 64): x L_k stays
+//     in the tile, its epilogue subtracts b_k, sums the squares over the
 //     component's columns and folds its log probability into a running
 //     log-sum-exp.
 //   - 'diag', 'spherical', 'tied': the register-tiled pair scan
@@ -41,7 +41,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kFullBufferElements = launch::kGmmFullBufferElements;
-constexpr int kTileMaxDim = kWideDim;  // 'full' float32 on the tensor cores up to this D
+constexpr int kTileMaxDim = kSplitAtUseMaxDim;  // 'full' float32 on the tensor cores up to this D
 
 // A running log-sum-exp: m the largest value seen, s = sum exp(v - m).
 // -inf entries (components of weight 0) add nothing; NaN makes s NaN.
@@ -235,13 +235,11 @@ int64_t tile_full_route(const GmmPrepared& g, const at::Tensor& prec_chol, at::T
   const int64_t n = g.x.size(0), dim = g.x.size(1), k = g.b.size(0);
   const int64_t tiles = (dim + kPairTileCols - 1) / kPairTileCols, width = tiles * kPairTileCols;
   // Row c * width + j: column j of L_c (so the tile's B side), and b_c's coordinate j; zeros past
-  // D, and in the kernel's layout: padded to the resident kernel's dimension (one copy), or
-  // interleaved for the wide one.
-  const int dp = dim <= kPairTileCols ? resident_dim(dim) : kWideDim;
+  // D, and in the kernel's layout: padded to its dimension, each 8 coordinates interleaved.
+  const int dp = split_at_use_dim(dim);
   const at::Tensor padded =
       at::constant_pad_nd(prec_chol.transpose(1, 2), {0, dp - dim, 0, width - dim}).contiguous();
-  const at::Tensor columns =
-      dp == kWideDim ? interleave_for_wide_tiles(padded.view({k * width, dp})) : padded.view({k * width, dp});
+  const at::Tensor columns = interleave_for_split_at_use(padded.view({k * width, dp}));
   const at::Tensor b_columns = at::constant_pad_nd(g.b, {0, width - dim}).contiguous();
   const PairTilePlan plan =
       align_pair_groups(plan_pair_tiles(n, k * width, dim, gpu::multiprocessor_count(g.x.device())), tiles);
@@ -249,17 +247,21 @@ int64_t tile_full_route(const GmmPrepared& g, const at::Tensor& prec_chol, at::T
   part_max = at::empty({groups, n}, g.x.options());
   part_sum = at::empty({groups, n}, g.x.options());
   const gpu::Stream stream = gpu::current_stream();
-  const auto visitor = [&](auto tiles_per_component) {
-    return FullGmmVisitor<decltype(tiles_per_component)::value>{
-        out.data_ptr<float>(), b_columns.const_data_ptr<float>(), g.log_const.const_data_ptr<float>(), n, k,
-        part_max.data_ptr<float>(), part_sum.data_ptr<float>()};
+  const auto launch = [&](auto dp_constant, auto tiles_per_component) {
+    using Visitor = FullGmmVisitor<decltype(tiles_per_component)::value>;
+    const Visitor visitor{out.data_ptr<float>(), b_columns.const_data_ptr<float>(),
+                          g.log_const.const_data_ptr<float>(), n, k, part_max.data_ptr<float>(),
+                          part_sum.data_ptr<float>()};
+    gpu::launch("gmm_full_tiles", &pair_tile_mma_split_at_use_kernel<decltype(dp_constant)::value, Visitor>,
+                pair_tile_grid(plan), kPairThreads, 0, stream, plan, g.x.const_data_ptr<float>(),
+                columns.const_data_ptr<float>(), visitor);
   };
-  if (dp == kWideDim) {
-    gpu::launch("gmm_full_wide_tiles", &pair_tile_mma_wide_kernel<FullGmmVisitor<2>>, pair_tile_grid(plan),
-                kPairThreads, 0, stream, plan, g.x.const_data_ptr<float>(), columns.const_data_ptr<float>(),
-                visitor(std::integral_constant<int, 2>{}));
-  } else {
-    launch_resident_dot_tiles("gmm_full_tiles", plan, g.x, columns, visitor(std::integral_constant<int, 1>{}), stream);
+  using One = std::integral_constant<int, 1>;
+  switch (dp) {
+    case 16: launch(std::integral_constant<int, 16>{}, One{}); break;
+    case 32: launch(std::integral_constant<int, 32>{}, One{}); break;
+    case 64: launch(std::integral_constant<int, 64>{}, One{}); break;
+    default: launch(std::integral_constant<int, kSplitAtUseMaxDim>{}, std::integral_constant<int, 2>{});
   }
   return groups;
 }

@@ -32,8 +32,8 @@ static_assert(kPairThreads == 8 * 32 && kPairTileRows == 2 * kWarpRows && kPairT
               "eight warps of 32 x 16 cover the tile");
 
 // A lane's place in the tile's fragments: g = lane / 4, t = lane % 4 and the
-// corner of its warp's MT m16 by NT n8 products (32 x 16 by default; the wide
-// kernel's warps are 16 x 32), the warps filling the tile's rows first.
+// corner of its warp's MT m16 by NT n8 products (32 x 16 by default; 16 x 32 in
+// the split-at-use kernel at 128 coordinates), the warps filling the tile's rows first.
 template <int MT = kMTiles, int NT = kNTiles>
 struct MmaLane {
   static_assert((kPairTileRows / (16 * MT)) * (kPairTileCols / (8 * NT)) * 32 == kPairThreads,
@@ -237,29 +237,37 @@ __global__ void __launch_bounds__(kPairThreads, 1)
   }
 }
 
-// The tensor-core scan for 64 < D <= 128 (kWideDim, so far only the float32
-// full-covariance E-step's x L_k, whose 1e-5 claim leaves room for this
-// kernel's cheaper split): the resident kernel's register budget cannot hold
-// split A fragments for 128 coordinates, so both sides stay raw, A in
-// registers (a warp owns 16 points x 32 columns: 64 values a lane) and the
-// centres in shared memory, and every value is split where it is used
-// (tf32_truncating_split: an AND and a subtraction, no integer rounding; the
-// staging is a plain copy). The centres come padded to [col_tiles *
-// kPairTileCols, 128] with each 8 coordinates in the order 0 4 1 5 2 6 3 7
-// (interleave_for_wide_tiles), so a lane's two B values of a k-step, t and
-// t + 4, are one 8-byte load; the row stride, 8 mod 32 floats, gives each
-// half-warp 32 different banks.
-constexpr int kWideDim = 128;
-constexpr int kWideStride = kWideDim + 8;
+// The tensor-core scan with the split made where a value is used, for D <= DP
+// (16, 32, 64 or 128; so far only the float32 full-covariance E-step's x L_k,
+// whose 1e-5 claim is tested, not derived from kTf32x3Epsilon). Both sides stay raw: the
+// points in registers, the centres in shared memory, and every value is split
+// as it is used (tf32_split_at_use: an add, an AND and a subtraction; the
+// staging is a plain copy, where the resident kernel rounds and splits each
+// staged value). A warp owns 32 points x 16 columns up to DP = 64
+// (each staged value is then read and split by two warps, not four; ptxas keeps
+// the points' split out of the tile loop), 16 x 32 at DP = 128, where split
+// fragments of 32 points would not fit in registers. The centres come padded
+// to [col_tiles * kPairTileCols, DP] with each 8 coordinates in the order
+// 0 4 1 5 2 6 3 7 (interleave_for_split_at_use), so a lane's two B values of a
+// k-step, t and t + 4, are one 8-byte load; the row stride, DP + 8 (8 or 24
+// mod 32 floats), gives each half-warp 32 different banks. Its products differ
+// from the resident kernel's only in the split, so it is not used where a tie
+// bound relies on kTf32x3Epsilon.
+constexpr int kSplitAtUseMaxDim = 128;
 
-template <typename Visitor>
+template <int DP>
+constexpr int split_at_use_stride() {
+  return DP + 8;
+}
+
+template <int DP, typename Visitor>
 __global__ void __launch_bounds__(kPairThreads, 1)
-    pair_tile_mma_wide_kernel(PairTilePlan plan, const float* __restrict__ points,
-                              const float* __restrict__ padded_centers, Visitor visitor) {
-  constexpr int kMT = 1, kNT = 4, kSteps = kWideDim / 8;
-  constexpr int kVecs = kWideDim / 4, kRowsPerRound = kPairThreads / kVecs;  // staging: float4s
-  static_assert(kPairTileCols % kRowsPerRound == 0, "whole staging rounds");
-  DSCH_SHARED_ARRAY(float, buffer, centres_and_tile_buffer(kWideStride));
+    pair_tile_mma_split_at_use_kernel(PairTilePlan plan, const float* __restrict__ points,
+                                      const float* __restrict__ padded_centers, Visitor visitor) {
+  constexpr int kMT = DP <= 64 ? 2 : 1, kNT = 4 / kMT, kSteps = DP / 8, kStride = split_at_use_stride<DP>();
+  constexpr int kVecs = DP / 4, kRowsPerRound = kPairThreads / kVecs;  // staging: float4s
+  static_assert(kPairThreads % kVecs == 0 && kPairTileCols % kRowsPerRound == 0, "whole staging rounds");
+  DSCH_SHARED_ARRAY(float, buffer, centres_and_tile_buffer(kStride));
   float* const cols = buffer;
   float* const out_tile = buffer;  // after the products have read the centres
   const MmaLane<kMT, kNT> m = MmaLane<kMT, kNT>::here();
@@ -267,42 +275,49 @@ __global__ void __launch_bounds__(kPairThreads, 1)
   const ColumnGroup group = ColumnGroup::of_block(plan);
   for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
        p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
-    float a[kSteps][4];
+    float a[kMT][kSteps][4];
     DSCH_UNROLL
-    for (int s = 0; s < kSteps; ++s) {
+    for (int mt = 0; mt < kMT; ++mt) {
       DSCH_UNROLL
-      for (int f = 0; f < 4; ++f) {
-        const int64_t row = p0 + m.row_base + m.g + 8 * (f % 2);
-        const int col = 8 * s + m.t + 4 * (f / 2);
-        a[s][f] = row < plan.n && col < plan.dim ? points[row * plan.dim + col] : 0.0f;
+      for (int s = 0; s < kSteps; ++s) {
+        DSCH_UNROLL
+        for (int f = 0; f < 4; ++f) {
+          const int64_t row = p0 + m.row_base + 16 * mt + m.g + 8 * (f % 2);
+          const int col = 8 * s + m.t + 4 * (f / 2);
+          a[mt][s][f] = row < plan.n && col < plan.dim ? points[row * plan.dim + col] : 0.0f;
+        }
       }
     }
     typename Visitor::State state[4];
     start_points(visitor, state);
-    const float* tile_src = padded_centers + (group.first * kPairTileCols + stage_row) * kWideDim + 4 * stage_v;
+    const float* tile_src = padded_centers + (group.first * kPairTileCols + stage_row) * DP + 4 * stage_v;
     for (int64_t tile = group.first; tile < group.last; ++tile) {
       const int64_t c0 = tile * kPairTileCols;
       __syncthreads();  // the previous tile's visitors have read out_tile
       DSCH_UNROLL
       for (int i = 0; i < kPairTileCols / kRowsPerRound; ++i)
-        *reinterpret_cast<float4*>(&cols[(stage_row + i * kRowsPerRound) * kWideStride + 4 * stage_v]) =
-            *reinterpret_cast<const float4*>(tile_src + i * kRowsPerRound * kWideDim);
-      tile_src += kPairTileCols * kWideDim;
+        *reinterpret_cast<float4*>(&cols[(stage_row + i * kRowsPerRound) * kStride + 4 * stage_v]) =
+            *reinterpret_cast<const float4*>(tile_src + i * kRowsPerRound * DP);
+      tile_src += kPairTileCols * DP;
       __syncthreads();
       float acc[kMT][kNT][4] = {};
       DSCH_UNROLL
       for (int s = 0; s < kSteps; ++s) {
-        float a_hi[4], a_lo[4];
+        float a_hi[kMT][4], a_lo[kMT][4];
         DSCH_UNROLL
-        for (int f = 0; f < 4; ++f) tf32_truncating_split(a[s][f], a_hi[f], a_lo[f]);
+        for (int mt = 0; mt < kMT; ++mt) {
+          DSCH_UNROLL
+          for (int f = 0; f < 4; ++f) tf32_split_at_use(a[mt][s][f], a_hi[mt][f], a_lo[mt][f]);
+        }
         DSCH_UNROLL
         for (int nt = 0; nt < kNT; ++nt) {
           const float2 b =
-              *reinterpret_cast<const float2*>(&cols[(m.col_base + 8 * nt + m.g) * kWideStride + 8 * s + 2 * m.t]);
+              *reinterpret_cast<const float2*>(&cols[(m.col_base + 8 * nt + m.g) * kStride + 8 * s + 2 * m.t]);
           float b_hi[2], b_lo[2];
-          tf32_truncating_split(b.x, b_hi[0], b_lo[0]);
-          tf32_truncating_split(b.y, b_hi[1], b_lo[1]);
-          mma_tf32x3_m16n8k8(acc[0][nt], a_hi, a_lo, b_hi, b_lo);
+          tf32_split_at_use(b.x, b_hi[0], b_lo[0]);
+          tf32_split_at_use(b.y, b_hi[1], b_lo[1]);
+          DSCH_UNROLL
+          for (int mt = 0; mt < kMT; ++mt) mma_tf32x3_m16n8k8(acc[mt][nt], a_hi[mt], a_lo[mt], b_hi, b_lo);
         }
       }
       visit_mma_tile(plan, visitor, state, out_tile, acc, p0, c0);  // after every warp's products read the centres
@@ -311,11 +326,11 @@ __global__ void __launch_bounds__(kPairThreads, 1)
   }
 }
 
-// Centres padded to [col_tiles * kPairTileCols, 128] (zeros past K and D) in
-// pair_tile_mma_wide_kernel's layout: each 8 coordinates in the order 0 4 1 5 2 6 3 7.
-inline at::Tensor interleave_for_wide_tiles(const at::Tensor& padded) {
-  const int64_t rows = padded.size(0);
-  return padded.view({rows, kWideDim / 8, 2, 4}).transpose(2, 3).contiguous().view({rows, kWideDim});
+// Centres padded to [col_tiles * kPairTileCols, DP] (zeros past K and D) in
+// pair_tile_mma_split_at_use_kernel's layout: each 8 coordinates in the order 0 4 1 5 2 6 3 7.
+inline at::Tensor interleave_for_split_at_use(const at::Tensor& padded) {
+  const int64_t rows = padded.size(0), dp = padded.size(1);
+  return padded.view({rows, dp / 8, 2, 4}).transpose(2, 3).contiguous().view({rows, dp});
 }
 
 template <typename T, typename Pair>
@@ -326,30 +341,14 @@ constexpr T pair_tile_epsilon() {
 // The padded dimension of the resident tensor-core kernel for D, or 0 above 64.
 inline int resident_dim(int64_t dim) { return dim <= 16 ? 16 : dim <= 32 ? 32 : dim <= 64 ? 64 : 0; }
 
+// The padded dimension of the split-at-use kernel for D <= kSplitAtUseMaxDim.
+inline int split_at_use_dim(int64_t dim) { return dim <= 64 ? resident_dim(dim) : kSplitAtUseMaxDim; }
+
 // The centres as pair_tile_mma_resident_kernel<dp> reads them: [col_tiles *
 // kPairTileCols, dp], zeros past K and D. An O(K dp) copy each call, against
 // the O(N K D) scan that no longer checks bounds.
 inline at::Tensor pad_centers_for_tiles(const at::Tensor& centers, const PairTilePlan& plan, int dp) {
   return at::constant_pad_nd(centers, {0, dp - plan.dim, 0, plan.col_tiles * kPairTileCols - plan.k});
-}
-
-// Float32 inner products of points [n, dim <= 64] with centres already in
-// pad_centers_for_tiles' layout, on the resident tensor-core kernel (a caller
-// that builds its centres padded saves the copy).
-template <typename Visitor>
-void launch_resident_dot_tiles(const char* name, const PairTilePlan& plan, const at::Tensor& points,
-                               const at::Tensor& padded_centers, const Visitor& visitor, gpu::Stream stream) {
-  if (plan.n == 0) return;
-  const int dp = resident_dim(plan.dim);
-  TORCH_INTERNAL_ASSERT(dp != 0 && padded_centers.is_contiguous() &&
-                            padded_centers.sizes() == at::IntArrayRef({plan.col_tiles * kPairTileCols, dp}),
-                        "the resident tile's centres must be [col_tiles * 64, ", dp, "], got ",
-                        padded_centers.sizes());
-  const auto kernel = dp == 16   ? &pair_tile_mma_resident_kernel<16, Visitor>
-                      : dp == 32 ? &pair_tile_mma_resident_kernel<32, Visitor>
-                                 : &pair_tile_mma_resident_kernel<64, Visitor>;
-  gpu::launch(name, kernel, pair_tile_grid(plan), kPairThreads, 0, stream, plan, points.const_data_ptr<float>(),
-              padded_centers.const_data_ptr<float>(), visitor);
 }
 
 // Inner products of points [n, dim] with centres [k, dim] (DotPair): float32
@@ -362,7 +361,12 @@ void launch_dot_tiles(const char* name, const PairTilePlan& plan, const at::Tens
     const int dp = resident_dim(plan.dim);
     if (dp != 0) {
       // The padded copy is freed after the launch is queued: the caching allocator reuses it in stream order.
-      launch_resident_dot_tiles(name, plan, points, pad_centers_for_tiles(centers, plan, dp), visitor, stream);
+      const at::Tensor padded = pad_centers_for_tiles(centers, plan, dp);
+      const auto kernel = dp == 16   ? &pair_tile_mma_resident_kernel<16, Visitor>
+                          : dp == 32 ? &pair_tile_mma_resident_kernel<32, Visitor>
+                                     : &pair_tile_mma_resident_kernel<64, Visitor>;
+      gpu::launch(name, kernel, pair_tile_grid(plan), kPairThreads, 0, stream, plan, points.const_data_ptr<float>(),
+                  padded.const_data_ptr<float>(), visitor);
     } else {
       gpu::launch(name, &pair_tile_mma_kernel<Visitor>, pair_tile_grid(plan), kPairThreads, 0, stream, plan,
                   points.const_data_ptr<float>(), centers.const_data_ptr<float>(), visitor);
