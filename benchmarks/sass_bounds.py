@@ -58,7 +58,9 @@ RATES = {  # warp-instructions (or wavefronts) per SM per clock
 # H100 SXM dense TF32: 494.7 TFLOP/s = 946 multiply-adds per SM per clock at 132 SMs, 1.98 GHz.
 TF32_MACS_PER_CYCLE = 494.7e12 / 2 / (SMS * CLOCK_HZ)
 # Kernels that form each fp32 product from several TF32 ones (3xTF32: lo*hi + hi*lo + hi*hi).
-SPLIT_PRODUCTS = {r"pair_tile_mma": 3}
+# The tensor-core tiles: the pair scans (pair_tile_mma.cuh) and the centre distances' backward.
+TENSOR_TILES = r"pair_tile_mma|center_grad_mma"
+SPLIT_PRODUCTS = {TENSOR_TILES: 3}
 FP32 = {"FFMA", "FADD", "FMUL", "FFMA32I", "FADD32I", "FMUL32I", "FSWZADD"}
 FP64 = {"DFMA", "DADD", "DMUL", "DSETP", "DMNMX"}
 INT = {"IMAD", "IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "LEA", "ISETP", "IMNMX", "VIMNMX", "SEL", "FSEL",
@@ -149,7 +151,7 @@ def shared_lane_stride(kernel: str) -> Optional[int]:
     staged codes have a known stride (scan_lane_stride); every shared access of the tensor-core
     pair tiles (fragments, staged centres, the epilogue's tile) has each lane on its own words,
     none a broadcast, so it costs at least its bytes over 128."""
-    if "pair_tile_mma" in kernel:
+    if re.search(TENSOR_TILES, kernel):
         return DISTINCT_WORDS
     return scan_lane_stride(kernel)
 
@@ -570,6 +572,11 @@ WORKLOADS = {
                  "diagonal E-step, N = 10^4, K = 1000, D = 64, float32"),
     "C1": _pairs("center_distances.cu", r"pair_tile_mma_resident_kernelILi64E.*DistanceVisitor", 65536 * 1000 * 64,
                  "center_distances forward, N = 65,536, K = 1000, D = 64, float32"),
+    # The backward's two passes over the gradient (squared Euclidean): G C for the points,
+    # G^T X for the centres, one FFMA-equivalent per point, centre and dimension each.
+    "C3": Workload("center_distances_backward.cu", 2 * 65536 * 1000 * 64, "fp32",
+                   [Pass(r"center_grad_mma_kernelILi0ELb0E", 0.5), Pass(r"center_grad_mma_kernelILi1ELb0E", 0.5)],
+                   "center_distances backward, N = 65,536, K = 1000, D = 64, float32"),
     "C2": _pairs("nearest_center.cu", r"pair_tile_mma_resident_kernelILi64E.*NearestVisitor", 1e6 * 1000 * 64,
                  "nearest_center, N = 10^6, K = 1000, D = 64, float32"),
 }
@@ -679,7 +686,8 @@ def kernel_bounds(sources: List[str], cubin_dir: Optional[str] = None) -> Dict[s
 
 def pass_name(kernel: str) -> str:
     for pattern, name in ((r"(Histogram|Count|Collect|Append|Segment)Visitor", None),
-                          (r"pair_tile_mma", "pair tile, 3xTF32"), (r"pair_tile_kernel", "pair tile")):
+                          (r"pair_tile_mma", "pair tile, 3xTF32"), (r"center_grad_mma", "gradient tile, 3xTF32"),
+                          (r"pair_tile_kernel", "pair tile")):
         found = re.search(pattern, kernel)
         if found:
             return name or found.group(1).lower()

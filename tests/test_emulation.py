@@ -187,10 +187,15 @@ def test_hamming_range_empty(emu):
 
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine", "dot"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (37, 11, 13), (70, 3, 64), (5, 150, 17)])  # 150: column groups
+# 150: column groups. The float32 backward runs on the gradient tile up to D = 64: at (200, 130, 64)
+# full and partial tiles of both sides, the centres' side over two column groups; D = 65 takes the
+# GEMM route. A zero row and a zero centre make cosine's norm clamp.
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (37, 11, 13), (70, 3, 64), (5, 150, 17), (200, 130, 64), (90, 70, 65)])
 def test_center_distances_forward_backward(emu, metric, dtype, n, k, d, generator):
     x = torch.randn(n, d, generator=generator, dtype=dtype)
     c = torch.randn(k, d, generator=generator, dtype=dtype)
+    if n > 1 and k > 1:
+        x[1], c[1] = 0.0, 0.0
     out = emu.center_distances(x, c, metric)
     assert_close(out, cpu.center_distances(x, c, metric), dtype)
     grad = torch.randn(n, k, generator=generator, dtype=dtype)
@@ -485,17 +490,24 @@ def test_segment_gram_bad_offsets_stay_in_bounds(emu, generator):
 
 
 def test_results_ignore_the_tf32_switch(emu, generator):
-    x, c = torch.randn(50, 16, generator=generator), torch.randn(9, 16, generator=generator)
-    before = (emu.center_distances(x, c, "sqeuclidean"), emu.nearest_center(x, c)[0])
+    grad = torch.randn(50, 9, generator=generator)
+    results = []
+    for d in (16, 80):  # the backward on the gradient tile, and by GEMMs
+        x, c = torch.randn(50, d, generator=generator), torch.randn(9, d, generator=generator)
+        dist = emu.center_distances(x, c, "sqeuclidean")
+        results.append(lambda x=x, c=c, dist=dist: (emu.center_distances(x, c, "sqeuclidean"),
+                                                    emu.nearest_center(x, c)[0],
+                                                    *emu._center_distances_backward(grad, x, c, dist, "sqeuclidean")))
+    before = [r() for r in results]
     old = torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()
     try:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
-        after = (emu.center_distances(x, c, "sqeuclidean"), emu.nearest_center(x, c)[0])
+        after = [r() for r in results]
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old[0]
         torch.set_float32_matmul_precision(old[1])
-    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert all(torch.equal(a, b) for one, two in zip(before, after) for a, b in zip(one, two))
 
 
 # ---------------------------------------------------------------- the GPU's launch constants
@@ -526,6 +538,12 @@ for metric in ("sqeuclidean", "cosine", "dot"):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 for a, b in zip(emu.nearest_center(x, c), cpu.nearest_center(x, c)):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+x32, c32 = x.float(), c.float()  # the float32 backward's gradient tile
+out32 = emu.center_distances(x32, c32, "cosine")
+grad32 = torch.randn(out32.shape, generator=g)
+for a, b in zip(emu._center_distances_backward(grad32, x32, c32, out32, "cosine"),
+                cpu._center_distances_backward(grad32, x32, c32, out32, "cosine")):
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 chol = {"full": torch.eye(9, dtype=torch.float64).repeat(13, 1, 1) * 2, "tied": torch.eye(9, dtype=torch.float64),
         "diag": torch.ones(13, 9, dtype=torch.float64), "spherical": torch.ones(13, dtype=torch.float64)}
 logw = torch.full((13,), -float(torch.log(torch.tensor(13.0))), dtype=torch.float64)

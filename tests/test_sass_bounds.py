@@ -158,5 +158,8 @@ def test_tensor_core_products_count_their_fp32_multiply_adds():
     # three of them on each fp32 product; the H100 retires about 946 a clock per SM.
     assert sb.work_weight("_ZN8dsch_ext9other_kernelEv", "HMMA.1688.F32.TF32") == 32
     assert sb.work_weight("_ZN8dsch_ext29pair_tile_mma_resident_kernelILi64E", "HMMA.1688.F32.TF32") == 32 / 3
+    grad_tile = "_ZN8dsch_ext22center_grad_mma_kernelILi0ELb0EEEvNS_12PairTilePlanEPKfS4_S4_PfS5_"
+    assert sb.work_weight(grad_tile, "HMMA.1688.F32.TF32") == 32 / 3
+    assert sb.shared_lane_stride(grad_tile) == sb.DISTINCT_WORDS
     assert sb.tensor_cycles("HMMA.1688.F32.TF32") == pytest.approx(1024 / 946, rel=1e-3)
     assert sb.pipe_of("HMMA.1688.F32.TF32") == "tensor"
