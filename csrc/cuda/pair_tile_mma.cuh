@@ -47,6 +47,16 @@ struct MmaLane {
 };
 static_assert(kPairChunk % 8 == 0, "a chunk is whole k-steps");
 
+// The point coordinate a lane holds as A fragment value f of k-step s in its
+// m-tile mt, for the kernels that keep the points in registers: 0 past N and D.
+template <int MT, int NT>
+__device__ __forceinline__ float point_fragment_value(const PairTilePlan& plan, const float* __restrict__ points,
+                                                      int64_t p0, const MmaLane<MT, NT>& m, int mt, int s, int f) {
+  const int64_t row = p0 + m.row_base + 16 * mt + m.g + 8 * (f % 2);
+  const int col = 8 * s + m.t + 4 * (f / 2);
+  return row < plan.n && col < plan.dim ? points[row * plan.dim + col] : 0.0f;
+}
+
 __device__ __forceinline__ void stage_split_chunk(float* hi, float* lo, const float* __restrict__ src, int64_t row0,
                                                   int64_t rows, int64_t dim, int64_t d0) {
   DSCH_UNROLL
@@ -195,9 +205,7 @@ __global__ void __launch_bounds__(kPairThreads, 1)
       for (int s = 0; s < kSteps; ++s) {
         DSCH_UNROLL
         for (int f = 0; f < 4; ++f) {
-          const int64_t row = p0 + m.row_base + 16 * mt + m.g + 8 * (f % 2);
-          const int col = 8 * s + m.t + 4 * (f / 2);
-          const float v = row < plan.n && col < plan.dim ? points[row * plan.dim + col] : 0.0f;
+          const float v = point_fragment_value(plan, points, p0, m, mt, s, f);
           a_hi[mt][s][f] = tf32_round(v);
           a_lo[mt][s][f] = tf32_residual(v, a_hi[mt][s][f]);
         }
@@ -281,11 +289,7 @@ __global__ void __launch_bounds__(kPairThreads, 1)
       DSCH_UNROLL
       for (int s = 0; s < kSteps; ++s) {
         DSCH_UNROLL
-        for (int f = 0; f < 4; ++f) {
-          const int64_t row = p0 + m.row_base + 16 * mt + m.g + 8 * (f % 2);
-          const int col = 8 * s + m.t + 4 * (f / 2);
-          a[mt][s][f] = row < plan.n && col < plan.dim ? points[row * plan.dim + col] : 0.0f;
-        }
+        for (int f = 0; f < 4; ++f) a[mt][s][f] = point_fragment_value(plan, points, p0, m, mt, s, f);
       }
     }
     typename Visitor::State state[4];
