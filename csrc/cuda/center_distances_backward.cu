@@ -73,8 +73,11 @@ constexpr int kGradTileStrideT = kPairTileRows + 8;  // the centres' gradient ti
 constexpr int kGradOtherStride = kPairTileCols + 4;  // the other side, [coordinate][column]
 constexpr int kGradDim = 64;                         // coordinates of other_t: D <= 64 on this route
 
+// Two blocks a multiprocessor (at most 128 registers a thread, no spills): the
+// kernel is bound by reading the gradient, and while one block multiplies a
+// staged tile the other's loads are in flight.
 template <int Side, bool Cosine>
-__global__ void __launch_bounds__(kPairThreads, 1)
+__global__ void __launch_bounds__(kPairThreads, 2)
     center_grad_mma_kernel(PairTilePlan plan, const float* __restrict__ grad, const float* __restrict__ dist,
                            const float* __restrict__ other_t, float* __restrict__ partial,
                            float* __restrict__ partial_sum) {
