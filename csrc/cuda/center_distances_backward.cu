@@ -53,7 +53,7 @@ __global__ void center_grad_combine_kernel(T* __restrict__ out, const T* __restr
 
 // The cross term of one side as a pair scan over the gradient: out[r, :] =
 // sum_j g(r, j) other[j, :] and sum[r] = sum_j w(r, j), for r the tile's rows
-// (points for kPoints, centres for kCenters) and j the columns walked (the
+// (points for kPointsSide, centres for kCentersSide) and j the columns walked (the
 // other side), with w = center_grad_weight(g, distance). The plan's n is the
 // rows, k the columns walked; grid.y splits the columns into groups, each
 // writing its partial out (group, r, :) and sum (group, r), added in order on
@@ -88,10 +88,10 @@ __global__ void __launch_bounds__(kPairThreads, 2)
   const MmaLane<> m = MmaLane<>::here();
   const ColumnGroup group = ColumnGroup::of_block(plan);
   const int64_t other_row = plan.col_tiles * kPairTileCols;
-  // A thread stages 16 weights of one row a tile, at columns j_first + 4 i: for the
-  // points, rows t / 4 (a warp reads 8 rows x 4 adjacent columns, each sector
-  // wholly used over two i); for the centres, rows t % 64 (a warp reads 32
-  // adjacent centres of one point).
+  // A thread stages 16 gradient values of one row a tile, at columns j_first + 4 i, and
+  // adds their weights into the row's sum: for the points, rows t / 4 (a warp reads 8 rows
+  // x 4 adjacent columns, each sector wholly used over two i); for the centres, rows t % 64
+  // (a warp reads 32 adjacent centres of one point).
   const int my_row = Side == kPointsSide ? threadIdx.x / 4 : threadIdx.x % 64;
   const int j_first = Side == kPointsSide ? threadIdx.x % 4 : threadIdx.x / 64;
   for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
