@@ -201,8 +201,12 @@ def test_center_distances_forward_backward(emu, metric, dtype, n, k, d, generato
     grad = torch.randn(n, k, generator=generator, dtype=dtype)
     got = emu._center_distances_backward(grad, x, c, out, metric)
     want = cpu._center_distances_backward(grad, x, c, out, metric)
-    assert_close(got[0], want[0], dtype)
-    assert_close(got[1], want[1], dtype)
+    # A gradient row is a sum over the other side, in another order on each backend: an entry
+    # that cancels errs relative to its row, not to itself (the zero row's cosine gradient, at
+    # the 1e8 of the norm clamp, would leave TOL's absolute part nothing to give).
+    for got_side, want_side in zip(got, want):
+        scale = want_side.abs().amax(dim=1, keepdim=True).clamp(min=1)
+        assert_close(got_side / scale, want_side / scale, dtype)
 
 
 def tf32_round(v):
