@@ -570,14 +570,14 @@ WORKLOADS = {
                  "full-covariance E-step, N = 10^4, K = 1000, D = 128, float32"),
     "G3": _pairs("gmm_log_resp.cu", r"pair_tile_kernelIf.*ScaledDiffPair", 2 * 1e4 * 1000 * 64,
                  "diagonal E-step, N = 10^4, K = 1000, D = 64, float32"),
-    "C1": _pairs("center_distances.cu", r"pair_tile_mma_resident_kernelILi64E.*DistanceVisitor", 65536 * 1000 * 64,
+    "C1": _pairs("center_distances.cu", r"pair_tile_mma_split_at_use_kernelILi64E.*DistanceVisitor", 65536 * 1000 * 64,
                  "center_distances forward, N = 65,536, K = 1000, D = 64, float32"),
     # The backward's two passes over the gradient (squared Euclidean): G C for the points,
     # G^T X for the centres, one FFMA-equivalent per point, centre and dimension each.
     "C3": Workload("center_distances_backward.cu", 2 * 65536 * 1000 * 64, "fp32",
                    [Pass(r"center_grad_mma_kernelILi0ELb0E", 0.5), Pass(r"center_grad_mma_kernelILi1ELb0E", 0.5)],
                    "center_distances backward, N = 65,536, K = 1000, D = 64, float32"),
-    "C2": _pairs("nearest_center.cu", r"pair_tile_mma_resident_kernelILi64E.*NearestVisitor", 1e6 * 1000 * 64,
+    "C2": _pairs("nearest_center.cu", r"pair_tile_mma_split_at_use_kernelILi64E.*NearestVisitor", 1e6 * 1000 * 64,
                  "nearest_center, N = 10^6, K = 1000, D = 64, float32"),
 }
 

@@ -260,22 +260,55 @@ def fma32(a, b, c):
     return np.where(halfway & (err != 0) & toward_beyond, beyond, r)
 
 
-# d = 13, 17, 40, 64: the kernels with the points' fragments in registers (D <= 16, 32, 64); 70: the
-# chunked one. 130 centres: three column tiles over the groups.
-@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (37, 11, 13), (19, 70, 17), (70, 130, 40), (65, 9, 64), (66, 67, 70)])
+# d = 13, 17, 40, 64, 70: the split-at-use kernel (padded to 16, 32, 64, 64, 128); 130: the chunked
+# one with the staged split. 130 centres: three column tiles over the groups.
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (37, 11, 13), (19, 70, 17), (70, 130, 40), (65, 9, 64), (66, 67, 70),
+                                   (20, 67, 130)])
 def test_float32_inner_products_are_3xtf32_bit_for_bit(emu, n, k, d, generator):
     x = torch.randn(n, d, generator=generator)
     c = torch.randn(k, d, generator=generator)
     # Halfway mantissas: 1 + 2^-11 (+ the sign) rounds away from zero to 1 + 2^-10.
     x[0, 0], c[0, 0] = 1 + 2**-11, -(1 + 2**-11)
     got = emu.center_distances(x, c, "dot")
-    want = -tf32x3_dot_model(x.numpy(), c.numpy())
+    want = -tf32x3_dot_model(x.numpy(), c.numpy(), split="at_use" if d <= 128 else "rounded")
     assert np.array_equal(got.numpy().view(np.uint32), want.view(np.uint32))
     assert tf32_round(np.float32([1 + 2**-11, -(1 + 2**-11)])).tolist() == [1 + 2**-10, -(1 + 2**-10)]
-    # fp32 accuracy, which one TF32 product (~1e-3 relative) is not.
+    # fp32 accuracy, which one TF32 product (~1e-3 relative) is not: within the bound the
+    # nearest-centre recheck relies on, (d + 8) kTf32x3Epsilon |x| |c| (tf32_math.h).
     exact = x.double() @ c.double().T
     scale = x.double().norm(dim=1)[:, None] * c.double().norm(dim=1)[None, :]
-    assert ((got.double() + exact).abs() <= 4 * d * 2**-23 * scale).all()
+    assert ((got.double() + exact).abs() <= (d + 8) * 2**-20 * scale).all()
+
+
+@pytest.mark.parametrize("split", ["rounded", "at_use"])
+def test_3xtf32_products_err_within_2_to_the_minus_21_with_either_split(split):
+    # kTf32x3Epsilon's derivation (tf32_math.h): lo = v - hi has at most 12 significant bits, so
+    # reading it as TF32, rounded (the staged split) or truncated (the tensor cores reading the
+    # split-at-use kernel's whole lo), loses at most its last bit, 2^-23 |v|; a product
+    # a_hi b_hi + a_hi b_lo + a_lo b_hi then errs by at most 2^-21 |a b| (to 2^-10).
+    rng = rng_for(21)
+    size = 200_000
+    mantissa = rng.integers(2**23, 2**24, size=size)
+    # Low 13 bits at and around the halfway point of hi's rounding, and lo with 12 bits set.
+    mantissa[: size // 4] = (mantissa[: size // 4] & ~0x1FFF) | rng.choice([0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x0801],
+                                                                            size // 4)
+    v = np.ldexp(mantissa.astype(np.float64), rng.integers(-80, 80, size=size) - 23)
+    v = (v * rng.choice([-1.0, 1.0], size)).astype(np.float32)
+    hi = tf32_round(v)
+    lo = v - hi  # exact in float32
+    lo_read = tf32_round(lo) if split == "rounded" else tf32_truncate(lo)
+    v64, hi64, lo64, read64 = (t.astype(np.float64) for t in (v, hi, lo, lo_read))
+    assert np.array_equal(hi64 + lo64, v64)
+    assert (np.abs(lo64 - read64) <= 2.0**-23 * np.abs(v64)).all()
+    a, b = slice(0, size // 2), slice(size // 2, size)
+    approx = hi64[a] * hi64[b] + hi64[a] * read64[b] + read64[a] * hi64[b]  # products exact in float64
+    exact = v64[a] * v64[b]
+    ratio = np.abs(exact - approx) / np.abs(exact)
+    assert ratio.max() <= 2.0**-21 * (1 + 2.0**-10)
+    assert ratio.max() > 2.0**-22  # the bound is nearly reached: the cases above exercise it
+    # With hi truncated instead, lo keeps up to 13 significant bits and loses more than one.
+    lo_of_truncated = (v - tf32_truncate(v)).astype(np.float64)
+    assert (np.abs(lo_of_truncated - tf32_truncate(lo_of_truncated.astype(np.float32))) > 2.0**-23 * np.abs(v64)).any()
 
 
 def test_center_distances_non_finite_rows_give_nan(emu):
@@ -286,9 +319,10 @@ def test_center_distances_non_finite_rows_give_nan(emu):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n,k,d", [(1, 1, 3), (5, 200, 7), (203, 7, 13), (97, 40, 64)])
+@pytest.mark.parametrize("n,k,d", [(1, 1, 3), (5, 200, 7), (203, 7, 13), (97, 40, 64), (70, 70, 100), (9, 5, 140)])
 def test_nearest_center(emu, dtype, n, k, d, generator):
     # k = 200 leaves no room for one row in the 96-element emulated buffer: one row a block.
+    # D = 100: the split-at-use kernel at 128 coordinates; 140: the chunked kernel.
     x = torch.randn(n, d, generator=generator, dtype=dtype)
     c = torch.randn(k, d, generator=generator, dtype=dtype)
     got, want = emu.nearest_center(x, c), cpu.nearest_center(x, c)

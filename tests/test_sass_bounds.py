@@ -97,7 +97,7 @@ def test_scan_lane_stride_from_the_kernel_name():
 def test_tensor_core_tiles_pay_their_shared_bytes():
     # Every lane of the tensor-core tiles reads or writes its own words: a 16-byte access of 32
     # lanes moves 512 bytes, at least 4 wavefronts, a store as much as a load.
-    tile = "_ZN8dsch_ext29pair_tile_mma_resident_kernelILi64ENS_13NearestVisitorIfEEEEvNS_12PairTilePlanEPKfS6_T0_"
+    tile = "_ZN8dsch_ext33pair_tile_mma_split_at_use_kernelILi64ENS_13NearestVisitorIfEEEEvNS_12PairTilePlanEPKfS6_T0_"
     stride = sb.shared_lane_stride(tile)
     assert [sb.shared_wavefronts(op, stride) for op in ("LDS", "LDS.64", "LDS.128", "STS.128")] == [1, 2, 4, 4]
     assert sb.shared_lane_stride("_ZN8dsch_ext16pair_tile_kernelIfEEvv") is None
@@ -157,7 +157,7 @@ def test_tensor_core_products_count_their_fp32_multiply_adds():
     # One m16n8k8 TF32 product is 1,024 multiply-adds (32 FFMAs' worth); a 3xTF32 kernel spends
     # three of them on each fp32 product; the H100 retires about 946 a clock per SM.
     assert sb.work_weight("_ZN8dsch_ext9other_kernelEv", "HMMA.1688.F32.TF32") == 32
-    assert sb.work_weight("_ZN8dsch_ext29pair_tile_mma_resident_kernelILi64E", "HMMA.1688.F32.TF32") == 32 / 3
+    assert sb.work_weight("_ZN8dsch_ext33pair_tile_mma_split_at_use_kernelILi64E", "HMMA.1688.F32.TF32") == 32 / 3
     grad_tile = "_ZN8dsch_ext22center_grad_mma_kernelILi0ELb0EEEvNS_12PairTilePlanEPKfS4_S4_PfS5_"
     assert sb.work_weight(grad_tile, "HMMA.1688.F32.TF32") == 32 / 3
     assert sb.shared_lane_stride(grad_tile) == sb.DISTINCT_WORDS

@@ -18,11 +18,19 @@
 namespace dsch_ext {
 
 // Relative rounding unit of a 3xTF32 inner product, for bounds of the form
-// (dim + 8) eps |x| |c| (center_math.h): the dropped lo * lo term (2^-22 a
-// product), the splits' rounding and the tensor cores' accumulation, which
-// aligns and truncates a block of products rather than rounding each sum to
-// nearest (up to ~2 units of 2^-23 an addition). 8 fp32 epsilons covers them
-// all with room.
+// (dim + 8) eps |x| |c| (center_math.h), with either split below. For v in
+// [2^e, 2^(e+1)), hi is a multiple of 2^(e-10) within 2^(e-11) of v, so
+// lo = v - hi is a multiple of fp32's 2^(e-23) below 2^12 of them: at most 12
+// significant bits against TF32's 11, so reading lo as TF32, rounded or
+// truncated, loses at most its last bit, 2^(e-23) <= 2^-23 |v|. A product
+// a b = (a_hi + a_lo)(b_hi + b_lo) then errs by the dropped a_lo b_lo
+// (<= 2^-22 |a b|) and a_hi, b_hi times the other side's lost bit (2^-23 |a b|
+// each, to 2^-11): 2^-21 |a b|, 4 units of 2^-23, and summed over the
+// coordinates at most 4 units of |x| |c| (Cauchy-Schwarz). The tensor cores'
+// accumulation aligns and truncates a block of products rather than rounding
+// each sum to nearest: up to ~2 units of the running sum (<= |x| |c|) an
+// addition, 3 dim additions. 8 units a coordinate, plus 64, covers both with
+// room; the tests check the per-product bound on the model of each split.
 constexpr float kTf32x3Epsilon = 9.5367431640625e-07f;  // 2^-20
 
 // v rounded to TF32, to nearest with ties away from zero (the rounding of
@@ -42,15 +50,14 @@ DSCH_HOST_DEVICE float tf32_residual(float v, float hi) { return tf32_round(v - 
 // where a value is used: hi is v rounded to TF32 (to nearest, ties away, as
 // tf32_round but with no special cases: an add and an AND) and lo = v - hi,
 // exact in fp32, is passed whole; the tensor cores read its top 10 explicit
-// bits, a truncation (error < 2^-10 |lo| <= 2^-21 |v|). A product then errs by
-// at most about 1.25 2^-20 |a b| (the two truncated lo terms and the dropped
-// lo lo), with the sign of lo, which rounding hi leaves either way: a split
-// that truncated hi too would make every lo, and so every error, lean one way
-// (several times the error on tight clusters, past the E-step's 1e-5). Past
-// fp32's range hi is infinite and lo -hi, as the rounded split gives; a NaN's
-// hi may be anything, but lo = NaN - hi is a NaN that survives the tensor
-// cores' truncation (the subtraction sets its quiet bit). Inside the full
-// E-step's 1e-5 (tested); not used where a tie bound relies on kTf32x3Epsilon.
+// bits, a truncation that loses at most lo's last bit, 2^-23 |v| (above), as
+// rounding lo would: its products err within kTf32x3Epsilon like the staged
+// split's. The error takes the sign of lo, which rounding hi leaves either
+// way: a split that truncated hi too would make every lo, and so every
+// error, lean one way (several times the error on tight clusters, past the
+// E-step's 1e-5). Past fp32's range hi is infinite and lo -hi, as the rounded
+// split gives; a NaN's hi may be anything, but lo = NaN - hi is a NaN that
+// survives the tensor cores' truncation (the subtraction sets its quiet bit).
 DSCH_HOST_DEVICE void tf32_split_at_use(float v, float& hi, float& lo) {
   hi = bits_float((float_bits(v) + 0x1000u) & 0xffffe000u);
   lo = v - hi;

@@ -15,18 +15,19 @@
 namespace dsch_ext {
 
 // The scan for float32 inner products (DotPair) on the tensor cores, in
-// 3xTF32 (tf32_math.h): the block's 64 x 64 tile is eight warps of 32 x 16
-// (below), four m16n8k8 products each a k-step. Both sides are staged row-major,
-// already split into TF32 high and residual parts (stride kMmaStride: the
-// fragment loads of a warp hit 32 different banks). The finished tile goes
-// through shared memory to the visitors in the SIMT kernel's layout, so every
-// visitor serves both kernels unchanged.
+// 3xTF32 (tf32_math.h), for D above kSplitAtUseMaxDim (below that, the
+// split-at-use kernel): the block's 64 x 64 tile is eight warps of 32 x 16
+// (below), four m16n8k8 products each a k-step. Both sides are staged row-major
+// a chunk of coordinates at a time, already split into TF32 high and residual
+// parts (stride kMmaStride: the fragment loads of a warp hit 32 different
+// banks). The finished tile goes through shared memory to the visitors in the
+// SIMT kernel's layout, so every visitor serves both kernels unchanged.
 constexpr int kMmaStride = kPairChunk + 4;
 constexpr int kMmaOutStride = kPairTileCols + 4;
 // A warp's share of the tile: 32 points x 16 columns, two m16 by two n8
 // products a k-step. Each B fragment (the staged centres) is then read by two
-// warps, not four as with 16 x 32: half the shared-memory traffic, which
-// bounds the kernel, for twice the A fragments in registers.
+// warps, not four as with 16 x 32: half the shared-memory traffic for twice
+// the A fragments in registers.
 constexpr int kWarpRows = 32, kWarpCols = 16, kMTiles = kWarpRows / 16, kNTiles = kWarpCols / 8;
 static_assert(kPairThreads == 8 * 32 && kPairTileRows == 2 * kWarpRows && kPairTileCols == 4 * kWarpCols,
               "eight warps of 32 x 16 cover the tile");
@@ -156,25 +157,6 @@ __global__ void __launch_bounds__(kPairThreads, 1) pair_tile_mma_kernel(PairTile
   }
 }
 
-// The tensor-core scan for D <= DP (16, 32 or 64): each warp keeps its 16
-// points' split A fragments for all DP coordinates in registers, loaded once
-// per point tile, so a column tile stages only the centres (all DP
-// coordinates at once, split) and runs DP / 8 k-steps between two barriers.
-// The centres come padded with zeros to [col_tiles * kPairTileCols, DP]
-// (pad_centers_for_tiles), so staging them takes no bounds checks or 64-bit
-// index arithmetic: that integer work, not the tensor cores, bounded the
-// kernel. A centre's staged row holds, for each k-step s and t < 4, the four
-// values one lane's B fragments take {hi(8s + t), hi(8s + t + 4), lo(8s + t),
-// lo(8s + t + 4)} side by side, so a lane loads them in one 16-byte access
-// (a quarter of the instructions of four scalar loads; the bytes, and so the
-// wavefronts, are the same) and stages them in one. The staged centres and
-// the finished tile share one buffer. Same products in the same order as
-// pair_tile_mma_kernel (zeros add nothing).
-template <int DP>
-constexpr int resident_stride() {
-  return 2 * DP + 16;  // = 16 mod 32: the two centres of a quarter-warp's 16-byte loads hit 32 banks
-}
-
 // Floats of the shared buffer that holds a column tile's staged centres (rows
 // of `stride`) and, after the products, the finished tile.
 constexpr int centres_and_tile_buffer(int stride) {
@@ -182,85 +164,25 @@ constexpr int centres_and_tile_buffer(int stride) {
                                                                 : kPairTileRows * kMmaOutStride;
 }
 
-template <int DP, typename Visitor>
-__global__ void __launch_bounds__(kPairThreads, 1)
-    pair_tile_mma_resident_kernel(PairTilePlan plan, const float* __restrict__ points,
-                                  const float* __restrict__ padded_centers, Visitor visitor) {
-  constexpr int kSteps = DP / 8, kStride = resident_stride<DP>();
-  // Staging: a thread splits coordinates 8s + t and 8s + t + 4 (q = 4s + t) of one centre a round.
-  constexpr int kQuads = DP / 2, kRowsPerRound = kPairThreads / kQuads;
-  static_assert(kPairThreads % kQuads == 0 && kPairTileCols % kRowsPerRound == 0, "whole staging rounds");
-  const int stage_row = threadIdx.x / kQuads, stage_q = threadIdx.x % kQuads;
-  DSCH_SHARED_ARRAY(float, buffer, centres_and_tile_buffer(kStride));
-  float* const cols = buffer;
-  float* const out_tile = buffer;  // after the products have read the centres
-  const MmaLane<> m = MmaLane<>::here();
-  const ColumnGroup group = ColumnGroup::of_block(plan);
-  for (int64_t p0 = blockIdx.x * int64_t{kPairTileRows}; p0 < plan.n;
-       p0 += static_cast<int64_t>(gridDim.x) * kPairTileRows) {
-    float a_hi[kMTiles][kSteps][4], a_lo[kMTiles][kSteps][4];
-    DSCH_UNROLL
-    for (int mt = 0; mt < kMTiles; ++mt) {
-      DSCH_UNROLL
-      for (int s = 0; s < kSteps; ++s) {
-        DSCH_UNROLL
-        for (int f = 0; f < 4; ++f) {
-          const float v = point_fragment_value(plan, points, p0, m, mt, s, f);
-          a_hi[mt][s][f] = tf32_round(v);
-          a_lo[mt][s][f] = tf32_residual(v, a_hi[mt][s][f]);
-        }
-      }
-    }
-    typename Visitor::State state[4];
-    start_points(visitor, state);
-    const float* tile_src =
-        padded_centers + (group.first * kPairTileCols + stage_row) * DP + 8 * (stage_q / 4) + stage_q % 4;
-    for (int64_t tile = group.first; tile < group.last; ++tile) {
-      const int64_t c0 = tile * kPairTileCols;
-      __syncthreads();  // the previous tile's visitors have read out_tile
-      DSCH_UNROLL
-      for (int i = 0; i < kPairTileCols / kRowsPerRound; ++i) {
-        const float v0 = tile_src[i * kRowsPerRound * DP], v1 = tile_src[i * kRowsPerRound * DP + 4];
-        const float h0 = tf32_round(v0), h1 = tf32_round(v1);
-        *reinterpret_cast<float4*>(&cols[(stage_row + i * kRowsPerRound) * kStride + 4 * stage_q]) =
-            float4{h0, h1, tf32_residual(v0, h0), tf32_residual(v1, h1)};
-      }
-      tile_src += kPairTileCols * DP;
-      __syncthreads();
-      float acc[kMTiles][kNTiles][4] = {};
-      DSCH_UNROLL
-      for (int s = 0; s < kSteps; ++s) {
-        DSCH_UNROLL
-        for (int nt = 0; nt < kNTiles; ++nt) {
-          const float4 b =
-              *reinterpret_cast<const float4*>(&cols[(m.col_base + 8 * nt + m.g) * kStride + 16 * s + 4 * m.t]);
-          const float b_hi[2] = {b.x, b.y}, b_lo[2] = {b.z, b.w};
-          DSCH_UNROLL
-          for (int mt = 0; mt < kMTiles; ++mt) mma_tf32x3_m16n8k8(acc[mt][nt], a_hi[mt][s], a_lo[mt][s], b_hi, b_lo);
-        }
-      }
-      visit_mma_tile(plan, visitor, state, out_tile, acc, p0, c0);  // after every warp's products read the centres
-    }
-    finish_points(plan, visitor, state, p0);
-  }
-}
-
-// The tensor-core scan with the split made where a value is used, for D <= DP
-// (16, 32, 64 or 128; so far only the float32 full-covariance E-step's x L_k,
-// whose 1e-5 claim is tested, not derived from kTf32x3Epsilon). Both sides stay raw: the
-// points in registers, the centres in shared memory, and every value is split
-// as it is used (tf32_split_at_use: an add, an AND and a subtraction; the
-// staging is a plain copy, where the resident kernel rounds and splits each
-// staged value). A warp owns 32 points x 16 columns up to DP = 64
-// (each staged value is then read and split by two warps, not four; ptxas keeps
-// the points' split out of the tile loop), 16 x 32 at DP = 128, where split
-// fragments of 32 points would not fit in registers. The centres come padded
-// to [col_tiles * kPairTileCols, DP] with each 8 coordinates in the order
+// The tensor-core scan for D <= DP (16, 32, 64 or 128: centre distances,
+// nearest centre and the float32 full-covariance E-step's x L_k), with the
+// split made where a value is used. Both sides stay raw: the points in
+// registers, loaded once a point tile, the centres in shared memory, staged
+// all DP coordinates at once, so a column tile runs DP / 8 k-steps between
+// two barriers; every value is split as it is used (tf32_split_at_use: an
+// add, an AND and a subtraction). Staging is then a plain copy: rounding and
+// splitting each staged value instead made the integer pipe, not the tensor
+// cores, bound the scan. Its products err within the same kTf32x3Epsilon as
+// the staged split's (tf32_math.h), so the nearest-centre tie bound holds.
+// A warp owns 32 points x 16 columns up to DP = 64 (each staged value is
+// then read and split by two warps, not four; ptxas keeps the points' split
+// out of the tile loop), 16 x 32 at DP = 128, where split fragments of 32
+// points would not fit in registers. The centres come padded to
+// [col_tiles * kPairTileCols, DP] (zeros past K and D: no bounds checks or
+// 64-bit index arithmetic in the loop) with each 8 coordinates in the order
 // 0 4 1 5 2 6 3 7 (interleave_for_split_at_use), so a lane's two B values of a
 // k-step, t and t + 4, are one 8-byte load; the row stride, DP + 8 (8 or 24
-// mod 32 floats), gives each half-warp 32 different banks. Its products differ
-// from the resident kernel's only in the split, so it is not used where a tie
-// bound relies on kTf32x3Epsilon.
+// mod 32 floats), gives each half-warp 32 different banks.
 constexpr int kSplitAtUseMaxDim = 128;
 
 template <int DP>
@@ -342,35 +264,36 @@ constexpr T pair_tile_epsilon() {
   return pair_tiles_use_mma<T, Pair>() ? T(kTf32x3Epsilon) : std::numeric_limits<T>::epsilon();
 }
 
-// The padded dimension of the resident tensor-core kernel for D, or 0 above 64.
-inline int resident_dim(int64_t dim) { return dim <= 16 ? 16 : dim <= 32 ? 32 : dim <= 64 ? 64 : 0; }
-
 // The padded dimension of the split-at-use kernel for D <= kSplitAtUseMaxDim.
-inline int split_at_use_dim(int64_t dim) { return dim <= 64 ? resident_dim(dim) : kSplitAtUseMaxDim; }
+inline int split_at_use_dim(int64_t dim) {
+  return dim <= 16 ? 16 : dim <= 32 ? 32 : dim <= 64 ? 64 : kSplitAtUseMaxDim;
+}
 
-// The centres as pair_tile_mma_resident_kernel<dp> reads them: [col_tiles *
-// kPairTileCols, dp], zeros past K and D. An O(K dp) copy each call, against
-// the O(N K D) scan that no longer checks bounds.
+// The centres padded to [col_tiles * kPairTileCols, dp], zeros past K and D:
+// an O(K dp) copy each call, against the O(N K D) scan that no longer checks
+// bounds.
 inline at::Tensor pad_centers_for_tiles(const at::Tensor& centers, const PairTilePlan& plan, int dp) {
   return at::constant_pad_nd(centers, {0, dp - plan.dim, 0, plan.col_tiles * kPairTileCols - plan.k});
 }
 
 // Inner products of points [n, dim] with centres [k, dim] (DotPair): float32
-// on the tensor cores in 3xTF32, float64 on the FMA tile.
+// on the tensor cores in 3xTF32 (split at use up to kSplitAtUseMaxDim
+// coordinates, staged split above), float64 on the FMA tile.
 template <typename T, typename Visitor>
 void launch_dot_tiles(const char* name, const PairTilePlan& plan, const at::Tensor& points,
                       const at::Tensor& centers, const Visitor& visitor, gpu::Stream stream) {
   if (plan.n == 0) return;
   if constexpr (pair_tiles_use_mma<T, DotPair>()) {
-    const int dp = resident_dim(plan.dim);
-    if (dp != 0) {
+    if (plan.dim <= kSplitAtUseMaxDim) {
+      const int dp = split_at_use_dim(plan.dim);
       // The padded copy is freed after the launch is queued: the caching allocator reuses it in stream order.
-      const at::Tensor padded = pad_centers_for_tiles(centers, plan, dp);
-      const auto kernel = dp == 16   ? &pair_tile_mma_resident_kernel<16, Visitor>
-                          : dp == 32 ? &pair_tile_mma_resident_kernel<32, Visitor>
-                                     : &pair_tile_mma_resident_kernel<64, Visitor>;
+      const at::Tensor columns = interleave_for_split_at_use(pad_centers_for_tiles(centers, plan, dp));
+      const auto kernel = dp == 16   ? &pair_tile_mma_split_at_use_kernel<16, Visitor>
+                          : dp == 32 ? &pair_tile_mma_split_at_use_kernel<32, Visitor>
+                          : dp == 64 ? &pair_tile_mma_split_at_use_kernel<64, Visitor>
+                                     : &pair_tile_mma_split_at_use_kernel<kSplitAtUseMaxDim, Visitor>;
       gpu::launch(name, kernel, pair_tile_grid(plan), kPairThreads, 0, stream, plan, points.const_data_ptr<float>(),
-                  padded.const_data_ptr<float>(), visitor);
+                  columns.const_data_ptr<float>(), visitor);
     } else {
       gpu::launch(name, &pair_tile_mma_kernel<Visitor>, pair_tile_grid(plan), kPairThreads, 0, stream, plan,
                   points.const_data_ptr<float>(), centers.const_data_ptr<float>(), visitor);
