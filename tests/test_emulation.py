@@ -187,10 +187,12 @@ def test_hamming_range_empty(emu):
 
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine", "dot"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-# 150: column groups. The float32 backward runs on the gradient tile up to D = 64: at (200, 130, 64)
-# full and partial tiles of both sides, the centres' side over two column groups; D = 65 takes the
-# GEMM route. A zero row and a zero centre make cosine's norm clamp.
-@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (37, 11, 13), (70, 3, 64), (5, 150, 17), (200, 130, 64), (90, 70, 65)])
+# 150: column groups. The float32 backward runs on the gradient tile up to D = 128, one pass a side
+# for each 64 coordinates: at (200, 130, 64) full and partial tiles of both sides, the centres'
+# side over two column groups; D = 65 and 128 take two passes, D = 130 the GEMM route. A zero
+# row and a zero centre make cosine's norm clamp.
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (37, 11, 13), (70, 3, 64), (5, 150, 17), (200, 130, 64), (90, 70, 65),
+                                   (40, 150, 128), (20, 9, 130)])
 def test_center_distances_forward_backward(emu, metric, dtype, n, k, d, generator):
     x = torch.randn(n, d, generator=generator, dtype=dtype)
     c = torch.randn(k, d, generator=generator, dtype=dtype)
@@ -530,7 +532,7 @@ def test_segment_gram_bad_offsets_stay_in_bounds(emu, generator):
 def test_results_ignore_the_tf32_switch(emu, generator):
     grad = torch.randn(50, 9, generator=generator)
     results = []
-    for d in (16, 80):  # the backward on the gradient tile, and by GEMMs
+    for d in (16, 80, 140):  # the backward on the gradient tile (one and two passes a side), and by GEMMs
         x, c = torch.randn(50, d, generator=generator), torch.randn(9, d, generator=generator)
         dist = emu.center_distances(x, c, "sqeuclidean")
         results.append(lambda x=x, c=c, dist=dist: (emu.center_distances(x, c, "sqeuclidean"),

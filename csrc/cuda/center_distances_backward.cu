@@ -1,11 +1,13 @@
 // CUDA kernel of dsch_ext::_center_distances_backward (formulas in
 // center_math.h): the two cross terms G (rc . C) and G^T (rx . X) with the
 // gradient's weighted row and column sums, then one combine kernel per side.
-//   - float32 with D <= 64: one tensor-core pass over the gradient per side
-//     (center_grad_mma_kernel, 3xTF32): each reads the [N, K] gradient once,
-//     weights it on the way (cosine), forms the cross term and the sums of
-//     the same weights, and writes O((N + K) D) partials; nothing N x K is
-//     written.
+//   - float32 with D <= 128: tensor-core passes over the gradient, one per side
+//     and 64 coordinates (center_grad_mma_kernel, 3xTF32): each reads the
+//     [N, K] gradient once, weights it on the way (cosine), forms the cross
+//     term and the sums of the same weights, and writes O((N + K) D)
+//     partials; nothing N x K is written. At 64 < D <= 128 the two passes a
+//     side still read less than the GEMM route, whose two fp32 GEMMs run at
+//     the SIMT rate and whose two reductions read the gradient again.
 //   - otherwise: torch reductions for the sums and two full-fp32 GEMMs
 //     (whatever torch's TF32 switch says).
 #include <ATen/Context.h>
@@ -71,7 +73,8 @@ enum GradSide : int { kPointsSide = 0, kCentersSide = 1 };
 constexpr int kGradTileStride = kPairTileCols + 4;   // the points' gradient tile, [row][column]
 constexpr int kGradTileStrideT = kPairTileRows + 8;  // the centres' gradient tile, [column][row]
 constexpr int kGradOtherStride = kPairTileCols + 4;  // the other side, [coordinate][column]
-constexpr int kGradDim = 64;                         // coordinates of other_t: D <= 64 on this route
+constexpr int kGradDim = 64;                         // coordinates of other_t a pass
+constexpr int kGradMaxDim = 128;                     // D on this route: at most two passes a side
 
 // Two blocks a multiprocessor (at most 128 registers a thread, no spills): the
 // kernel is bound by reading the gradient, and while one block multiplies a
@@ -186,30 +189,41 @@ __global__ void __launch_bounds__(kPairThreads, 2)
 
 // The cross term and the weights' sums of one side on center_grad_mma_kernel:
 // rows [R, D] (the side's own rows, for the plan), other [J, D] (scaled as the
-// metric needs). Returns {cross [R, D], sums [R]}, unscaled.
+// metric needs). Returns {cross [R, D], sums [R]}, unscaled. The kernel takes
+// kGradDim coordinates of the other side at a time; above that each slab of
+// them is one more pass over the gradient (at most kGradMaxDim / kGradDim),
+// whose sums, the same bits each pass, are taken from the first.
 std::pair<at::Tensor, at::Tensor> grad_side_on_tiles(int side, const at::Tensor& grad, const at::Tensor& dist,
                                                      bool cosine, int64_t rows, const at::Tensor& other,
                                                      gpu::Stream stream) {
   const int64_t cols = other.size(0), dim = other.size(1);
-  const PairTilePlan plan = plan_pair_tiles(rows, cols, dim, gpu::multiprocessor_count(grad.device()));
-  const int64_t groups = pair_groups(plan);
+  const int64_t slabs = (dim + kGradDim - 1) / kGradDim, slab_dim = slabs == 1 ? dim : kGradDim;
+  const PairTilePlan plan = plan_pair_tiles(rows, cols, slab_dim, gpu::multiprocessor_count(grad.device()));
+  const int64_t groups = pair_groups(plan), other_row = plan.col_tiles * kPairTileCols;
   const at::Tensor other_t =
-      at::constant_pad_nd(other.t(), {0, plan.col_tiles * kPairTileCols - cols, 0, kGradDim - dim}).contiguous();
-  at::Tensor partial = at::empty({groups, rows, dim}, grad.options());
-  at::Tensor partial_sum = at::empty({groups, rows}, grad.options());
-  const auto launch = [&](auto kernel) {
-    gpu::launch("center_grad_tiles", kernel, pair_tile_grid(plan), kPairThreads, 0, stream, plan,
-                grad.const_data_ptr<float>(), cosine ? dist.const_data_ptr<float>() : nullptr,
-                other_t.const_data_ptr<float>(), partial.data_ptr<float>(), partial_sum.data_ptr<float>());
-  };
-  if (side == kPointsSide) {
-    cosine ? launch(&center_grad_mma_kernel<kPointsSide, true>) : launch(&center_grad_mma_kernel<kPointsSide, false>);
-  } else {
-    cosine ? launch(&center_grad_mma_kernel<kCentersSide, true>)
-           : launch(&center_grad_mma_kernel<kCentersSide, false>);
+      at::constant_pad_nd(other.t(), {0, other_row - cols, 0, slabs * kGradDim - dim}).contiguous();
+  at::Tensor partial = at::empty({slabs, groups, rows, slab_dim}, grad.options());
+  at::Tensor partial_sum = at::empty({slabs, groups, rows}, grad.options());
+  for (int64_t slab = 0; slab < slabs; ++slab) {
+    const auto launch = [&](auto kernel) {
+      gpu::launch("center_grad_tiles", kernel, pair_tile_grid(plan), kPairThreads, 0, stream, plan,
+                  grad.const_data_ptr<float>(), cosine ? dist.const_data_ptr<float>() : nullptr,
+                  other_t.const_data_ptr<float>() + slab * kGradDim * other_row, partial[slab].data_ptr<float>(),
+                  partial_sum[slab].data_ptr<float>());
+    };
+    if (side == kPointsSide) {
+      cosine ? launch(&center_grad_mma_kernel<kPointsSide, true>)
+             : launch(&center_grad_mma_kernel<kPointsSide, false>);
+    } else {
+      cosine ? launch(&center_grad_mma_kernel<kCentersSide, true>)
+             : launch(&center_grad_mma_kernel<kCentersSide, false>);
+    }
   }
-  if (groups == 1) return {partial.select(0, 0), partial_sum.select(0, 0)};
-  return {at::sum(partial, {0}), at::sum(partial_sum, {0})};
+  // Groups added in order (the same bits every run); slabs side by side, the padding dropped.
+  const at::Tensor cross = groups == 1 ? partial.select(1, 0) : at::sum(partial, {1});
+  const at::Tensor sums = groups == 1 ? partial_sum[0][0] : at::sum(partial_sum[0], {0});
+  if (slabs == 1) return {cross[0], sums};
+  return {cross.permute({1, 0, 2}).reshape({rows, slabs * kGradDim}).narrow(1, 0, dim).contiguous(), sums};
 }
 
 // The cross terms and the weights' sums by torch: the weights (cosine) in one
@@ -251,7 +265,7 @@ std::tuple<at::Tensor, at::Tensor> center_distances_backward_cuda(
   const at::Tensor x_scaled = metric == kCosine ? x.mul(x_stats.first.unsqueeze(1)) : x;
 
   at::Tensor grad_x, grad_c, row_sum, col_sum;
-  if (x.scalar_type() == at::kFloat && x.size(1) <= kGradDim && n > 0 && k > 0) {
+  if (x.scalar_type() == at::kFloat && x.size(1) <= kGradMaxDim && n > 0 && k > 0) {
     const at::Tensor dist = metric == kCosine ? distances_in.contiguous().to(x.scalar_type()) : at::Tensor();
     std::tie(grad_x, row_sum) = grad_side_on_tiles(kPointsSide, grad, dist, metric == kCosine, n, c_scaled, stream);
     std::tie(grad_c, col_sum) = grad_side_on_tiles(kCentersSide, grad, dist, metric == kCosine, k, x_scaled, stream);
