@@ -6,8 +6,9 @@
 //     [N, K] gradient once, weights it on the way (cosine), forms the cross
 //     term and the sums of the same weights, and writes O((N + K) D)
 //     partials; nothing N x K is written. At 64 < D <= 128 the two passes a
-//     side still read less than the GEMM route, whose two fp32 GEMMs run at
-//     the SIMT rate and whose two reductions read the gradient again.
+//     side read the gradient four times in all, as the GEMM route's two
+//     GEMMs and two reductions do, but multiply at the tensor cores' 3xTF32
+//     rate, not at the fp32 SIMT rate.
 //   - otherwise: torch reductions for the sums and two full-fp32 GEMMs
 //     (whatever torch's TF32 switch says).
 #include <ATen/Context.h>
