@@ -15,7 +15,8 @@ fp32 peak = SMs * 128 lanes * 2 flops * clock (67 TFLOP/s on an H100 SXM). The a
 scikit-learn's formula in torch: the same GEMM through torch.matmul, then the norms and a
 logsumexp, unfused. Centre distances and nearest centre are set against torch.cdist
 (+ autograd, + min) like the CPU benchmarks (C1, C2; C1 also without autograd, so the
-backward's share shows); their roofline column is left empty. G5 is G1 at D = 128 (the wide
+backward's share shows, and at D = 128, where the backward makes two passes a side); their
+roofline column is left empty. G5 is G1 at D = 128 (the wide
 tensor-core kernel).
 The last rows set G1's E-step and a two-iteration G2 fit against scikit-learn's own
 GaussianMixture on the same CUDA tensors (its array API path).
@@ -199,33 +200,35 @@ def torch_gmm_diag(x, means, prec, log_weights):
 def center_rows(check_cpu):
     rows = []
     g = torch.Generator().manual_seed(1)
-    n, k, d = 65_536, 1000, 64
-    x = torch.randn(n, d, generator=g)
-    c = torch.randn(k, d, generator=g)
-    xc, cc = x.cuda().requires_grad_(), c.cuda().requires_grad_()
-    w = torch.randn(n, k, device="cuda")
+    n, k = 65_536, 1000
+    # D = 64: C1, one pass over the gradient a side; D = 128: two passes a side (64 coordinates each).
+    for d in (64, 128):
+        x = torch.randn(n, d, generator=g)
+        c = torch.randn(k, d, generator=g)
+        xc, cc = x.cuda().requires_grad_(), c.cuda().requires_grad_()
+        w = torch.randn(n, k, device="cuda")
 
-    def ours():
-        gx, gc = torch.autograd.grad((dsch_ext.center_distances(xc, cc) * w).sum(), (xc, cc))
-        return gx, gc
+        def ours():
+            return torch.autograd.grad((dsch_ext.center_distances(xc, cc) * w).sum(), (xc, cc))
 
-    def anchor():
-        gx, gc = torch.autograd.grad((torch.cdist(xc, cc).square() * w).sum(), (xc, cc))
-        return gx, gc
+        def anchor():
+            return torch.autograd.grad((torch.cdist(xc, cc).square() * w).sum(), (xc, cc))
 
-    got, want = ours(), anchor()
-    ok = str(all(torch.allclose(a, b, rtol=1e-3, atol=1e-2) for a, b in zip(got, want)))
-    t, ta = cuda_time(ours), cuda_time(anchor)
-    rows.append(("center_distances fwd+bwd C1", f"N={n} K={k} D={d}", t * 1e3,
-                 f"torch.cdist {ta * 1e3:.2f} ms = {ta / t:.2f}x", "-", ok))
-    # The forward alone (the 3xTF32 tile), so that the backward's share (two full-fp32 GEMMs
-    # and their weight and combine kernels) shows: it decides whether the backward moves to the tile.
-    xd, cd = xc.detach(), cc.detach()
-    tf, tfa = cuda_time(dsch_ext.center_distances, xd, cd), cuda_time(lambda: torch.cdist(xd, cd).square())
-    rows.append(("center_distances fwd C1", f"N={n} K={k} D={d}", tf * 1e3,
-                 f"torch.cdist {tfa * 1e3:.2f} ms = {tfa / tf:.2f}x; backward {(t - tf) * 1e3:.2f} ms "
-                 f"(cdist's {(ta - tfa) * 1e3:.2f})", "-", "-"))
+        got, want = ours(), anchor()
+        ok = str(all(torch.allclose(a, b, rtol=1e-3, atol=1e-2) for a, b in zip(got, want)))
+        t, ta = cuda_time(ours), cuda_time(anchor)
+        name = "C1" if d == 64 else "C1 at D=128"
+        rows.append((f"center_distances fwd+bwd {name}", f"N={n} K={k} D={d}", t * 1e3,
+                     f"torch.cdist {ta * 1e3:.2f} ms = {ta / t:.2f}x", "-", ok))
+        # The forward alone (the 3xTF32 tile), so that the backward's share (its passes over the
+        # gradient and the combine kernels) shows, against the static bound C3 per 64 coordinates.
+        xd, cd = xc.detach(), cc.detach()
+        tf, tfa = cuda_time(dsch_ext.center_distances, xd, cd), cuda_time(lambda: torch.cdist(xd, cd).square())
+        rows.append((f"center_distances fwd {name}", f"N={n} K={k} D={d}", tf * 1e3,
+                     f"torch.cdist {tfa * 1e3:.2f} ms = {tfa / tf:.2f}x; backward {(t - tf) * 1e3:.2f} ms "
+                     f"(cdist's {(ta - tfa) * 1e3:.2f})", "-", "-"))
 
+    d = 64
     n = 1_000_000
     x = torch.randn(n, d, generator=g).cuda()
     c = torch.randn(k, d, generator=g).cuda()
