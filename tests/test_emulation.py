@@ -350,13 +350,14 @@ def test_nearest_center_ties_across_column_groups(emu, generator):
     assert torch.equal(got[1][:3], torch.zeros(3))
 
 
-def test_nearest_center_rounding_ties_are_rechecked(emu, generator):
+@pytest.mark.parametrize("d", [9, 64, 100])  # the split-at-use kernel with warps of 32 x 16 and 16 x 32
+def test_nearest_center_rounding_ties_are_rechecked(emu, d, generator):
     # Centre pairs m +- v around each point m, in eighths: the direct distances are exact and
-    # equal, the expanded |c|^2 - 2 <x, c> (|c|^2 ~ 4e7) rounds either way, so only the
+    # equal, the expanded |c|^2 - 2 <x, c> (|c|^2 ~ 4e6 d) rounds either way, so only the
     # recheck on direct distances gives the lower index every time.
-    m = torch.round(torch.randn(20, 9, generator=generator) * 2**14) / 8
-    v = torch.randint(-8, 9, (20, 9), generator=generator) / 8
-    c = torch.stack([m + v, m - v], 1).reshape(40, 9)
+    m = torch.round(torch.randn(20, d, generator=generator) * 2**14) / 8
+    v = torch.randint(-8, 9, (20, d), generator=generator) / 8
+    c = torch.stack([m + v, m - v], 1).reshape(40, d)
     got, want = emu.nearest_center(m, c), cpu.nearest_center(m, c)
     assert torch.equal(want[0], torch.arange(0, 40, 2)) and torch.equal(got[0], want[0])
     assert torch.equal(got[1], want[1])
