@@ -205,21 +205,15 @@ std::pair<at::Tensor, at::Tensor> grad_side_on_tiles(int side, const at::Tensor&
       at::constant_pad_nd(other.t(), {0, other_row - cols, 0, slabs * kGradDim - dim}).contiguous();
   at::Tensor partial = at::empty({slabs, groups, rows, slab_dim}, grad.options());
   at::Tensor partial_sum = at::empty({slabs, groups, rows}, grad.options());
-  for (int64_t slab = 0; slab < slabs; ++slab) {
-    const auto launch = [&](auto kernel) {
-      gpu::launch("center_grad_tiles", kernel, pair_tile_grid(plan), kPairThreads, 0, stream, plan,
-                  grad.const_data_ptr<float>(), cosine ? dist.const_data_ptr<float>() : nullptr,
-                  other_t.const_data_ptr<float>() + slab * kGradDim * other_row, partial[slab].data_ptr<float>(),
-                  partial_sum[slab].data_ptr<float>());
-    };
-    if (side == kPointsSide) {
-      cosine ? launch(&center_grad_mma_kernel<kPointsSide, true>)
-             : launch(&center_grad_mma_kernel<kPointsSide, false>);
-    } else {
-      cosine ? launch(&center_grad_mma_kernel<kCentersSide, true>)
-             : launch(&center_grad_mma_kernel<kCentersSide, false>);
-    }
-  }
+  const auto kernel = side == kPointsSide ? (cosine ? &center_grad_mma_kernel<kPointsSide, true>
+                                                    : &center_grad_mma_kernel<kPointsSide, false>)
+                                         : (cosine ? &center_grad_mma_kernel<kCentersSide, true>
+                                                   : &center_grad_mma_kernel<kCentersSide, false>);
+  for (int64_t slab = 0; slab < slabs; ++slab)
+    gpu::launch("center_grad_tiles", kernel, pair_tile_grid(plan), kPairThreads, 0, stream, plan,
+                grad.const_data_ptr<float>(), cosine ? dist.const_data_ptr<float>() : nullptr,
+                other_t.const_data_ptr<float>() + slab * kGradDim * other_row, partial[slab].data_ptr<float>(),
+                partial_sum[slab].data_ptr<float>());
   // Groups added in order (the same bits every run); slabs side by side, the padding dropped.
   const at::Tensor cross = groups == 1 ? partial.select(1, 0) : at::sum(partial, {1});
   const at::Tensor sums = groups == 1 ? partial_sum[0][0] : at::sum(partial_sum[0], {0});
