@@ -20,8 +20,13 @@ roofline column is left empty. G5 is G1 at D = 128 (the wide
 tensor-core kernel).
 The last rows set G1's E-step and a two-iteration G2 fit against scikit-learn's own
 GaussianMixture on the same CUDA tensors (its array API path).
+
+`--smoke` runs every row at tiny sizes, on the CPU when no GPU is visible, timed by the wall
+clock: its figures mean nothing, but every code path of the report runs, so a GPU's rare and
+short lease is not lost to an error in the report itself (benchmarks/test_gpu_report.py runs it).
 """
 import argparse
+import dataclasses
 import math
 import os
 import subprocess
@@ -73,55 +78,93 @@ def cuda_time(fn, *args, repeats=7):
     return median_time(cuda_clock, fn, args, repeats, warmups=2)
 
 
-def hamming_rows(check_cpu):
-    props = torch.cuda.get_device_properties(0)
-    peak_popc = props.multi_processor_count * 16 * sm_clock_hz()
+def wall_time(fn, *args, repeats=3):
+    """cuda_time's stand-in off the GPU: wall-clock runs after one warm-up."""
+    return median_time(wall_clock, fn, args, repeats, warmups=1)
+
+
+H100_SMS = 132  # the rooflines' multiprocessors off the GPU (smoke runs only)
+
+
+@dataclasses.dataclass
+class Bench:
+    """Where the report runs and how big: the workloads' sizes on a CUDA device, or (smoke)
+    tiny ones on any device; check_cpu compares the answers with the CPU kernels'."""
+
+    device: torch.device
+    smoke: bool = False
+    check_cpu: bool = True
+
+    @property
+    def on_gpu(self):
+        return self.device.type == "cuda"
+
+    def size(self, full, tiny):
+        return tiny if self.smoke else full
+
+    def time(self, fn, *args, repeats=7):
+        if self.on_gpu:
+            return cuda_time(fn, *args, repeats=1 if self.smoke else repeats)
+        return wall_time(fn, *args, repeats=1)
+
+    def multiprocessors(self):
+        return torch.cuda.get_device_properties(self.device).multi_processor_count if self.on_gpu else H100_SMS
+
+    def extra_memory(self, describe, fn, *args):
+        """describe(bytes) of the peak memory a call allocates beyond its inputs and outputs
+        (the CUDA allocator's statistics: on the GPU only)."""
+        return describe(peak_extra_bytes(fn, *args)) if self.on_gpu else "extra memory not measured off the GPU"
+
+
+def hamming_rows(bench):
+    peak_popc = bench.multiprocessors() * 16 * sm_clock_hz()
     rows = []
-    for wid, ndb, nq, nbits, k in [
+    for wid, ndb, nq, nbits, k in bench.size([
         ("H1", 1_000_000, 1000, 64, 1000),
         ("H2", 1_000_000, 1000, 64, 10),
         ("H3", 1_000_000, 100, 256, 10),
         ("H4", 10_000_000, 100, 64, 1000),
         ("H5", 1_000_000, 1, 64, 100),
         ("H6", 1_000_000, 1000, 64, 100_000),
-    ]:
+    ], [("H1", 3000, 7, 64, 50), ("H3", 3000, 3, 256, 10), ("H5", 3000, 1, 64, 100), ("H6", 3000, 7, 64, 2000)]):
         g = torch.Generator().manual_seed(0)
         db = torch.randint(0, 256, (ndb, nbits // 8), dtype=torch.uint8, generator=g)
         q = torch.randint(0, 256, (nq, nbits // 8), dtype=torch.uint8, generator=g)
-        dbc, qc = db.cuda(), q.cuda()
+        dbc, qc = db.to(bench.device), q.to(bench.device)
         got = dsch_ext.hamming_topk(qc, dbc, k)
         ok = "-"
-        if check_cpu:
+        if bench.check_cpu:
             want = dsch_ext.hamming_topk(q, db, k)
             ok = str(torch.equal(want[0], got[0].cpu()) and torch.equal(want[1], got[1].cpu()))
-        t = cuda_time(dsch_ext.hamming_topk, qc, dbc, k)
+        t = bench.time(dsch_ext.hamming_topk, qc, dbc, k)
         popc = nq * ndb * nbits / 32
         del got
-        extra = peak_extra_bytes(dsch_ext.hamming_topk, qc, dbc, k) / (nq * k * 12)  # the output: 12 B a neighbour
+        # The output takes 12 bytes a neighbour.
+        extra = bench.extra_memory(lambda b: f"{b / (nq * k * 12):.2f}x the output beyond it",
+                                   dsch_ext.hamming_topk, qc, dbc, k)
         rows.append((f"hamming_topk {wid}", f"{ndb}x{nbits}b nq={nq} k={k}", t * 1e3,
-                     f"{nq * ndb / t / 1e9:.1f} G dist/s; {extra:.2f}x the output beyond it",
+                     f"{nq * ndb / t / 1e9:.1f} G dist/s; {extra}",
                      f"{100 * popc / peak_popc / t:.1f}%", ok))
-    ndb, nq, nbits = 1_000_000, 1000, 64
+    ndb, nq, nbits = bench.size((1_000_000, 1000, 64), (3000, 7, 64))
     g = torch.Generator().manual_seed(1)
     db = torch.randint(0, 256, (ndb, nbits // 8), dtype=torch.uint8, generator=g)
     q = torch.randint(0, 256, (nq, nbits // 8), dtype=torch.uint8, generator=g)
-    dbc, qc = db.cuda(), q.cuda()
+    dbc, qc = db.to(bench.device), q.to(bench.device)
     for radius in (8, 22):
         got = dsch_ext.hamming_range(qc, dbc, radius)
         ok = "-"
-        if check_cpu:
+        if bench.check_cpu:
             want = dsch_ext.hamming_range(q, db, radius)
             ok = str(all(torch.equal(a, b.cpu()) for a, b in zip(want, got)))
-        t = cuda_time(dsch_ext.hamming_range, qc, dbc, radius)
+        t = bench.time(dsch_ext.hamming_range, qc, dbc, radius)
         popc = nq * ndb * nbits / 32
         rows.append((f"hamming_range R1 r={radius}", f"{ndb}x{nbits}b nq={nq}, {int(got[0][-1])} hits", t * 1e3,
                      f"{nq * ndb / t / 1e9:.1f} G dist/s", f"{100 * popc / peak_popc / t:.1f}%", ok))
     return rows
 
 
-def fp32_peak():
-    props = torch.cuda.get_device_properties(0)
-    return props.multi_processor_count * 128 * 2 * sm_clock_hz()
+def fp32_peak(bench):
+    return bench.multiprocessors() * 128 * 2 * sm_clock_hz()
 
 
 def torch_gmm_full(x, means, prec_chol, log_weights):
@@ -147,41 +190,43 @@ def gmm_model(n, k, d, seed=0):
     return x, means, prec_chol, log_weights
 
 
-def gmm_rows(check_cpu):
+def gmm_rows(bench):
     rows = []
-    peak = fp32_peak()
-    for wid, (n, k, d) in [("G1", (10_000, 1000, 64)), ("G1 x5", (50_000, 1000, 64)), ("G5", (10_000, 1000, 128))]:
+    peak = fp32_peak(bench)
+    for wid, (n, k, d) in bench.size([("G1", (10_000, 1000, 64)), ("G1 x5", (50_000, 1000, 64)),
+                                      ("G5", (10_000, 1000, 128))],
+                                     [("G1", (300, 20, 64)), ("G5", (200, 10, 128))]):
         args64 = gmm_model(n, k, d)
-        args32 = [a.float().cuda() for a in args64]
+        args32 = [a.float().to(bench.device) for a in args64]
         got_lr, got_norm = dsch_ext.gmm_log_resp(*args32, "full")
         ok = "-"
-        if check_cpu and n <= 10_000:
+        if bench.check_cpu and n <= 10_000:
             want_lr, want_norm = dsch_ext.gmm_log_resp(*args64, "full")
             err_norm = ((got_norm.double().cpu() - want_norm).abs() / want_norm.abs().clamp_min(1)).max().item()
             err_resp = (got_lr.double().cpu().exp() - want_lr.exp()).abs().max().item()
             ok = f"{err_norm < 1e-4 and err_resp < 1e-4} (rel {err_norm:.1e}, resp {err_resp:.1e})"
         flops = 2 * n * k * d * d
-        t = cuda_time(dsch_ext.gmm_log_resp, *args32, "full")
-        ta = cuda_time(torch_gmm_full, *args32)
+        t = bench.time(dsch_ext.gmm_log_resp, *args32, "full")
+        ta = bench.time(torch_gmm_full, *args32)
         a_lr, _ = torch_gmm_full(*args32)
         anchor_ok = (a_lr.exp() - got_lr.exp()).abs().max().item() < 1e-3
         rows.append((f"gmm_log_resp full f32 {wid}", f"N={n} K={k} D={d}", t * 1e3,
                      f"{flops / t / 1e12:.1f} TFLOP/s; torch {ta * 1e3:.2f} ms = {ta / t:.2f}x"
                      + ("" if anchor_ok else " (anchor differs!)"),
                      f"{100 * flops / peak / t:.1f}%", ok))
-        args64c = [a.cuda() for a in args64]
-        t64 = cuda_time(dsch_ext.gmm_log_resp, *args64c, "full", repeats=3)
+        args64c = [a.to(bench.device) for a in args64]
+        t64 = bench.time(dsch_ext.gmm_log_resp, *args64c, "full", repeats=3)
         rows.append((f"gmm_log_resp full f64 {wid}", f"N={n} K={k} D={d}", t64 * 1e3,
                      f"{flops / t64 / 1e12:.1f} TFLOP/s", "-", "-"))
-    n, k, d = 10_000, 1000, 64
-    x, means, _, lw = [a.float().cuda() for a in gmm_model(n, k, d)]
-    prec = torch.rand(k, d, device="cuda") + 0.5
+    n, k, d = bench.size((10_000, 1000, 64), (300, 20, 64))
+    x, means, _, lw = [a.float().to(bench.device) for a in gmm_model(n, k, d)]
+    prec = torch.rand(k, d, device=bench.device) + 0.5
     got_lr, _ = dsch_ext.gmm_log_resp(x, means, prec, lw, "diag")
     want_lr, _ = torch_gmm_diag(x.double(), means.double(), prec.double(), lw.double())
     ok = f"{(got_lr.double().exp() - want_lr.exp()).abs().max().item() < 1e-4} (vs float64 torch)"
     flops = 4 * n * k * d  # (a p - b) and its square: two FMAs a coordinate
-    t = cuda_time(dsch_ext.gmm_log_resp, x, means, prec, lw, "diag")
-    ta = cuda_time(torch_gmm_diag, x, means, prec, lw)
+    t = bench.time(dsch_ext.gmm_log_resp, x, means, prec, lw, "diag")
+    ta = bench.time(torch_gmm_diag, x, means, prec, lw)
     rows.append(("gmm_log_resp diag f32 G3", f"N={n} K={k} D={d}", t * 1e3,
                  f"{flops / t / 1e12:.1f} TFLOP/s; torch {ta * 1e3:.2f} ms = {ta / t:.2f}x",
                  f"{100 * flops / peak / t:.1f}%", ok))
@@ -197,16 +242,16 @@ def torch_gmm_diag(x, means, prec, log_weights):
     return lp - norm[:, None], norm
 
 
-def center_rows(check_cpu):
+def center_rows(bench):
     rows = []
     g = torch.Generator().manual_seed(1)
-    n, k = 65_536, 1000
+    n, k = bench.size((65_536, 1000), (700, 30))
     # D = 64: C1, one pass over the gradient a side; D = 128: two passes a side (64 coordinates each).
     for d in (64, 128):
         x = torch.randn(n, d, generator=g)
         c = torch.randn(k, d, generator=g)
-        xc, cc = x.cuda().requires_grad_(), c.cuda().requires_grad_()
-        w = torch.randn(n, k, device="cuda")
+        xc, cc = x.to(bench.device).requires_grad_(), c.to(bench.device).requires_grad_()
+        w = torch.randn(n, k, device=bench.device)
 
         def ours():
             return torch.autograd.grad((dsch_ext.center_distances(xc, cc) * w).sum(), (xc, cc))
@@ -216,33 +261,34 @@ def center_rows(check_cpu):
 
         got, want = ours(), anchor()
         ok = str(all(torch.allclose(a, b, rtol=1e-3, atol=1e-2) for a, b in zip(got, want)))
-        t, ta = cuda_time(ours), cuda_time(anchor)
+        t, ta = bench.time(ours), bench.time(anchor)
         name = "C1" if d == 64 else "C1 at D=128"
         rows.append((f"center_distances fwd+bwd {name}", f"N={n} K={k} D={d}", t * 1e3,
                      f"torch.cdist {ta * 1e3:.2f} ms = {ta / t:.2f}x", "-", ok))
         # The forward alone (the 3xTF32 tile), so that the backward's share (its passes over the
         # gradient and the combine kernels) shows, against the static bound C3 per 64 coordinates.
         xd, cd = xc.detach(), cc.detach()
-        tf, tfa = cuda_time(dsch_ext.center_distances, xd, cd), cuda_time(lambda: torch.cdist(xd, cd).square())
+        tf, tfa = bench.time(dsch_ext.center_distances, xd, cd), bench.time(lambda: torch.cdist(xd, cd).square())
         rows.append((f"center_distances fwd {name}", f"N={n} K={k} D={d}", tf * 1e3,
                      f"torch.cdist {tfa * 1e3:.2f} ms = {tfa / tf:.2f}x; backward {(t - tf) * 1e3:.2f} ms "
                      f"(cdist's {(ta - tfa) * 1e3:.2f})", "-", "-"))
 
     d = 64
-    n = 1_000_000
-    x = torch.randn(n, d, generator=g).cuda()
-    c = torch.randn(k, d, generator=g).cuda()
+    n, k = bench.size((1_000_000, 1000), (5000, 30))
+    x = torch.randn(n, d, generator=g).to(bench.device)
+    c = torch.randn(k, d, generator=g).to(bench.device)
     idx, dist = dsch_ext.nearest_center(x, c)
     aidx = torch.cdist(x, c).min(1).indices
     ok = f"{(idx == aidx).float().mean().item() * 100:.3f}% same index"
-    if check_cpu:
-        cidx, _ = dsch_ext.nearest_center(x[:100_000].cpu(), c.cpu())
-        ok += f", CPU {torch.equal(cidx, idx[:100_000].cpu())}"
-    t = cuda_time(dsch_ext.nearest_center, x, c)
-    ta = cuda_time(lambda: torch.cdist(x, c).min(1))
-    extra = peak_extra_bytes(dsch_ext.nearest_center, x, c)
+    if bench.check_cpu:
+        checked = min(n, 100_000)
+        cidx, _ = dsch_ext.nearest_center(x[:checked].cpu(), c.cpu())
+        ok += f", CPU {torch.equal(cidx, idx[:checked].cpu())}"
+    t = bench.time(dsch_ext.nearest_center, x, c)
+    ta = bench.time(lambda: torch.cdist(x, c).min(1))
+    extra = bench.extra_memory(lambda b: f"{b / 2**20:.0f} MiB beyond the output", dsch_ext.nearest_center, x, c)
     rows.append(("nearest_center C2", f"N={n} K={k} D={d}", t * 1e3,
-                 f"cdist+min {ta * 1e3:.2f} ms = {ta / t:.2f}x; {extra / 2**20:.0f} MiB beyond the output", "-", ok))
+                 f"cdist+min {ta * 1e3:.2f} ms = {ta / t:.2f}x; {extra}", "-", ok))
     return rows
 
 
@@ -269,50 +315,50 @@ def torch_lloyd(x, centers, iterations):
     return centers
 
 
-def kmeans_rows(check_cpu):
+def kmeans_rows(bench):
     """K1: KMeans.fit, N = 1M, K = 1000, D = 64, 10 Lloyd iterations from the same initial
     centres, against the plain-torch loop; E1: DSCH's E-step on the GPU against scikit-learn's
     on this machine's CPU."""
     rows = []
     g = torch.Generator().manual_seed(2)
-    n, k, d, its = 1_000_000, 1000, 64, 10
-    x = torch.randn(n, d, generator=g).cuda()
-    init = x[torch.randperm(n, generator=g)[:k].cuda()].clone()
+    n, k, d, its = bench.size((1_000_000, 1000, 64, 10), (2000, 20, 64, 3))
+    x = torch.randn(n, d, generator=g).to(bench.device)
+    init = x[torch.randperm(n, generator=g)[:k].to(bench.device)].clone()
     fit = lambda: dsch_ext.KMeans(k, init=init, n_init=1, max_iter=its, tol=0.0).fit(x)  # noqa: E731
     km = fit()
-    t = cuda_time(fit, repeats=3)
-    ta = cuda_time(torch_lloyd, x, init, km.n_iter_, repeats=3)
+    t = bench.time(fit, repeats=3)
+    ta = bench.time(torch_lloyd, x, init, km.n_iter_, repeats=3)
     rows.append(("KMeans.fit K1", f"N={n} K={k} D={d}, {km.n_iter_} iterations", t * 1e3,
                  f"plain torch Lloyd {ta * 1e3:.1f} ms = {ta / t:.2f}x", "-", "-"))
-    if check_cpu:
+    if bench.check_cpu:
         from dsch_ext.experiments.estep import estep_comparison
 
-        codes = torch.randint(0, 2, (5000, 64), generator=g).double() * 2 - 1
-        rec = estep_comparison(codes, 1000, 100, iterations=3, more_iterations=0, device="cuda")
-        rows.append(("DSCH E-step E1 (GPU vs scikit-learn CPU)", "5000 codes x 64 bits, m1=1000 full, m2=100, 3 EM its",
-                     rec["dsch_ext_seconds"] * 1e3, f"scikit-learn {rec['sklearn_seconds']:.2f} s = {rec['speedup']:.0f}x",
-                     "-", f"lower bounds {rec['dsch_ext_lower_bound']:.4f} / {rec['sklearn_lower_bound']:.4f}"))
+        n_codes, m1, m2 = bench.size((5000, 1000, 100), (300, 10, 4))
+        codes = torch.randint(0, 2, (n_codes, 64), generator=g).double() * 2 - 1
+        try:
+            rec = estep_comparison(codes, m1, m2, iterations=3, more_iterations=0, device=str(bench.device))
+        except ImportError as e:  # the anchor is scikit-learn's
+            return rows + [("DSCH E-step E1", "-", "-", f"not run: {e}", "-", "-")]
+        rows.append(("DSCH E-step E1 (GPU vs scikit-learn CPU)",
+                     f"{n_codes} codes x 64 bits, m1={m1} full, m2={m2}, 3 EM its", rec["dsch_ext_seconds"] * 1e3,
+                     f"scikit-learn {rec['sklearn_seconds']:.2f} s = {rec['speedup']:.0f}x", "-",
+                     f"lower bounds {rec['dsch_ext_lower_bound']:.4f} / {rec['sklearn_lower_bound']:.4f}"))
     return rows
 
 
-def wall_time(fn, *args, repeats=3):
-    """cuda_time's stand-in off the GPU: wall-clock runs after one warm-up."""
-    return median_time(wall_clock, fn, args, repeats, warmups=1)
-
-
-def sklearn_array_api_rows(_check_cpu, device="cuda", size=(10_000, 1000, 64), iterations=2, timer=None):
+def sklearn_array_api_rows(bench, iterations=2):
     """G1 and G2 on the same device's tensors against scikit-learn's own GaussianMixture there
     (its array API path: array_api_dispatch=True, init_params='random'): an E-step
     (predict_proba) and a fit of `iterations` EM steps from the same start, float64. Rows
     saying why when scikit-learn or array-api-compat is missing."""
-    timer = timer or cuda_time
+    timer, device = bench.time, bench.device
     try:
         import array_api_compat  # noqa: F401  (scikit-learn's array API path needs it)
         import sklearn
         from sklearn.mixture import GaussianMixture as SkGaussianMixture
     except ImportError as e:
         return [("scikit-learn array API G1/G2", "-", "-", f"not run: {e}", "-", "-")]
-    n, k, d = size
+    n, k, d = bench.size((10_000, 1000, 64), (300, 6, 4))
     x, means, prec_chol, log_weights = [a.to(device) for a in gmm_model(n, k, d)]
     init = dict(weights_init=log_weights.exp(), means_init=means,
                 precisions_init=prec_chol @ prec_chol.transpose(1, 2))
@@ -323,7 +369,7 @@ def sklearn_array_api_rows(_check_cpu, device="cuda", size=(10_000, 1000, 64), i
             return cls(k, covariance_type="full", init_params="random", max_iter=its, tol=0, **init).fit(x)
 
     rows = []
-    workload = f"N={n} K={k} D={d}, {device} float64 tensors"
+    workload = f"N={n} K={k} D={d}, {device.type} float64 tensors"
     with sklearn.config_context(array_api_dispatch=True):
         sk = fit(SkGaussianMixture, 1)
         args = (x, sk.means_, sk.precisions_cholesky_, torch.log(sk.weights_))
@@ -347,18 +393,27 @@ def sklearn_array_api_rows(_check_cpu, device="cuda", size=(10_000, 1000, 64), i
     return rows
 
 
+GROUPS = (hamming_rows, gmm_rows, center_rows, kmeans_rows, sklearn_array_api_rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-check", action="store_true", help="skip the CPU answer checks")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every row at tiny sizes (on the CPU when no GPU is visible): checks the report "
+                             "runs, its figures mean nothing")
     args = parser.parse_args()
-    assert torch.cuda.is_available(), "gpu_report.py needs a CUDA device"
-    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, dsch_ext {dsch_ext.__version__}")
-    check = not args.no_check
+    if not (args.smoke or torch.cuda.is_available()):
+        raise SystemExit("gpu_report.py needs a CUDA device (or --smoke)")
+    bench = Bench(torch.device("cuda" if torch.cuda.is_available() else "cpu"), args.smoke, not args.no_check)
+    name = torch.cuda.get_device_name(bench.device) if bench.on_gpu else "CPU"
+    print(f"device: {name}, torch {torch.__version__}, dsch_ext {dsch_ext.__version__}"
+          + (" (smoke run: tiny sizes, the figures mean nothing)" if bench.smoke else ""))
     header = ("op", "workload", "median ms", "rate", "% roofline", "equals CPU")
     print_row(header)
     # Each group's rows as soon as they are measured: a step time limit still leaves the rest.
-    for group in (hamming_rows, gmm_rows, center_rows, kmeans_rows, sklearn_array_api_rows):
-        for row in group(check):
+    for group in GROUPS:
+        for row in group(bench):
             print_row(row)
 
 

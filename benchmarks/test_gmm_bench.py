@@ -271,7 +271,7 @@ def test_gpu_report_sets_g1_g2_against_sklearn_on_the_same_tensors():
     _array_api_sklearn()  # skips saying what is missing
     import gpu_report
 
-    rows = gpu_report.sklearn_array_api_rows(False, device="cpu", size=(300, 6, 4), timer=gpu_report.wall_time)
+    rows = gpu_report.sklearn_array_api_rows(gpu_report.Bench(torch.device("cpu"), smoke=True, check_cpu=False))
     assert [r[0] for r in rows] == ["gmm_log_resp full vs sklearn G1", "GaussianMixture.fit vs sklearn G2"]
     for row in rows:
         assert row[-1].startswith("True"), row
