@@ -4,6 +4,7 @@
     python benchmarks/sass_bounds.py --json     # {"H1": {"bound_ms": ..., "roofline_pct": ..., "binding": ...}}
     python benchmarks/sass_bounds.py --kernels  # every kernel's hot loop, instruction counts by pipe
     python benchmarks/sass_bounds.py --record   # write benchmarks/sass_bounds.json (the test's reference)
+    python benchmarks/sass_bounds.py --recorded # print the recorded bounds (no compiling)
 
 How: each ``csrc/cuda/*.cu`` a workload needs is compiled to an sm_90 cubin (nvcc, the flags of
 the build) and disassembled (``nvdisasm``: the CUDA toolkit's, or the ``nvidia-cuda-nvdisasm``
@@ -718,7 +719,13 @@ def main(argv=None):
     parser.add_argument("--cubin-dir", help="take <source>.cubin from here instead of compiling")
     parser.add_argument("--record", action="store_true",
                         help=f"write the bounds to {os.path.relpath(RECORD, ROOT)}, the test's reference")
+    parser.add_argument("--recorded", action="store_true",
+                        help=f"print the bounds recorded in {os.path.relpath(RECORD, ROOT)} (no compiling)")
     args = parser.parse_args(argv)
+    if args.recorded:
+        with open(RECORD) as f:
+            print_table(json.load(f))
+        return 0
     sources = sorted({wl.source for wl in WORKLOADS.values()})
     bounds = kernel_bounds(sources, args.cubin_dir)
     result = workload_bounds(bounds)
@@ -738,6 +745,12 @@ def main(argv=None):
                   f"{int(c['fp32'])}, tensor {c['tensor']:.0f} cycles, shared {int(c['shared'])} wavefronts; {b.binding}-bound at "
                   f"{100 * b.work_fraction:.0f} % of the work pipe; {b.divergent_collectives} divergent-collective "
                   f"fallbacks (BRA.DIV / WARPSYNC)")
+    print_table(result)
+    return 0
+
+
+def print_table(result: Dict[str, Dict]) -> None:
+    """One line a workload: its static bound and, where it has one, its roofline."""
     print(f"{'id':<4} {'static bound':>13} {'roofline':>10} {'% roofline':>11}  binding (per pass)")
     for wid, r in result.items():
         if "roofline_ms" in r:
@@ -745,7 +758,6 @@ def main(argv=None):
                   f"{r['binding']}")
         else:
             print(f"{wid:<4} {r['bound_ms']:>10.3f} ms {'-':>10} {'-':>11}  {r['binding']}")
-    return 0
 
 
 if __name__ == "__main__":

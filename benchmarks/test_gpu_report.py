@@ -3,9 +3,11 @@ so an error in the kit's own script, report or rate probe must show up here, not
 
 - ``gpu_report.py --smoke`` runs every row of the report at tiny sizes (on the CPU here): every
   code path of the report, with the answer checks it makes on a GPU.
-- ``gpu_check.sh`` parses, and ``bmma_rate.cu`` compiles for the oldest and newest GPUs the
+- ``gpu_check.sh`` parses and keeps inside its total time, the recorded static bounds it prints
+  beside the report print, and ``bmma_rate.cu`` compiles for the oldest and newest GPUs the
   kernels target.
 """
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +63,25 @@ def test_gpu_report_refuses_to_run_without_a_gpu_unless_smoke(monkeypatch):
 def test_gpu_check_script_parses():
     run = subprocess.run(["bash", "-n", os.path.join(ROOT, "scripts", "gpu_check.sh")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_gpu_check_skips_and_names_the_steps_its_total_time_leaves_no_room_for(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), TOTAL_LIMIT_S="10", PYTHON=sys.executable)
+    run = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1, run.stdout + run.stderr
+    skipped = [line.split()[1].rstrip(":") for line in run.stdout.splitlines() if "skipped" in line]
+    assert skipped == ["build", "tests", "bench", "train", "sanitize"], run.stdout
+
+
+def test_recorded_static_bounds_print_every_workload(capsys):
+    assert sass_bounds.main(["--recorded"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    with open(sass_bounds.RECORD) as f:
+        recorded = json.load(f)
+    assert [line.split()[0] for line in lines[1:]] == list(recorded), lines
+    for line, (wid, bound) in zip(lines[1:], recorded.items()):
+        assert f"{bound['bound_ms']:.3f} ms" in line and bound["binding"] in line, line
 
 
 def test_bmma_rate_probe_compiles_for_sm80_and_sm90(tmp_path):

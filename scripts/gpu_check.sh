@@ -13,20 +13,25 @@
 #             ratio to the plain-torch anchor on the same GPU), the binary tensor cores'
 #             rate against the POPC pipe (benchmarks/bmma_rate.cu), then the recorded
 #             static bounds of the same workloads (benchmarks/sass_bounds.json).
-# Usage: bash scripts/gpu_check.sh [STEP...]   (default: all five, in that order; about 8 min)
+# Usage: bash scripts/gpu_check.sh [STEP...]   (default: build tests bench train sanitize)
+# The default order puts the measurements before the slowest checks, and the whole run keeps
+# inside TOTAL_LIMIT_S (default 540 s, under a device call's 10 minutes): each step's limit is
+# cut to the time left, and a step with under 20 s left is skipped and named (exit status 1).
 # No network is needed and no venv is made: the machine's python3 (the one holding torch) is
 # used with PYTHONPATH at the repository root. Logs go to $OUT (default /tmp/dsch-gpu-out),
 # with a copy of the built library, so a later call can skip `build` by bringing the two
 # files back (dsch_ext/_C*.so and dsch_ext/_build_info.py are git-ignored paths).
 # Each step has a time limit (STEP_LIMIT_S, default 150 s; the report BENCH_LIMIT_S, default
 # 240 s, and it prints each group of rows as it is measured) so one hung step cannot use up
-# the machine's time, and prints how long it took; the exit status is non-zero if any step failed.
+# the machine's time, and prints how long it took; the exit status is non-zero if any step
+# failed or was skipped.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-/tmp/dsch-gpu-out}"
 PY="${PYTHON:-python3}"
-LIMIT="${STEP_LIMIT_S:-150}"
-STEPS="${*:-build tests sanitize train bench}"
+STEP_LIMIT="${STEP_LIMIT_S:-150}"
+TOTAL_LIMIT="${TOTAL_LIMIT_S:-540}"
+STEPS="${*:-build tests bench train sanitize}"
 mkdir -p "$OUT"
 cd "$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -34,6 +39,17 @@ status=0
 t0=$SECONDS
 last=$SECONDS
 step() { echo; echo "=== $* (at $((SECONDS - t0)) s; previous step took $((SECONDS - last)) s)"; last=$SECONDS; }
+# limit_for SECONDS: a step's own limit cut to what is left of TOTAL_LIMIT (sets LIMIT).
+limit_for() {
+  local left=$((TOTAL_LIMIT - (SECONDS - t0) - 5))
+  LIMIT=$(( $1 < left ? $1 : left ))
+}
+# out_of_time NAME: true (and the step named, the status set) when under 20 s are left.
+out_of_time() {
+  limit_for 20
+  if (( LIMIT < 20 )); then echo; echo "=== $1: skipped, $((SECONDS - t0)) s of TOTAL_LIMIT_S=$TOTAL_LIMIT used"; status=1; return 0; fi
+  return 1
+}
 # -P: python does not put the working directory on sys.path; PYTHONPATH gives the tree,
 # whose dsch_ext/ holds the in-place build.
 pytest_cmd() { timeout "$LIMIT" "$PY" -P -m pytest -p no:cacheprovider "$@"; }
@@ -43,6 +59,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=c
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())"
 
 for s in $STEPS; do
+  out_of_time "$s" && continue
+  limit_for "$STEP_LIMIT"
   case "$s" in
     build)
       step "build (in place)"
@@ -75,6 +93,8 @@ for s in $STEPS; do
       SAN="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
       command -v compute-sanitizer >/dev/null 2>&1 && SAN=compute-sanitizer
       for tool in memcheck racecheck synccheck; do
+        out_of_time "compute-sanitizer $tool" && continue
+        limit_for "$STEP_LIMIT"
         step "compute-sanitizer $tool, every CUDA op on small shapes"
         timeout "$LIMIT" "$SAN" --tool "$tool" --error-exitcode 99 --target-processes all \
           "$PY" -P -m pytest tests/test_gpu_behaviour.py -q -p no:cacheprovider -m "not large" -k "not graph" \
@@ -83,6 +103,8 @@ for s in $STEPS; do
         grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race|passed|failed" "$OUT/sanitizer-$tool.log" | sort | uniq -c | tail -12
         [[ $rc -eq 0 ]] || { echo "$tool: exit $rc"; status=1; }
       done
+      out_of_time "compute-sanitizer memcheck over the CUDA tests" && continue
+      limit_for "$STEP_LIMIT"
       step "compute-sanitizer memcheck over the CUDA tests (as far as $LIMIT s allow)"
       timeout "$LIMIT" "$SAN" --tool memcheck --error-exitcode 99 --target-processes all \
         "$PY" -P -m pytest tests -q -p no:cacheprovider -m "not slow and not large and not emulation" -k cuda \
@@ -110,26 +132,22 @@ PY
       ;;
     bench)
       step "GPU benchmarks"
-      timeout "${BENCH_LIMIT_S:-240}" "$PY" -P benchmarks/gpu_report.py 2>&1 | tee "$OUT/gpu_report.txt"
+      limit_for "${BENCH_LIMIT_S:-240}"
+      timeout "$LIMIT" "$PY" -P benchmarks/gpu_report.py 2>&1 | tee "$OUT/gpu_report.txt"
       [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "bench: FAILED"; status=1; }
       # Binary tensor cores against the POPC pipe (benchmarks/bmma_rate.cu): decides whether a
       # BMMA scan is worth designing.
       NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
       if "$NVCC" -O3 -arch=native benchmarks/bmma_rate.cu -o "$OUT/bmma_rate" > "$OUT/bmma_build.log" 2>&1; then
-        timeout 60 "$OUT/bmma_rate" 2>&1 | tee -a "$OUT/gpu_report.txt"
+        limit_for 60
+        timeout "$LIMIT" "$OUT/bmma_rate" 2>&1 | tee -a "$OUT/gpu_report.txt"
         [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "bmma_rate: FAILED"; status=1; }
       else
         tail -5 "$OUT/bmma_build.log"; echo "bmma_rate: did not build"; status=1
       fi
       # Beside the measured times: the static bounds of the same kernels (benchmarks/sass_bounds.py).
-      "$PY" - <<'PY' 2>&1 | tee -a "$OUT/gpu_report.txt"
-import json
-with open("benchmarks/sass_bounds.json") as f:
-    bounds = json.load(f)
-print("static bounds from the sm_90 SASS (H100 clocks; an upper bound on speed, not a measurement):")
-for wid, b in bounds.items():
-    print(f"  {wid:<3} >= {b['bound_ms']:.3f} ms, <= {b['roofline_pct']:.0f} % of the roofline ({b['binding']})")
-PY
+      echo "static bounds from the sm_90 SASS (H100 clocks; an upper bound on speed, not a measurement):" | tee -a "$OUT/gpu_report.txt"
+      "$PY" -P benchmarks/sass_bounds.py --recorded 2>&1 | tee -a "$OUT/gpu_report.txt"
       ;;
     *) echo "unknown step $s (build, tests, sanitize, train, bench)"; exit 2 ;;
   esac
