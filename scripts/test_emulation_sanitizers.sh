@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs tests/test_emulation.py (the CUDA kernels on the CPU emulation) under ThreadSanitizer
-# and under AddressSanitizer + UndefinedBehaviorSanitizer. Each run is a Python started with
+# Runs tests/test_emulation.py and the emulated cases of tests/test_tensor_core_accuracy.py (the
+# CUDA kernels on the CPU emulation) under ThreadSanitizer and under AddressSanitizer +
+# UndefinedBehaviorSanitizer. Each run is a Python started with
 # the sanitizer runtime preloaded that loads the matching build of the emulation library
 # (tests/emulation_build.py --variant tsan asan builds them; this script does too). A data
 # race, an out-of-bounds access or undefined behaviour ends the run with a report and a
@@ -28,6 +29,6 @@ print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
 PY
 )
   # The sanitizer-detection tests start their own sanitizer subprocesses; skip them here.
-  eval "env $env_cmd DSCH_EMULATION_CASES=${DSCH_EMULATION_CASES:-sample} $VENV/bin/pytest tests/test_emulation.py -q -p no:cacheprovider -k 'not sanitizers_catch' --capture=sys -n ${DSCH_TEST_WORKERS:-logical} $*"
+  eval "env $env_cmd DSCH_EMULATION_CASES=${DSCH_EMULATION_CASES:-sample} $VENV/bin/pytest tests/test_emulation.py tests/test_tensor_core_accuracy.py -m emulation -q -p no:cacheprovider -k 'not sanitizers_catch' --capture=sys -n ${DSCH_TEST_WORKERS:-logical} $*"
   echo "=== $variant done in $((SECONDS - start)) s"
 done

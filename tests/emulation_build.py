@@ -126,6 +126,17 @@ def build(variant="plain", verbose=False):
     return library_path(variant)
 
 
+def load_ops():
+    """torch.ops.dsch_ext_emulated: the library DSCH_EMULATION_LIBRARY names (a sanitizer
+    build), else the plain build, loaded once a process."""
+    import torch
+
+    path = os.environ.get("DSCH_EMULATION_LIBRARY") or build("plain")
+    if not hasattr(torch.ops, "dsch_ext_emulated") or not hasattr(torch.ops.dsch_ext_emulated, "pack_bits"):
+        torch.ops.load_library(path)
+    return torch.ops.dsch_ext_emulated
+
+
 def sanitizer_env(variant, env=None):
     """The environment for a Python that loads the `variant` library: its runtime preloaded."""
     env = dict(os.environ if env is None else env)

@@ -27,7 +27,9 @@ def inputs(n, k, d, dtype, device, seed=0):
 
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (7, 3, 5), (129, 37, 64), (300, 1000, 17)])
+# On CUDA, float32 D <= 128 runs the split-at-use tensor-core kernel (D = 100: its 16 x 32 warps),
+# D = 130 the chunked one.
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (7, 3, 5), (129, 37, 64), (300, 1000, 17), (66, 67, 100), (20, 67, 130)])
 def test_center_distances_forward(metric, dtype, n, k, d, device):
     x, c = inputs(n, k, d, dtype, device)
     out = dsch_ext.center_distances(x, c, metric)
@@ -45,8 +47,11 @@ def test_center_distances_gradcheck(metric, device):
 
 
 @pytest.mark.parametrize("metric", METRICS)
-def test_center_distances_gradients_match_autograd_reference(metric, device):
-    x, c = inputs(200, 50, 32, torch.float32, device, seed=2)
+# On CUDA, float32 D <= 128 takes one tensor-core pass over the gradient a side for each 64
+# coordinates (D = 100: two), D = 130 the GEMM route.
+@pytest.mark.parametrize("d", [32, 100, 130])
+def test_center_distances_gradients_match_autograd_reference(metric, d, device):
+    x, c = inputs(200, 50, d, torch.float32, device, seed=2)
     g = torch.randn(200, 50, device=device)
     xa, ca = x.clone().requires_grad_(True), c.clone().requires_grad_(True)
     (dsch_ext.center_distances(xa, ca, metric) * g).sum().backward()

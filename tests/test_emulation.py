@@ -9,7 +9,6 @@ reductions sum in another order). ``DSCH_EMULATION_LIBRARY`` points these tests 
 sanitizer build (``scripts/test.sh`` runs them under ThreadSanitizer and under
 AddressSanitizer + UndefinedBehaviorSanitizer).
 """
-import math
 import os
 import subprocess
 import sys
@@ -30,10 +29,7 @@ TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
 
 @pytest.fixture(scope="module")
 def emu():
-    path = os.environ.get("DSCH_EMULATION_LIBRARY") or emulation_build.build("plain")
-    if not hasattr(torch.ops, "dsch_ext_emulated") or not hasattr(torch.ops.dsch_ext_emulated, "pack_bits"):
-        torch.ops.load_library(path)
-    return torch.ops.dsch_ext_emulated
+    return emulation_build.load_ops()
 
 
 cpu = torch.ops.dsch_ext
@@ -275,11 +271,7 @@ def test_float32_inner_products_are_3xtf32_bit_for_bit(emu, n, k, d, generator):
     want = -tf32x3_dot_model(x.numpy(), c.numpy(), split="at_use" if d <= 128 else "rounded")
     assert np.array_equal(got.numpy().view(np.uint32), want.view(np.uint32))
     assert tf32_round(np.float32([1 + 2**-11, -(1 + 2**-11)])).tolist() == [1 + 2**-10, -(1 + 2**-10)]
-    # fp32 accuracy, which one TF32 product (~1e-3 relative) is not: within the bound the
-    # nearest-centre recheck relies on, (d + 8) kTf32x3Epsilon |x| |c| (tf32_math.h).
-    exact = x.double() @ c.double().T
-    scale = x.double().norm(dim=1)[:, None] * c.double().norm(dim=1)[None, :]
-    assert ((got.double() + exact).abs() <= (d + 8) * 2**-20 * scale).all()
+    # Its accuracy, on this backend and the others: tests/test_tensor_core_accuracy.py.
 
 
 @pytest.mark.parametrize("split", ["rounded", "at_use"])
@@ -350,19 +342,6 @@ def test_nearest_center_ties_across_column_groups(emu, generator):
     assert torch.equal(got[1][:3], torch.zeros(3))
 
 
-@pytest.mark.parametrize("d", [9, 64, 100])  # the split-at-use kernel with warps of 32 x 16 and 16 x 32
-def test_nearest_center_rounding_ties_are_rechecked(emu, d, generator):
-    # Centre pairs m +- v around each point m, in eighths: the direct distances are exact and
-    # equal, the expanded |c|^2 - 2 <x, c> (|c|^2 ~ 4e6 d) rounds either way, so only the
-    # recheck on direct distances gives the lower index every time.
-    m = torch.round(torch.randn(20, d, generator=generator) * 2**14) / 8
-    v = torch.randint(-8, 9, (20, d), generator=generator) / 8
-    c = torch.stack([m + v, m - v], 1).reshape(40, d)
-    got, want = emu.nearest_center(m, c), cpu.nearest_center(m, c)
-    assert torch.equal(want[0], torch.arange(0, 40, 2)) and torch.equal(got[0], want[0])
-    assert torch.equal(got[1], want[1])
-
-
 def test_nearest_center_non_finite_points(emu):
     x = torch.randn(4, 3)
     x[1, 0] = float("nan")
@@ -429,41 +408,6 @@ def test_gmm_scaled_difference_rounds_once_as_on_the_gpu(emu, cov):
     want = log_const - 0.5 * (once * once)
     assert (log_const - 0.5 * (twice * twice) != want).sum() > 1000  # the two roundings differ here
     assert torch.equal(got, want)
-
-
-# D = 16, 40, 64 run the split-at-use kernel padded to 16 and 64 coordinates; D = 70, 100, 128 its
-# 128-coordinate form, two column tiles a component; at (70, 37, 70) the 74 tiles' column groups
-# of 13 are rounded up to 14, so that none splits a component, and two point tiles share them.
-@pytest.mark.parametrize("n,k,d", [(70, 9, 40), (33, 4, 64), (5, 3, 16), (21, 3, 100), (9, 2, 128), (70, 37, 70)])
-def test_full_gmm_float32_on_the_tensor_cores_is_within_1e_5_of_float64(emu, n, k, d, generator):
-    # 'full' float32 runs x L_k in 3xTF32: the log-likelihood of every point (and each entry,
-    # relative to its size) stays within 1e-5 of float64's on the same inputs.
-    means, prec, log_w = gmm_params("full", k, d, torch.float64, generator)
-    x = means[torch.randint(k, (n,), generator=generator)] + torch.randn(n, d, generator=generator, dtype=torch.float64)
-    inputs = [t.float() for t in (x, means, prec, log_w)]
-    x, means, prec, log_w = (t.double() for t in inputs)  # the float32 values, exactly, in float64
-    got = emu.gmm_log_resp(*inputs, "full", 0.0)
-    want = cpu.gmm_log_resp(x, means, prec, log_w, "full", 0.0)
-    joint = got[0].double() + got[1].double()[:, None], want[0] + want[1][:, None]  # log w_k N(x | k)
-    assert ((joint[0] - joint[1]).abs() <= 1e-5 * joint[1].abs().clamp(min=1)).all()
-    assert ((got[1].double() - want[1]).abs() <= 1e-5 * want[1].abs().clamp(min=1)).all()
-
-
-@pytest.mark.parametrize("d", [16, 64, 128])
-def test_full_gmm_float32_on_tight_clusters_is_within_1e_5_of_float64(emu, d, generator):
-    # Clusters of std 1e-3 around means in [-1, 1]^d: L_k's entries are about 10^3 and x L_k
-    # nearly cancels against mu_k L_k, so every product's error shows. A split whose errors
-    # all lean one way (hi truncated, not rounded) misses 1e-5 here.
-    k, per = 3, 2 * d
-    means = torch.rand(k, d, generator=generator, dtype=torch.float64) * 2 - 1
-    x = (means.repeat_interleave(per, 0) + 1e-3 * torch.randn(k * per, d, generator=generator, dtype=torch.float64))
-    x = x.float().double()
-    cov = torch.stack([torch.cov(x[i * per:(i + 1) * per].T) for i in range(k)]) + 1e-6 * torch.eye(d)
-    prec = torch.linalg.cholesky(torch.linalg.inv(cov)).float().double()
-    log_w = torch.full((k,), -math.log(k), dtype=torch.float64)
-    got = emu.gmm_log_resp(x.float(), means.float(), prec.float(), log_w.float(), "full", 0.0)
-    want = cpu.gmm_log_resp(x, means.float().double(), prec, log_w.float().double(), "full", 0.0)
-    assert ((got[1].double() - want[1]).abs() <= 1e-5 * want[1].abs().clamp(min=1)).all()
 
 
 LOG_2PI = float("1.8378770664093454835606594728112")  # gmm_math.h's kLog2Pi, the same double
