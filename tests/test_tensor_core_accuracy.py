@@ -1,6 +1,7 @@
-"""The float32 accuracy claims of the tensor-core kernels (3xTF32), checked on every backend
-that runs them: the CPU kernels, the CUDA kernels under the CPU emulation, and the CUDA
-kernels on a GPU whenever one is visible (``scripts/gpu_check.sh`` runs the ``cuda`` cases).
+"""The float32 answers of the tensor-core kernels (3xTF32), their accuracy and what NaN and
+Inf give, checked on every backend that runs them: the CPU kernels, the CUDA kernels under the
+CPU emulation, and the CUDA kernels on a GPU whenever one is visible (``scripts/gpu_check.sh``
+runs the ``cuda`` cases).
 
 The emulation forms each product exactly and sums in k order; the tensor cores read the
 operands' top bits and truncate within a block of products. The claims hold for both by their
@@ -42,6 +43,12 @@ class Backend:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
+    return Backend(request.param)
+
+
+@pytest.fixture(params=[b for b in BACKENDS if b != "cpu"])
+def gpu_kernel(request):
+    """The CUDA kernels only, emulated or on a GPU (the CPU ops refuse NaN and Inf)."""
     return Backend(request.param)
 
 
@@ -125,3 +132,19 @@ def test_full_gmm_float32_on_tight_clusters_is_within_1e_5_of_float64(backend, d
     log_w = torch.full((k,), -math.log(k), dtype=torch.float64)
     inputs = [t.float() for t in (x, means, prec, log_w)]
     assert_within_1e_5(backend.gmm_log_resp(*inputs, "full", 0.0)[1], float64_log_resp(*inputs)[1])
+
+
+# D = 5, 100: the split-at-use kernel, whose split of an Inf leaves lo = Inf - Inf = NaN and of
+# a NaN a NaN lo whatever hi is; 140: the chunked kernel, which rounds both parts.
+@pytest.mark.parametrize("d", [5, 100, 140])
+def test_non_finite_rows_give_nan_and_nan_centres_are_never_nearest(gpu_kernel, d, generator):
+    x = torch.randn(6, d, generator=generator)
+    c = torch.randn(4, d, generator=generator)
+    x[1, d // 2], x[2, 0] = float("nan"), float("inf")
+    for metric in ("sqeuclidean", "dot"):
+        out = gpu_kernel.center_distances(x, c, metric)
+        assert torch.isnan(out[1:3]).all() and torch.isfinite(out[[0, 3, 4, 5]]).all(), metric
+    index, dist = gpu_kernel.nearest_center(x, torch.cat([torch.full((1, d), float("nan")), c]))
+    assert index[1:3].tolist() == [-1, -1] and torch.isnan(dist[1:3]).all()
+    finite = [0, 3, 4, 5]
+    assert torch.equal(index[finite], torch.ops.dsch_ext.nearest_center(x[finite], c)[0] + 1)
