@@ -41,10 +41,12 @@ status=0
 t0=$SECONDS
 last=$SECONDS
 step() { echo; echo "=== $* (at $((SECONDS - t0)) s; previous step took $((SECONDS - last)) s)"; last=$SECONDS; }
-# limit_for SECONDS: a step's own limit cut to what is left of TOTAL_LIMIT (sets LIMIT).
+# limit_for SECONDS: a step's own limit cut to what is left of TOTAL_LIMIT, at least 1 s
+# (timeout reads 0 as no limit) (sets LIMIT).
 limit_for() {
   local left=$((TOTAL_LIMIT - (SECONDS - t0) - 5))
   LIMIT=$(( $1 < left ? $1 : left ))
+  (( LIMIT >= 1 )) || LIMIT=1
 }
 # out_of_time NAME: true (and the step named, the status set) when under 20 s are left.
 out_of_time() {
