@@ -41,18 +41,18 @@ status=0
 t0=$SECONDS
 last=$SECONDS
 step() { echo; echo "=== $* (at $((SECONDS - t0)) s; previous step took $((SECONDS - last)) s)"; last=$SECONDS; }
+seconds_left() { echo $((TOTAL_LIMIT - (SECONDS - t0) - 5)); }
 # limit_for SECONDS: a step's own limit cut to what is left of TOTAL_LIMIT, at least 1 s
 # (timeout reads 0 as no limit) (sets LIMIT).
 limit_for() {
-  local left=$((TOTAL_LIMIT - (SECONDS - t0) - 5))
+  local left; left=$(seconds_left)
   LIMIT=$(( $1 < left ? $1 : left ))
   (( LIMIT >= 1 )) || LIMIT=1
 }
 # out_of_time NAME: true (and the step named, the status set) when under 20 s are left.
 out_of_time() {
-  limit_for 20
-  if (( LIMIT < 20 )); then echo; echo "=== $1: skipped, $((SECONDS - t0)) s of TOTAL_LIMIT_S=$TOTAL_LIMIT used"; status=1; return 0; fi
-  return 1
+  (( $(seconds_left) >= 20 )) && return 1
+  echo; echo "=== $1: skipped, $((SECONDS - t0)) s of TOTAL_LIMIT_S=$TOTAL_LIMIT used"; status=1
 }
 # -P: python does not put the working directory on sys.path; PYTHONPATH gives the tree,
 # whose dsch_ext/ holds the in-place build.
